@@ -1,0 +1,122 @@
+"""The run configuration: typed, validated settings with limits.
+
+``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
+rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype) and refuses
+bad input with a :class:`ConfigError` naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from simulator.phases import parse_schedule
+from simulator.settings import ConfigError, Setting
+
+MAX_SEEDS = 256
+
+SCALARS = (
+    Setting("n", 32, "recurrent units", int, 1, 4096),
+    Setting("alpha", 1.0, "leak: r = (1 - alpha) r + alpha tanh(V)", float, 1e-3, 1.0),
+    Setting("lr", 1e-3, "network learning rate (basal W and readout)", float, 0.0, 10.0),
+    Setting("steps", 10_000, "training steps", int, 0, 10**9),
+    Setting("test_steps", 1_000, "held-out steps for the test loss", int, 0, 10**7),
+    Setting("device", "cpu", "where tensors live", str, choices=("cpu", "cuda")),
+    Setting("dtype", "float32", "floating-point precision", str, choices=("float32", "float64")),
+)
+_BY_NAME = {s.name: s for s in SCALARS}
+
+
+def parse_seeds(value: Any) -> list[int]:
+    """Seeds as a list, an int, or text like ``0-4`` / ``0,3,7`` / ``0-3,10``."""
+    bad = ConfigError("seeds", f"got {value!r}; allowed: integers in [0, 2^31-1] as a list, "
+                               f"'A-B' or 'A,B,C', at most {MAX_SEEDS}, no repeats")
+    if isinstance(value, bool):
+        raise bad
+    if isinstance(value, int):
+        items: list[Any] = [value]
+    elif isinstance(value, str):
+        items = []
+        for part in value.split(","):
+            lo, dash, hi = part.strip().partition("-")
+            try:
+                items.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+            except ValueError:
+                raise bad from None
+            if len(items) > MAX_SEEDS:
+                raise bad
+    elif isinstance(value, list | tuple):
+        items = list(value)
+    else:
+        raise bad
+    if not items or len(items) > MAX_SEEDS or len(set(map(repr, items))) != len(items):
+        raise bad
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < 2**31:
+            raise bad
+    return list(items)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    task: str = "add"
+    task_args: dict[str, Any] = field(default_factory=dict)
+    rule: str = "dni-b"
+    rule_args: dict[str, Any] = field(default_factory=dict)
+    n: int = 32
+    alpha: float = 1.0
+    lr: float = 1e-3
+    phases: str = "all"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    steps: int = 10_000
+    test_steps: int = 1_000
+    device: str = "cpu"
+    dtype: str = "float32"
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunConfig:
+        """Validate a JSON-like mapping; every refusal names its field."""
+        if not isinstance(data, dict):
+            raise ConfigError("config", "must be a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(str(key), f"unknown field; allowed: {', '.join(sorted(known))}")
+        return cls(**data).validated()
+
+    def validated(self) -> RunConfig:
+        """Parse and range-check every field (task and rule settings included)."""
+        from simulator.rules import make_rule_args
+        from simulator.tasks import make_task
+
+        values: dict[str, Any] = {}
+        for name, setting in _BY_NAME.items():
+            values[name] = setting.parse(getattr(self, name), "")
+        for name in ("task", "rule", "phases"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(name, "must be a string")
+        for name in ("task_args", "rule_args"):
+            if not isinstance(getattr(self, name), dict):
+                raise ConfigError(name, "must be a mapping of setting names to values")
+        task = make_task(self.task, self.task_args)
+        rule_args = make_rule_args(self.rule, self.rule_args)
+        parse_schedule(self.phases)
+        if values["device"] == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda is not available on this machine; allowed: cpu")
+        return dataclasses.replace(
+            self, **values, task_args=dict(task.args), rule_args=rule_args,
+            seeds=parse_seeds(self.seeds),
+        )
+
+    def replace(self, **changes: Any) -> RunConfig:
+        return dataclasses.replace(self, **changes).validated()
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return torch.float64 if self.dtype == "float64" else torch.float32

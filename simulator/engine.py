@@ -1,0 +1,302 @@
+"""The engine: one run = config, network, task stream, rule, phase schedule, S seeds.
+
+``Run.advance(k)`` runs k online-learning steps for all seeds as one batched tensor
+computation and returns :class:`Telemetry` for those steps. ``Run.evaluate`` measures the
+held-out loss with learning frozen. Runs checkpoint to a dict (``state_dict``) and can be
+rebuilt from one, with the same or another rule ("continue from here with dni-b").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from simulator.config import RunConfig
+from simulator.losses import error_signal, loss_value
+from simulator.network import Network, matvec
+from simulator.phases import Schedule, parse_schedule
+from simulator.rules import make_rule
+from simulator.rules.base import StepContext
+from simulator.settings import ConfigError
+from simulator.tasks import make_task
+
+PREFETCH = 1024  # steps of task data generated at a time
+
+
+def set_threads(threads: int | None = None) -> None:
+    """One intra-op thread unless asked otherwise: with more, tiny ops spin-wait (1000x)."""
+    threads = threads or int(os.environ.get("PLASTICITY_THREADS", "1"))
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
+@dataclass
+class Telemetry:
+    """What happened during ``advance(k)``, steps ``start .. start + k - 1``.
+
+    loss (k, S); phase index per step (k,); diagnostics name -> (k, S) (NaN where a rule had
+    nothing to report, e.g. before its first target); with record="traces": V, U, r
+    (k, S, n) and x, y, z (k, S, dim); weight_change: population -> W(end) - W(start)
+    (S, a, b), the update each population received, summed; with record_updates=True also
+    updates: population -> (k, S, a, b) and update_norms population -> (k, S).
+    """
+
+    start: int
+    loss: Tensor
+    phase: list[int]
+    diagnostics: dict[str, Tensor]
+    weight_change: dict[str, Tensor]
+    V: Tensor | None = None
+    U: Tensor | None = None
+    r: Tensor | None = None
+    x: Tensor | None = None
+    y: Tensor | None = None
+    z: Tensor | None = None
+    updates: dict[str, Tensor] = field(default_factory=dict)
+    update_norms: dict[str, Tensor] = field(default_factory=dict)
+    diverged_at: int | None = None
+
+    @property
+    def steps(self) -> int:
+        return self.loss.shape[0]
+
+
+class Diverged(RuntimeError):
+    """Raised by ``advance`` callers that want an exception; the run's status says it too."""
+
+
+class Run:
+    """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
+
+    def __init__(self, config: RunConfig, *, threads: int | None = None) -> None:
+        set_threads(threads)
+        torch.set_grad_enabled(False)
+        self.config = config = config.validated()
+        self.task = make_task(config.task, config.task_args)
+        self.schedule: Schedule = parse_schedule(config.phases)
+        self.dtype = config.torch_dtype
+        self.device = torch.device(config.device)
+        self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
+                                        config.seeds, self.dtype, self.device)
+        self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args,
+                              config.seeds)
+        self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
+                                     **self.rule.learning_rates()}
+        self.stream = self.task.stream(config.seeds, "train")
+        self.t = 0
+        self.status = "ready"
+        self._xb = self._yb = torch.empty(0)
+        self._i = 0
+
+    # ---- what a run holds ---------------------------------------------------------------
+    @property
+    def seeds(self) -> list[int]:
+        return self.config.seeds
+
+    def populations(self) -> dict[str, Tensor]:
+        """Weights by synaptic sub-population, (S, post, pre) each, biases as last column."""
+        return {"basal": self.net.W, "readout": self.net.W_out, **self.rule.populations()}
+
+    def phase_at(self, t: int) -> str:
+        return self.schedule.at(t).name
+
+    # ---- changes mid-run ------------------------------------------------------------------
+    def set_learning_rates(self, **rates: float) -> None:
+        """Change learning rates without reset: lr (network), or a population's name."""
+        for key, value in rates.items():
+            pops = ("basal", "readout") if key == "lr" else (key,)
+            for pop in pops:
+                if pop not in self.lr:
+                    raise ConfigError(key, f"unknown learning rate; allowed: lr, "
+                                           f"{', '.join(self.lr)}")
+            if isinstance(value, bool) or not isinstance(value, int | float) or not (
+                0 <= value <= 10
+            ):
+                raise ConfigError(key, f"got {value!r}; allowed: a number in [0, 10]")
+            for pop in pops:
+                self.lr[pop] = float(value)
+
+    def set_phases(self, text: str) -> None:
+        self.schedule = parse_schedule(text)
+        self.config = self.config.replace(phases=text)
+
+    # ---- the step loop ----------------------------------------------------------------------
+    def _data(self, k: int) -> tuple[Tensor, Tensor]:
+        """The next k steps of task data, from a prefetched buffer on the run's device."""
+        xs, ys = [], []
+        while k > 0:
+            if self._i >= self._xb.shape[0]:
+                x, y = self.stream.next(max(PREFETCH, min(k, 65536)))
+                self._xb = x.to(self.dtype).to(self.device)
+                self._yb = y.to(self.dtype).to(self.device)
+                self._i = 0
+            take = min(k, self._xb.shape[0] - self._i)
+            xs.append(self._xb[self._i : self._i + take])
+            ys.append(self._yb[self._i : self._i + take])
+            self._i += take
+            k -= take
+        return (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
+
+    def advance(self, k: int, *, record: str = "traces", record_updates: bool = False) -> Telemetry:
+        """Learn online for k steps. record: "traces" (V, U, r, x, y, z) or "scalars".
+
+        A non-finite loss stops the run after the step it happened in: status becomes
+        "diverged at step N" and telemetry.diverged_at = N; later calls do nothing.
+        """
+        if record not in ("traces", "scalars"):
+            raise ConfigError("record", "allowed: traces, scalars")
+        if self.status.startswith("diverged"):
+            raise Diverged(self.status)
+        net, rule, kind = self.net, self.rule, self.task.loss
+        S, n, alpha = net.seeds, net.n, net.alpha
+        xs, ys = self._data(k)
+        zs = xs.new_empty(k, S, net.n_out)
+        traces = record == "traces"
+        if traces:
+            Vs, Us, rs = (xs.new_zeros(k, S, n) for _ in range(3))
+        diags = {name: xs.new_full((k, S), float("nan")) for name in rule.diagnostic_names}
+        pops = self.populations()
+        before = {name: w.clone() for name, w in pops.items()}
+        upd_rec: dict[str, Tensor] = {}
+        norm_rec: dict[str, Tensor] = {}
+        if record_updates:
+            upd_rec = {name: xs.new_zeros(k, *w.shape) for name, w in pops.items()}
+            norm_rec = {name: xs.new_zeros(k, S) for name in pops}
+        ones = xs.new_ones(S, 1)
+        phases: list[int] = []
+        r = self.r
+        for i in range(k):
+            t = self.t + i
+            phase_index = self.schedule.index_at(t)
+            phases.append(phase_index)
+            plastic = self.schedule.phases[phase_index].plastic
+            x, y = xs[i], ys[i]
+            p = torch.cat([r, x, ones], 1)
+            V = matvec(net.W, p)
+            h = torch.tanh(V)
+            r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+            gain = torch.addcmul(ones, h, h, value=-1.0)
+            if alpha != 1.0:
+                gain.mul_(alpha)
+            q = torch.cat([r_new, ones], 1)
+            z = matvec(net.W_out, q)
+            e = error_signal(kind, z, y)
+            ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
+            out = rule.step(ctx)
+            if "readout" in plastic and self.lr["readout"]:
+                net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
+            if record_updates:
+                upd_rec["readout"][i] = e.unsqueeze(2) * q.unsqueeze(1)
+            for name, update in out.updates.items():
+                if record_updates:
+                    upd_rec[name][i] = update.dense()
+                    norm_rec[name][i] = update.norm()
+                lr = self.lr[name]
+                if name not in plastic or not lr:
+                    continue
+                if hasattr(update, "post"):
+                    pops[name].addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1),
+                                        value=-lr)
+                else:
+                    pops[name].add_(update.grad, alpha=-lr)
+            rule.after_update(t)
+            zs[i] = z
+            if traces:
+                Vs[i] = V
+                rs[i] = r_new
+                if out.signal is not None:
+                    Us[i] = out.signal
+            for name, value in out.diagnostics.items():
+                diags[name][i] = value
+            r = r_new
+        if record_updates:
+            norm_rec["readout"] = torch.linalg.vector_norm(upd_rec["readout"].flatten(2), dim=2)
+            for name in pops:
+                upd_rec[name] = -self.lr[name] * upd_rec[name]
+        self.r = r
+        start, self.t = self.t, self.t + k
+        losses = loss_value(kind, zs, ys)
+        telemetry = Telemetry(
+            start, losses, phases, diags,
+            {name: w - before[name] for name, w in pops.items()},
+            updates=upd_rec, update_norms=norm_rec,
+        )
+        if traces:
+            telemetry.V, telemetry.U, telemetry.r = Vs, Us, rs
+            telemetry.x, telemetry.y, telemetry.z = xs, ys, zs
+        bad = ~torch.isfinite(losses).all(1)
+        if bool(bad.any()):
+            step = start + int(bad.nonzero()[0, 0])
+            seeds = [self.seeds[j] for j in (~torch.isfinite(losses).all(0)).nonzero()[:, 0]]
+            telemetry.diverged_at = step
+            self.status = f"diverged at step {step} (seeds {', '.join(map(str, seeds))})"
+        else:
+            self.status = "running"
+        return telemetry
+
+    def evaluate(self, steps: int | None = None) -> Tensor:
+        """Mean held-out loss per seed (S,), learning frozen, on a fixed test stream.
+
+        Starts from a copy of the current state r and leaves the run untouched. The whole
+        input drive W_in x + b is one matrix product; only the recurrence loops.
+        """
+        steps = self.config.test_steps if steps is None else steps
+        if steps <= 0:
+            return torch.full((self.net.seeds,), float("nan"))
+        x, y = self.task.stream(self.seeds, "test").next(steps)
+        x = x.to(self.dtype).to(self.device)
+        y = y.to(self.dtype).to(self.device)
+        net = self.net
+        drive = torch.einsum("tsi,sni->tsn", x, net.W_in) + net.b
+        r = self.r.clone()
+        rs = torch.empty(steps, *r.shape, dtype=self.dtype, device=self.device)
+        W_rec = net.W_rec
+        for t in range(steps):
+            h = torch.tanh(matvec(W_rec, r).add_(drive[t]))
+            r = h if net.alpha == 1.0 else torch.lerp(r, h, net.alpha)
+            rs[t] = r
+        z = torch.einsum("tsn,son->tso", rs, net.readout) + net.W_out[:, :, -1]
+        return loss_value(self.task.loss, z, y).mean(0).cpu()
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue bit-for-bit (CPU tensors)."""
+        return {
+            "config": self.config.to_dict(), "t": self.t, "status": self.status,
+            "r": self.r.cpu().clone(), "W": self.net.W.cpu().clone(),
+            "W_out": self.net.W_out.cpu().clone(), "lr": dict(self.lr),
+            "rule_name": self.config.rule, "rule": {k: v.cpu() if isinstance(v, Tensor) else v
+                                                    for k, v in self.rule.state_dict().items()},
+            "stream": self.stream.state_dict(),
+            "prefetch": (self._xb[self._i :].cpu().clone(), self._yb[self._i :].cpu().clone()),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], config: RunConfig | None = None,
+                   *, threads: int | None = None) -> Run:
+        """Rebuild a run from ``state_dict()``; with ``config``, continue under new settings
+        (another rule keeps the network, the input stream and the step count, and starts its
+        own state afresh)."""
+        run = cls(config or RunConfig(**state["config"]), threads=threads)
+        if run.net.W.shape != state["W"].shape or run.net.W_out.shape != state["W_out"].shape:
+            raise ConfigError("n", "a branch must keep the network size and the task")
+        run.t = state["t"]
+        run.r = state["r"].to(run.dtype).to(run.device)
+        run.net.W.copy_(state["W"])
+        run.net.W_out.copy_(state["W_out"])
+        run.stream.load_state_dict(state["stream"])
+        run._xb = state["prefetch"][0].to(run.dtype).to(run.device)
+        run._yb = state["prefetch"][1].to(run.dtype).to(run.device)
+        run._i = 0
+        continuing = config is None or config == RunConfig(**state["config"]).validated()
+        if state["rule_name"] == run.config.rule:
+            run.rule.load_state_dict(state["rule"])
+        if continuing:  # keep rates changed mid-run; a branch takes its config's rates
+            run.lr.update({k: v for k, v in state["lr"].items() if k in run.lr})
+        if not str(state.get("status", "")).startswith("diverged"):
+            run.status = "ready" if run.t == 0 else "running"
+        return run

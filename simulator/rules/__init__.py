@@ -1,0 +1,42 @@
+"""Rule registry: name -> Rule class. A new rule is one module plus one line here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from simulator.network import Network
+from simulator.rules.base import Dense, Rank1, Rule, RuleOutput, StepContext
+from simulator.rules.bptt import BPTT
+from simulator.rules.dni import DNI
+from simulator.rules.dni_b import DNIB
+from simulator.rules.output_only import OutputOnly
+from simulator.rules.rtrl import RTRL
+from simulator.settings import ConfigError, resolve
+
+RULES: dict[str, type[Rule]] = {
+    BPTT.name: BPTT,
+    RTRL.name: RTRL,
+    DNI.name: DNI,
+    DNIB.name: DNIB,
+    OutputOnly.name: OutputOnly,
+}
+
+
+def rule_class(name: str) -> type[Rule]:
+    if name not in RULES:
+        raise ConfigError("rule", f"unknown rule {name!r}; allowed: {', '.join(RULES)}")
+    return RULES[name]
+
+
+def make_rule_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate a rule's settings (filling defaults)."""
+    return resolve(rule_class(name).settings, args, "rule_args")
+
+
+def make_rule(name: str, net: Network, n_out: int, args: dict[str, Any] | None,
+              seeds: list[int]) -> Rule:
+    return rule_class(name)(net, n_out, make_rule_args(name, args), seeds)
+
+
+__all__ = ["RULES", "Dense", "Rank1", "Rule", "RuleOutput", "StepContext", "make_rule",
+           "make_rule_args", "rule_class"]

@@ -1,0 +1,137 @@
+"""The learning-rule interface, in the spirit of torch.optim: one small class per rule.
+
+Each step the engine runs the network forward and hands the rule a :class:`StepContext`.
+The rule returns a :class:`RuleOutput`: for each synaptic sub-population it trains, an
+estimate G of dL/dW (the engine applies W <- W - lr G, only where the current circuit
+phase makes that population plastic), the per-unit learning signal it used (shown as the
+apical voltage U), and scalar diagnostics. The readout always learns by the delta rule in
+the engine; rules own the basal update and any sub-populations of their own (the apical
+compartment A, the learned Jacobian J~).
+
+A new rule is one module with a Rule subclass plus one line in ``simulator/rules/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from simulator.network import Network
+from simulator.settings import Setting
+
+
+@dataclass
+class Rank1:
+    """G = post (x) pre per seed: the three-factor form, post (S, a), pre (S, b)."""
+
+    post: Tensor
+    pre: Tensor
+
+    def dense(self) -> Tensor:
+        return self.post.unsqueeze(2) * self.pre.unsqueeze(1)
+
+    def norm(self) -> Tensor:
+        return torch.linalg.vector_norm(self.post, dim=1) * torch.linalg.vector_norm(self.pre, dim=1)
+
+
+@dataclass
+class Dense:
+    """A full estimate G (S, a, b)."""
+
+    grad: Tensor
+
+    def dense(self) -> Tensor:
+        return self.grad
+
+    def norm(self) -> Tensor:
+        return torch.linalg.vector_norm(self.grad.flatten(1), dim=1)
+
+
+Update = Rank1 | Dense
+
+
+@dataclass
+class StepContext:
+    """Everything a rule may read at step t (shapes: S seeds, n units).
+
+    p = [r(t-1); x(t); 1] (S, n + n_in + 1), V(t), h = tanh(V), gain = dr/dV = alpha tanh'(V),
+    r(t) and r(t-1), target y(t), readout z(t), error e(t) = dL/dz, credit c(t) = W_out^T e(t)
+    (the immediate dL(t)/dr(t)); ``plastic`` is the set of populations learning this step.
+    """
+
+    t: int
+    net: Network
+    p: Tensor
+    V: Tensor
+    gain: Tensor
+    r_prev: Tensor
+    r: Tensor
+    x: Tensor
+    y: Tensor
+    z: Tensor
+    e: Tensor
+    plastic: frozenset[str]
+    _credit: Tensor | None = None
+
+    @property
+    def credit(self) -> Tensor:
+        if self._credit is None:
+            self._credit = torch.bmm(self.e.unsqueeze(1), self.net.readout).squeeze(1)
+        return self._credit
+
+
+@dataclass
+class RuleOutput:
+    updates: dict[str, Update] = field(default_factory=dict)
+    signal: Tensor | None = None  # per-unit learning signal (S, n), shown as U
+    diagnostics: dict[str, Tensor] = field(default_factory=dict)  # name -> (S,)
+
+
+class Rule(ABC):
+    """Base class. ``settings`` declares the rule's knobs (validated before __init__)."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    #: sub-populations beyond basal/readout that the rule owns, with the setting holding
+    #: each one's learning rate, e.g. {"apical": "lr_apical"}
+    own_populations: ClassVar[dict[str, str]] = {}
+    #: diagnostics this rule reports every step (names), so telemetry can preallocate
+    diagnostic_names: ClassVar[tuple[str, ...]] = ()
+    trains_basal: ClassVar[bool] = True
+
+    def __init__(self, net: Network, n_out: int, args: dict[str, Any], seeds: list[int]) -> None:
+        self.args = dict(args)
+        self.seeds = seeds
+
+    @abstractmethod
+    def step(self, ctx: StepContext) -> RuleOutput: ...
+
+    def populations(self) -> dict[str, Tensor]:
+        """The weight tensors of the populations this rule owns (updated in place)."""
+        return {}
+
+    def learning_rates(self) -> dict[str, float]:
+        return {pop: float(self.args[key]) for pop, key in self.own_populations.items()}
+
+    def set_args(self, **changes: Any) -> None:
+        """Change settings mid-run (learning rates...); subclasses may refuse others."""
+        self.args.update(changes)
+
+    def after_update(self, t: int) -> None:  # noqa: B027 - optional hook
+        """Called after the engine applied this step's updates (frozen copies...)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: v.clone() for k, v in vars(self).items() if isinstance(v, Tensor)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            if isinstance(current, Tensor):
+                current.copy_(value)
+            else:
+                setattr(self, key, value)

@@ -1,0 +1,144 @@
+"""DNI in the compartmental neuron (Marschall, Cho & Savin 2019; Jaderberg et al. 2016).
+
+Each unit's apical compartment carries a synthetic gradient, its voltage
+
+    U(t) = A r(t) + A_fb y*(t) + c        (apical weights [A | A_fb | c], pre a~ = [r; y*; 1])
+
+estimating the credit dL_future/dr(t). Three local rules, one per sub-population:
+
+  basal   dW_ij = -eta   U_i(t) gain_i(t) p_j(t)          gain = alpha tanh'(V), p = [r(t-1); x; 1]
+  apical  dA    = -eta_A (U(t-1) - target) a~(t-1)^T,     target = B e(t-1) + J~^T g(U_frozen(t))
+  J~      dJ~   = -eta_J (J~ r(t-1) - r(t)) r(t-1)^T      (only with jacobian=learned; J~(0) = W_rec)
+
+U_frozen uses a copy of the apical weights refreshed every ``refresh`` steps. The three
+choices that make DNI local are separate settings: feedback B (symmetric W_out^T or a fixed
+random N(0, 1/n_out) matrix), Jacobian (the exact J(t) or the learned J~), label squashing g
+(identity or tanh). DNI-b, the paper's rule, is random / learned / tanh.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from simulator.network import Network, matvec, vecmat
+from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext
+from simulator.settings import ConfigError, Setting
+from simulator.tasks.base import seed_generator
+
+SETTINGS = (
+    Setting("feedback", "symmetric", "output-error feedback B onto the apical dendrite",
+            str, choices=("symmetric", "random")),
+    Setting("jacobian", "exact", "Jacobian that passes credit back one step",
+            str, choices=("exact", "learned")),
+    Setting("label", "identity", "squashing g of the bootstrapped apical label",
+            str, choices=("identity", "tanh")),
+    Setting("lr_apical", 0.05, "apical learning rate eta_A (MODEL.md: 0.05 for alpha=1 on Add)",
+            float, 0.0, 10.0),
+    Setting("lr_jacobian", 0.01, "J~ learning rate eta_J (MODEL.md: 0.01 for alpha=1 on Add)",
+            float, 0.0, 10.0),
+    Setting("refresh", 5, "steps between refreshes of the frozen apical copy", int, 1, 100_000),
+)
+
+
+def with_defaults(settings: tuple[Setting, ...], **defaults: object) -> tuple[Setting, ...]:
+    """The same settings with some defaults changed (for rule variants such as DNI-b)."""
+    from dataclasses import replace
+
+    return tuple(replace(s, default=defaults[s.name]) if s.name in defaults else s
+                 for s in settings)
+
+
+def basal_signal(U: Tensor, gain: Tensor) -> Tensor:
+    """Postsynaptic factor of the basal three-factor rule: apical voltage x somatic gain."""
+    return U * gain
+
+
+def apical_target(q_prev: Tensor, back: Tensor) -> Tensor:
+    """One-step bootstrapped credit for U(t-1): B e(t-1) + J^T g(U_frozen(t))."""
+    return q_prev + back
+
+
+class DNI(Rule):
+    name = "dni"
+    summary = "synthetic gradients in the apical compartment (exact J, symmetric feedback)"
+    settings = SETTINGS
+    diagnostic_names = ("apical_loss", "jacobian_loss")
+    _fixed = ("feedback", "jacobian", "label")  # cannot change mid-run
+
+    def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
+        super().__init__(net, n_out, args, seeds)
+        S, n = net.seeds, net.n
+        self.A = net.W.new_zeros(S, n, n + n_out + 1)  # [A | A_fb | c], starts silent
+        self.A_frozen = self.A.clone()
+        self.learned = args["jacobian"] == "learned"
+        self.J = net.W_rec.clone() if self.learned else None  # J~(0) = W_rec
+        if args["feedback"] == "random":
+            Bs = [torch.randn(n, n_out, generator=seed_generator("feedback", s),
+                              dtype=torch.float64) / n_out**0.5 for s in seeds]
+            self.B: Tensor | None = torch.stack(Bs).to(net.W)
+        else:
+            self.B = None
+        self.tanh_label = args["label"] == "tanh"
+        self.U_prev: Tensor | None = None
+        self.a_prev: Tensor | None = None
+        self.e_prev: Tensor | None = None
+
+    def populations(self) -> dict[str, Tensor]:
+        pops = {"apical": self.A}
+        if self.J is not None:
+            pops["jacobian"] = self.J
+        return pops
+
+    def learning_rates(self) -> dict[str, float]:
+        rates = {"apical": float(self.args["lr_apical"])}
+        if self.learned:
+            rates["jacobian"] = float(self.args["lr_jacobian"])
+        return rates
+
+    def set_args(self, **changes: object) -> None:
+        for key in changes:
+            if key in self._fixed:
+                raise ConfigError(f"rule_args.{key}", "cannot change mid-run; start a branch")
+        super().set_args(**changes)
+
+    def feedback(self, e: Tensor, net: Network) -> Tensor:
+        """q = B e: the output error as it arrives at the apical dendrites."""
+        return vecmat(e, net.readout) if self.B is None else matvec(self.B, e)
+
+    def step(self, ctx: StepContext) -> RuleOutput:
+        net = ctx.net
+        a = torch.cat([ctx.r, ctx.y, ctx.r.new_ones(ctx.r.shape[0], 1)], 1)  # a~(t)
+        U = matvec(self.A, a)
+        updates: dict = {"basal": Rank1(basal_signal(U, ctx.gain), ctx.p)}
+        diagnostics: dict[str, Tensor] = {}
+        if self.U_prev is not None:
+            g = matvec(self.A_frozen, a)
+            if self.tanh_label:
+                g = torch.tanh(g)
+            back = net.jacobian_t_times(g, ctx.gain) if self.J is None else vecmat(g, self.J)
+            residual = self.U_prev - apical_target(self.feedback(self.e_prev, net), back)
+            updates["apical"] = Rank1(residual, self.a_prev)
+            diagnostics["apical_loss"] = residual.square().mean(1)
+        if self.J is not None:
+            j_residual = matvec(self.J, ctx.r_prev).sub_(ctx.r)
+            updates["jacobian"] = Rank1(j_residual, ctx.r_prev)
+            diagnostics["jacobian_loss"] = j_residual.square().mean(1)
+        self.U_prev, self.a_prev, self.e_prev = U, a, ctx.e
+        return RuleOutput(updates=updates, signal=U, diagnostics=diagnostics)
+
+    def after_update(self, t: int) -> None:
+        if (t + 1) % self.args["refresh"] == 0:
+            self.A_frozen.copy_(self.A)
+
+    def state_dict(self) -> dict:
+        keep = ("A", "A_frozen", "J", "B", "U_prev", "a_prev", "e_prev")
+        return {k: None if getattr(self, k) is None else getattr(self, k).clone() for k in keep}
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            if isinstance(current, Tensor) and value is not None:
+                current.copy_(value)
+            else:
+                setattr(self, key, None if value is None else value.to(self.A))

@@ -1,0 +1,108 @@
+"""Declarative, validated settings shared by tasks, rules and the run config.
+
+Every user-facing knob is a :class:`Setting` with a type, a default and an allowed
+range, so the CLI, the REST API and the dashboard all refuse bad input with the same
+one-line message naming the field and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad setting. ``field`` is a dotted path such as ``rule_args.lr_apical``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One named setting: ``kind`` is int, float, str or bool; bounds are inclusive."""
+
+    name: str
+    default: Any
+    help: str
+    kind: type = float
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] | None = None
+
+    def allowed(self) -> str:
+        if self.choices:
+            return "one of " + ", ".join(self.choices)
+        if self.kind is bool:
+            return "true or false"
+        lo = "-inf" if self.low is None else f"{self.low:g}"
+        hi = "inf" if self.high is None else f"{self.high:g}"
+        what = "an integer" if self.kind is int else "a number"
+        return f"{what} in [{lo}, {hi}]"
+
+    def describe(self) -> str:
+        return f"{self.name}={self.default} ({self.allowed()}): {self.help}"
+
+    def parse(self, value: Any, where: str) -> Any:
+        field = f"{where}.{self.name}" if where else self.name
+        bad = ConfigError(field, f"got {value!r}; allowed: {self.allowed()}")
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+                return value.strip().lower() in _TRUE
+            raise bad
+        if self.kind is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise bad
+            return value
+        if isinstance(value, bool):
+            raise bad
+        try:
+            if self.kind is int:
+                if isinstance(value, float) and not value.is_integer():
+                    raise bad
+                number: float = int(value) if not isinstance(value, str) else int(value.strip())
+            else:
+                number = float(value)
+        except (TypeError, ValueError, OverflowError):
+            raise bad from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise bad
+        if (self.low is not None and number < self.low) or (
+            self.high is not None and number > self.high
+        ):
+            raise bad
+        return number
+
+
+def resolve(settings: Sequence[Setting], given: Mapping[str, Any] | None, where: str) -> dict:
+    """Fill defaults, parse and range-check ``given``; unknown keys are an error."""
+    given = dict(given or {})
+    if not isinstance(given, dict):
+        raise ConfigError(where, "must be a mapping of setting names to values")
+    known = {s.name: s for s in settings}
+    for key in given:
+        if key not in known:
+            allowed = ", ".join(known) or "none"
+            raise ConfigError(f"{where}.{key}", f"unknown setting; allowed: {allowed}")
+    return {s.name: s.parse(given[s.name], where) if s.name in given else s.default for s in settings}
+
+
+def parse_key_values(pairs: Sequence[str], where: str) -> dict[str, str]:
+    """Parse CLI ``KEY=VALUE`` pairs (values stay strings; settings parse them)."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(where, f"expected KEY=VALUE, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
