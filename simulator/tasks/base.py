@@ -49,8 +49,8 @@ class TaskStream(ABC):
         """Task-specific stream state (history buffers...) for checkpoints."""
         return {}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
+    def load_extra_state(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what extra_state returned."""
 
     def state_dict(self) -> dict[str, Any]:
         return {"generators": [g.get_state() for g in self.generators], **self.extra_state()}
