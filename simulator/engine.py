@@ -42,7 +42,9 @@ class Telemetry:
     nothing to report, e.g. before its first target); with record="traces": V, U, r
     (k, S, n) and x, y, z (k, S, dim); weight_change: population -> W(end) - W(start)
     (S, a, b), the update each population received, summed; with record_updates=True also
-    updates: population -> (k, S, a, b) and update_norms population -> (k, S).
+    updates: population -> (k, S, a, b), the update -lr G applied at each step (zero where the
+    phase froze the population), estimates: the rule's G (its estimate of dL/dW) at each
+    step, and update_norms: population -> (k, S), ||G||.
     """
 
     start: int
@@ -57,6 +59,7 @@ class Telemetry:
     y: Tensor | None = None
     z: Tensor | None = None
     updates: dict[str, Tensor] = field(default_factory=dict)
+    estimates: dict[str, Tensor] = field(default_factory=dict)
     update_norms: dict[str, Tensor] = field(default_factory=dict)
     diverged_at: int | None = None
 
@@ -74,7 +77,6 @@ class Run:
 
     def __init__(self, config: RunConfig, *, threads: int | None = None) -> None:
         set_threads(threads)
-        torch.set_grad_enabled(False)
         self.config = config = config.validated()
         self.task = make_task(config.task, config.task_args)
         self.schedule: Schedule = parse_schedule(config.phases)
@@ -141,6 +143,7 @@ class Run:
             k -= take
         return (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
 
+    @torch.no_grad()
     def advance(self, k: int, *, record: str = "traces", record_updates: bool = False) -> Telemetry:
         """Learn online for k steps. record: "traces" (V, U, r, x, y, z) or "scalars".
 
@@ -213,17 +216,22 @@ class Run:
             for name, value in out.diagnostics.items():
                 diags[name][i] = value
             r = r_new
+        estimates: dict[str, Tensor] = {}
         if record_updates:
             norm_rec["readout"] = torch.linalg.vector_norm(upd_rec["readout"].flatten(2), dim=2)
-            for name in pops:
-                upd_rec[name] = -self.lr[name] * upd_rec[name]
+            estimates = upd_rec
+            upd_rec = {}
+            for name, G in estimates.items():
+                gate = torch.tensor([name in self.schedule.phases[j].plastic for j in phases],
+                                    dtype=G.dtype, device=G.device)
+                upd_rec[name] = G * (-self.lr[name] * gate).view(-1, *[1] * (G.dim() - 1))
         self.r = r
         start, self.t = self.t, self.t + k
         losses = loss_value(kind, zs, ys)
         telemetry = Telemetry(
             start, losses, phases, diags,
             {name: w - before[name] for name, w in pops.items()},
-            updates=upd_rec, update_norms=norm_rec,
+            updates=upd_rec, update_norms=norm_rec, estimates=estimates,
         )
         if traces:
             telemetry.V, telemetry.U, telemetry.r = Vs, Us, rs
@@ -238,6 +246,7 @@ class Run:
             self.status = "running"
         return telemetry
 
+    @torch.no_grad()
     def evaluate(self, steps: int | None = None) -> Tensor:
         """Mean held-out loss per seed (S,), learning frozen, on a fixed test stream.
 
@@ -276,6 +285,7 @@ class Run:
         }
 
     @classmethod
+    @torch.no_grad()
     def from_state(cls, state: dict[str, Any], config: RunConfig | None = None,
                    *, threads: int | None = None) -> Run:
         """Rebuild a run from ``state_dict()``; with ``config``, continue under new settings

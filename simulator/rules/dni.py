@@ -7,7 +7,7 @@ Each unit's apical compartment carries a synthetic gradient, its voltage
 estimating the credit dL_future/dr(t). Three local rules, one per sub-population:
 
   basal   dW_ij = -eta   U_i(t) gain_i(t) p_j(t)          gain = alpha tanh'(V), p = [r(t-1); x; 1]
-  apical  dA    = -eta_A (U(t-1) - target) a~(t-1)^T,     target = B e(t-1) + J~^T g(U_frozen(t))
+  apical  dA    = -eta_A (A a~(t-1) - target) a~(t-1)^T,     target = B e(t-1) + J~^T g(U_frozen(t))
   J~      dJ~   = -eta_J (J~ r(t-1) - r(t)) r(t-1)^T      (only with jacobian=learned; J~(0) = W_rec)
 
 U_frozen uses a copy of the apical weights refreshed every ``refresh`` steps. The three
@@ -69,7 +69,10 @@ class DNI(Rule):
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
         S, n = net.seeds, net.n
-        self.A = net.W.new_zeros(S, n, n + n_out + 1)  # [A | A_fb | c], starts silent
+        m_out = n + n_out + 1
+        As = [torch.randn(n, m_out, generator=seed_generator("apical", s), dtype=torch.float64)
+              / m_out**0.5 for s in seeds]  # [A | A_fb | c] ~ N(0, 1/m_out), as the authors' code
+        self.A = torch.stack(As).to(net.W)
         self.A_frozen = self.A.clone()
         self.learned = args["jacobian"] == "learned"
         self.J = net.W_rec.clone() if self.learned else None  # J~(0) = W_rec
@@ -80,7 +83,6 @@ class DNI(Rule):
         else:
             self.B = None
         self.tanh_label = args["label"] == "tanh"
-        self.U_prev: Tensor | None = None
         self.a_prev: Tensor | None = None
         self.e_prev: Tensor | None = None
 
@@ -112,19 +114,21 @@ class DNI(Rule):
         U = matvec(self.A, a)
         updates: dict = {"basal": Rank1(basal_signal(U, ctx.gain), ctx.p)}
         diagnostics: dict[str, Tensor] = {}
-        if self.U_prev is not None:
+        if self.a_prev is not None:
             g = matvec(self.A_frozen, a)
             if self.tanh_label:
                 g = torch.tanh(g)
             back = net.jacobian_t_times(g, ctx.gain) if self.J is None else vecmat(g, self.J)
-            residual = self.U_prev - apical_target(self.feedback(self.e_prev, net), back)
+            # U(t-1) under the current A: the gradient of 0.5 ||A a~(t-1) - target||^2
+            U_prev = matvec(self.A, self.a_prev)
+            residual = U_prev - apical_target(self.feedback(self.e_prev, net), back)
             updates["apical"] = Rank1(residual, self.a_prev)
             diagnostics["apical_loss"] = residual.square().mean(1)
         if self.J is not None:
             j_residual = matvec(self.J, ctx.r_prev).sub_(ctx.r)
             updates["jacobian"] = Rank1(j_residual, ctx.r_prev)
             diagnostics["jacobian_loss"] = j_residual.square().mean(1)
-        self.U_prev, self.a_prev, self.e_prev = U, a, ctx.e
+        self.a_prev, self.e_prev = a, ctx.e
         return RuleOutput(updates=updates, signal=U, diagnostics=diagnostics)
 
     def after_update(self, t: int) -> None:
@@ -132,7 +136,7 @@ class DNI(Rule):
             self.A_frozen.copy_(self.A)
 
     def state_dict(self) -> dict:
-        keep = ("A", "A_frozen", "J", "B", "U_prev", "a_prev", "e_prev")
+        keep = ("A", "A_frozen", "J", "B", "a_prev", "e_prev")
         return {k: None if getattr(self, k) is None else getattr(self, k).clone() for k in keep}
 
     def load_state_dict(self, state: dict) -> None:

@@ -1,0 +1,158 @@
+"""Headless command line: ``python -m simulator run|rules|tasks``.
+
+    python -m simulator run --task add --task-arg t1=5 --task-arg t2=9 --rule dni-b \\
+        --steps 100000 --test-steps 5000 --seeds 0-4 --json
+
+shows a progress bar on stderr and prints one JSON summary as the last line of stdout.
+Bad settings exit with status 2 and a one-line message naming the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from simulator.settings import ConfigError, parse_key_values
+
+CHUNK = 1000  # steps per advance() call: amortizes bookkeeping, keeps the bar lively
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m simulator",
+                                     description="Plasticity Lab simulator (headless)")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="train one run (an ensemble of seeds) and summarize")
+    run.add_argument("--task", default="add")
+    run.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--rule", default="dni-b")
+    run.add_argument("--rule-arg", action="append", default=[], metavar="KEY=VALUE")
+    run.add_argument("--n", default="32")
+    run.add_argument("--alpha", default="1.0")
+    run.add_argument("--lr", default="1e-3")
+    run.add_argument("--phases", default="all",
+                     help="preset (all, apical-then-basal) or '[NAME=]POP+POP:STEPS,...'")
+    run.add_argument("--steps", default="10000")
+    run.add_argument("--test-steps", default="1000")
+    run.add_argument("--seeds", default="0", help="e.g. 0, 0-4, 0,3,7")
+    run.add_argument("--device", default="cpu")
+    run.add_argument("--dtype", default="float32")
+    run.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    run.add_argument("--out", default=None, metavar="DIR",
+                     help="write config.json, history.csv (every step) and summary.json")
+    run.add_argument("--json", action="store_true", help="print only the JSON summary")
+    run.add_argument("--no-progress", action="store_true")
+    sub.add_parser("rules", help="list learning rules and their settings")
+    sub.add_parser("tasks", help="list tasks and their settings")
+    return parser
+
+
+def _config_from_args(args: argparse.Namespace) -> Any:
+    from simulator.config import RunConfig
+
+    return RunConfig(
+        task=args.task, task_args=parse_key_values(args.task_arg, "task_args"),
+        rule=args.rule, rule_args=parse_key_values(args.rule_arg, "rule_args"),
+        n=args.n, alpha=args.alpha, lr=args.lr, phases=args.phases, seeds=args.seeds,
+        steps=args.steps, test_steps=args.test_steps, device=args.device, dtype=args.dtype,
+    ).validated()
+
+
+def _list(registry: dict[str, Any]) -> None:
+    for name, cls in registry.items():
+        settings = "; ".join(s.describe() for s in cls.settings) or "no settings"
+        print(f"{name:14s} {cls.summary}. Settings: {settings}")
+
+
+def _nan_to_none(values: list[float]) -> list[float | None]:
+    return [v if math.isfinite(v) else None for v in values]
+
+
+def run_command(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from simulator.engine import Run
+    from simulator.telemetry import scalar_history
+
+    config = _config_from_args(args)
+    run = Run(config, threads=args.threads)
+    out_dir = Path(args.out) if args.out else None
+    writer = handle = None
+    if out_dir:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        handle = (out_dir / "history.csv").open("w", newline="")
+        writer = csv.writer(handle)
+    tail = max(1, config.steps // 10)
+    tail_sum = [0.0] * len(config.seeds)
+    bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.no_progress,
+               dynamic_ncols=True)
+    started = time.perf_counter()
+    done = 0
+    try:
+        while done < config.steps:
+            k = min(CHUNK, config.steps - done)
+            tel = run.advance(k, record="scalars")
+            overlap = max(0, done + k - (config.steps - tail))
+            if overlap:
+                sums = tel.loss[-overlap:].double().sum(0).tolist()
+                tail_sum = [a + b for a, b in zip(tail_sum, sums, strict=True)]
+            if writer:
+                cols, rows = scalar_history(tel, config.seeds)
+                if done == 0:
+                    writer.writerow(cols)
+                writer.writerows(rows.tolist())
+            done += k
+            bar.update(k)
+            bar.set_postfix(loss=f"{float(tel.loss.mean()):.4f}")
+            if tel.diverged_at is not None:
+                break
+    finally:
+        bar.close()
+        if handle:
+            handle.close()
+    elapsed = time.perf_counter() - started
+    diverged = run.status.startswith("diverged")
+    test = run.evaluate(config.test_steps).tolist() if not diverged else []
+    summary = {
+        "rule": config.rule, "task": config.task, "steps": done, "seeds": config.seeds,
+        "final_test_loss": _nan_to_none(test) if not diverged else None,
+        "train_loss_last": _nan_to_none([s / tail for s in tail_sum]) if not diverged else None,
+        "steps_per_second": done / elapsed if elapsed > 0 else None,
+        "status": "finished" if not diverged else run.status,
+        "reference_levels": run.task.reference_levels(),
+        "config": config.to_dict(),
+    }
+    if out_dir:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "rules":
+            from simulator.rules import RULES
+
+            _list(RULES)
+        elif args.command == "tasks":
+            from simulator.tasks import TASKS
+
+            _list(TASKS)
+        else:
+            summary = run_command(args)
+            if not args.json:
+                levels = ", ".join(f"{k} {v:.4f}" for k, v in summary["reference_levels"].items())
+                print(f"{summary['rule']} on {summary['task']}: {summary['status']}; "
+                      f"test loss per seed {summary['final_test_loss']} (reference: {levels})")
+            print(json.dumps(summary))
+            return 0 if summary["status"] == "finished" else 1
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
