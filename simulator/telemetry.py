@@ -24,6 +24,7 @@ size does not grow with the number of steps it covers:
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -68,7 +69,7 @@ def binned(values: Tensor, start: int, max_points: int) -> dict[str, list]:
     edges = np.linspace(0, k, bins + 1).astype(int)
     steps, means, mins, maxs = [], [], [], []
     finite = np.isfinite(v)
-    for a, b in zip(edges[:-1], edges[1:], strict=True):
+    for a, b in itertools.pairwise(edges):
         block, ok = v[a:b], finite[a:b]
         steps.append(start + int(b) - 1)
         if ok.any():

@@ -116,7 +116,7 @@ def test_bootstrapped_apical_target_reproduces_true_credit():
 def test_dni_b_updates_equal_their_local_formulas_term_by_term():
     run = Run(small("dni-b", alpha=0.8, rule_args={"refresh": 3}))
     run.advance(7)  # past a frozen-copy refresh, so A_frozen != A
-    rule, net = run.rule, run.net
+    rule = run.rule
     A, A_fr, J, B = (rule.A.clone(), rule.A_frozen.clone(), rule.J.clone(), rule.B.clone())
     a_prev, e_prev, r_prev = rule.a_prev.clone(), rule.e_prev.clone(), run.r.clone()
     assert not torch.equal(A, A_fr)

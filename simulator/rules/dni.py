@@ -68,7 +68,7 @@ class DNI(Rule):
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
-        S, n = net.seeds, net.n
+        n = net.n
         m_out = n + n_out + 1
         As = [torch.randn(n, m_out, generator=seed_generator("apical", s), dtype=torch.float64)
               / m_out**0.5 for s in seeds]  # [A | A_fb | c] ~ N(0, 1/m_out), as the authors' code
