@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from simulator.alignment import Shadow
 from simulator.config import RunConfig
 from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec
@@ -62,6 +63,8 @@ class Telemetry:
     estimates: dict[str, Tensor] = field(default_factory=dict)
     update_norms: dict[str, Tensor] = field(default_factory=dict)
     diverged_at: int | None = None
+    alignment: Tensor | None = None  # (k, S) cosine with the exact gradient (Run(align=...))
+    norm_ratio: Tensor | None = None  # (k, S) ||G_rule|| / ||G_exact||, W_rec block
 
     @property
     def steps(self) -> int:
@@ -75,7 +78,8 @@ class Diverged(RuntimeError):
 class Run:
     """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
 
-    def __init__(self, config: RunConfig, *, threads: int | None = None) -> None:
+    def __init__(self, config: RunConfig, *, threads: int | None = None,
+                 align: str | None = None) -> None:
         set_threads(threads)
         self.config = config = config.validated()
         self.task = make_task(config.task, config.task_args)
@@ -89,6 +93,9 @@ class Run:
         self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
                                      **self.rule.learning_rates()}
         self.stream = self.task.stream(config.seeds, "train")
+        # align: an exact gradient computed beside the run (simulator.alignment), read-only
+        self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
+                                                         config.seeds)
         self.t = 0
         self.status = "ready"
         self._xb = self._yb = torch.empty(0)
@@ -170,6 +177,9 @@ class Run:
             upd_rec = {name: xs.new_zeros(k, *w.shape) for name, w in pops.items()}
             norm_rec = {name: xs.new_zeros(k, S) for name in pops}
         ones = xs.new_ones(S, 1)
+        shadow = self.shadow
+        if shadow is not None:
+            shadow.begin(k, xs)
         phases: list[int] = []
         r = self.r
         for i in range(k):
@@ -190,6 +200,8 @@ class Run:
             e = error_signal(kind, z, y)
             ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
             out = rule.step(ctx)
+            if shadow is not None:  # before the updates: it reads W(t)
+                shadow.step(i, ctx, out)
             if "readout" in plastic and self.lr["readout"]:
                 net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
             if record_updates:
@@ -233,6 +245,8 @@ class Run:
             {name: w - before[name] for name, w in pops.items()},
             updates=upd_rec, update_norms=norm_rec, estimates=estimates,
         )
+        if shadow is not None:
+            telemetry.alignment, telemetry.norm_ratio = shadow.finish()
         if traces:
             telemetry.V, telemetry.U, telemetry.r = Vs, Us, rs
             telemetry.x, telemetry.y, telemetry.z = xs, ys, zs
@@ -307,6 +321,7 @@ class Run:
             run.rule.load_state_dict(state["rule"])
         if continuing:  # keep rates changed mid-run; a branch takes its config's rates
             run.lr.update({k: v for k, v in state["lr"].items() if k in run.lr})
-        if not str(state.get("status", "")).startswith("diverged"):
-            run.status = "ready" if run.t == 0 else "running"
+        status = str(state.get("status", ""))
+        run.status = status if status.startswith("diverged") else (
+            "ready" if run.t == 0 else "running")
         return run
