@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="write config.json, history.csv (every step) and summary.json")
     run.add_argument("--json", action="store_true", help="print only the JSON summary")
+    run.add_argument("--align", nargs="?", const="auto", default=None, metavar="EXACT",
+                     help="shadow exact gradient: rtrl, bptt:T or auto (the default); adds "
+                          "mean_alignment and mean_norm_ratio (per seed) to the summary")
     run.add_argument("--no-progress", action="store_true")
     sub.add_parser("rules", help="list learning rules and their settings")
     sub.add_parser("tasks", help="list tasks and their settings")
@@ -76,11 +79,13 @@ def _nan_to_none(values: list[float]) -> list[float | None]:
 def run_command(args: argparse.Namespace) -> dict[str, Any]:
     from tqdm import tqdm
 
+    from simulator.alignment import AlignmentMeans
     from simulator.engine import Run
     from simulator.telemetry import scalar_history
 
     config = _config_from_args(args)
-    run = Run(config, threads=args.threads)
+    run = Run(config, threads=args.threads, align=args.align)
+    align_means = AlignmentMeans()
     out_dir = Path(args.out) if args.out else None
     writer = handle = None
     if out_dir:
@@ -98,6 +103,8 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         while done < config.steps:
             k = min(CHUNK, config.steps - done)
             tel = run.advance(k, record="scalars")
+            if tel.alignment is not None:
+                align_means.add(tel.alignment, tel.norm_ratio)
             overlap = max(0, done + k - (config.steps - tail))
             if overlap:
                 sums = tel.loss[-overlap:].double().sum(0).tolist()
@@ -128,6 +135,10 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         "reference_levels": run.task.reference_levels(),
         "config": config.to_dict(),
     }
+    if run.shadow is not None:
+        alignment, ratio = align_means.means()
+        summary.update(align=run.shadow.spec, mean_alignment=_nan_to_none(alignment),
+                       mean_norm_ratio=_nan_to_none(ratio))
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -9,8 +9,13 @@ from simulator.rules.base import Dense, Rank1, Rule, RuleOutput, StepContext
 from simulator.rules.bptt import BPTT
 from simulator.rules.dni import DNI
 from simulator.rules.dni_b import DNIB
+from simulator.rules.kernl import KeRNL
+from simulator.rules.kf_rtrl import KFRTRL
 from simulator.rules.output_only import OutputOnly
+from simulator.rules.r_kf_rtrl import RKFRTRL
+from simulator.rules.rflo import RFLO
 from simulator.rules.rtrl import RTRL
+from simulator.rules.uoro import UORO
 from simulator.settings import ConfigError, resolve
 
 RULES: dict[str, type[Rule]] = {
@@ -19,6 +24,11 @@ RULES: dict[str, type[Rule]] = {
     DNI.name: DNI,
     DNIB.name: DNIB,
     OutputOnly.name: OutputOnly,
+    UORO.name: UORO,
+    KFRTRL.name: KFRTRL,
+    RKFRTRL.name: RKFRTRL,
+    RFLO.name: RFLO,
+    KeRNL.name: KeRNL,
 }
 
 

@@ -1,0 +1,62 @@
+"""KF-RTRL: Kronecker-factored RTRL (Mujika, Meier & Steger 2018).
+
+The immediate influence of the basal weights is a Kronecker product,
+D(t)[k, i, j] = delta_ki gain_i p_j = (p^T (x) diag(gain))[k, i, j]. KF-RTRL keeps the
+influence tensor M(t) = dr(t)/dW in that form,
+
+    M~(t)[k, i, j] = u_j(t) A_ki(t)        u (m,) over presynaptic inputs, A (n, n) over units
+
+and folds the two terms of the RTRL recursion M = H M + D back into one product with two
+random signs c_1, c_2 (zero mean, unit variance, independent):
+
+    u(t) = c_1 p_1 u(t-1) + c_2 p_2 p(t)
+    A(t) = c_1 H(t) A(t-1) / p_1 + c_2 diag(gain) / p_2
+    p_1 = sqrt(||H A|| / ||u||),   p_2 = sqrt(||diag(gain)|| / ||p||)
+
+with H(t) = J(t) = diag(gain) W_rec + (1 - alpha) I, gain = alpha tanh'(V), p = [r(t-1); x; 1].
+E[c_1 c_2] = 0 makes E[M~(t)] = H M~(t-1) + D(t): unbiased. Gradient estimate:
+dL(t)/dW_ij ~ (c^T A)_i u_j with c = W_out^T e, a rank-one update. Memory n^2 + m,
+compute n^3 per step and seed.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from simulator.network import Network, vecmat
+from simulator.rules.base import Rank1, RuleOutput, StepContext
+from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_matmul, norm
+
+
+class KFRTRL(StatefulRule):
+    name = "kf-rtrl"
+    summary = "Kronecker-factored RTRL: influence as u (x) A with two random signs (n^3)"
+    settings = (SIGNS,)
+    diagnostic_names = ("influence_norm",)
+    fixed_args = ("signs",)
+    state_keys = ("u", "A")
+
+    def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
+        super().__init__(net, n_out, args, seeds)
+        S, n, m = net.seeds, net.n, net.W.shape[2]
+        self.u = net.W.new_zeros(S, m)
+        self.A = net.W.new_zeros(S, n, n)
+        self.c = NoiseStream("kf-rtrl", seeds, 2, args["signs"], net.W)
+
+    def influence(self) -> Tensor:
+        """The dense estimate M~[s, k, i, j] = A_ki u_j (for tests and plots)."""
+        return self.A.unsqueeze(3) * self.u[:, None, None, :]
+
+    def step(self, ctx: StepContext) -> RuleOutput:
+        c = self.c.next()
+        c1, c2 = c[:, 0:1], c[:, 1:2]
+        HA = jacobian_matmul(ctx.net, ctx.gain, self.A)
+        p1 = balance(norm(HA), norm(self.u))[:, None]
+        p2 = balance(norm(ctx.gain), norm(ctx.p))[:, None]
+        self.u = self.u.mul(c1 * p1).add_(ctx.p * (c2 * p2))
+        A = HA.mul_((c1 / p1).unsqueeze(2))
+        A.diagonal(dim1=1, dim2=2).add_(ctx.gain * (c2 / p2))
+        self.A = A
+        credit = ctx.credit
+        return RuleOutput(updates={"basal": Rank1(vecmat(credit, A), self.u)}, signal=credit,
+                          diagnostics={"influence_norm": norm(self.u) * norm(A)})

@@ -1,0 +1,64 @@
+"""UORO: unbiased online recurrent optimization (Tallec & Ollivier 2017).
+
+Keeps a rank-one estimate of the RTRL influence tensor M(t) = dr(t)/dW,
+
+    M~(t)[k, i, j] = s~_k(t) theta~_ij(t)        s~ (n,) over units, theta~ (n, m) over weights
+
+and updates it with fresh random signs nu (n,), E[nu] = 0, E[nu nu^T] = I:
+
+    s~(t)     = rho_0 J(t) s~(t-1) + rho_1 nu
+    theta~(t) = theta~(t-1) / rho_0 + (nu^T D(t)) / rho_1,    (nu^T D)_ij = nu_i gain_i p_j
+
+with J(t) = diag(gain) W_rec + (1 - alpha) I the one-step Jacobian, D(t) the immediate
+influence (D[k, i, j] = delta_ki gain_i p_j, gain = alpha tanh'(V), p = [r(t-1); x; 1])
+and the variance-reducing rescalings
+
+    rho_0 = sqrt(||theta~|| / ||J s~||),   rho_1 = sqrt(||nu^T D|| / ||nu||).
+
+Given the past, E[M~(t)] = J(t) M~(t-1) + D(t): the RTRL recursion, so M~ is unbiased.
+Gradient estimate: dL(t)/dW ~ (c(t) . s~(t)) theta~(t), c = W_out^T e. Memory n m, compute
+n^2 + n m per step and seed.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from simulator.network import Network
+from simulator.rules.base import Dense, RuleOutput, StepContext
+from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_times, norm
+
+
+class UORO(StatefulRule):
+    name = "uoro"
+    summary = "unbiased online recurrent optimization: rank-one influence with random signs"
+    settings = (SIGNS,)
+    diagnostic_names = ("influence_norm",)
+    fixed_args = ("signs",)
+    state_keys = ("s_tilde", "theta_tilde")
+
+    def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
+        super().__init__(net, n_out, args, seeds)
+        S, n, m = net.seeds, net.n, net.W.shape[2]
+        self.s_tilde = net.W.new_zeros(S, n)
+        self.theta_tilde = net.W.new_zeros(S, n, m)
+        self.nu = NoiseStream("uoro", seeds, n, args["signs"], net.W)
+
+    def influence(self) -> Tensor:
+        """The dense estimate M~[s, k, i, j] = s~_k theta~_ij (for tests and plots)."""
+        return self.s_tilde[:, :, None, None] * self.theta_tilde[:, None]
+
+    def step(self, ctx: StepContext) -> RuleOutput:
+        nu = self.nu.next()
+        Js = jacobian_times(ctx.net, ctx.gain, self.s_tilde)
+        nu_gain = nu * ctx.gain  # nu^T D = (nu * gain) p^T
+        rho0 = balance(norm(self.theta_tilde), norm(Js))
+        rho1 = balance(norm(nu_gain) * norm(ctx.p), norm(nu))
+        self.s_tilde = Js.mul_(rho0[:, None]).add_(nu * rho1[:, None])
+        theta = self.theta_tilde.div_(rho0[:, None, None])
+        theta.addcmul_((nu_gain / rho1[:, None]).unsqueeze(2), ctx.p.unsqueeze(1))
+        credit = ctx.credit
+        scale = (credit * self.s_tilde).sum(1)
+        grad = theta * scale[:, None, None]
+        return RuleOutput(updates={"basal": Dense(grad)}, signal=credit,
+                          diagnostics={"influence_norm": norm(self.s_tilde) * norm(theta)})
