@@ -1,0 +1,432 @@
+"""The REST API: a Flask blueprint under /api over the Backend, plus its OpenAPI document.
+
+Every handler answers JSON. Bad input answers 400 (malformed body or query), 404 (unknown run
+or path), 405, 409 (state conflict, run limit) or 422 (a setting out of range), always as
+``{"error": "field: message", "field": "field"}``. Every exception is caught at the blueprint
+edge and logged; only a bug in the service itself would answer 500.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, request
+from werkzeug.exceptions import HTTPException
+
+from app.service.base import ACTIONS, RUN_KEYS, Backend, ServiceError
+from simulator.settings import ConfigError
+
+log = logging.getLogger("app.api")
+
+api = Blueprint("plasticity_api", __name__, url_prefix="/api")
+
+BACKEND_KEY = "plasticity_backend"
+#: Body keys of POST /api/runs that are not config fields.
+CREATE_EXTRAS = ("start", "view")
+MAX_BODY = 1 << 20
+
+
+# ---- plumbing --------------------------------------------------------------------------------
+def backend() -> Backend:
+    return current_app.extensions[BACKEND_KEY]
+
+
+class BadRequest(ServiceError):
+    """Malformed request (body or query)."""
+
+    http_status = 400
+
+
+def _json_response(payload: Any, status: int = 200) -> Response:
+    try:
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except ValueError:  # NaN/inf somewhere (a diverged run): send null instead
+        text = json.dumps(_finite(payload), allow_nan=False, separators=(",", ":"))
+    return Response(text, status=status, mimetype="application/json")
+
+
+def _finite(x: Any) -> Any:
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
+
+
+def _error(status: int, message: str, field: str | None) -> Response:
+    return _json_response({"error": message, "field": field}, status)
+
+
+def _body() -> dict[str, Any]:
+    """The request's JSON object body (400 naming "body" otherwise)."""
+    if request.content_length and request.content_length > MAX_BODY:
+        raise BadRequest("body: larger than 1 MiB", field="body")
+    raw = request.get_data(cache=True)
+    if not raw.strip():
+        raise BadRequest("body: expected a JSON object, got an empty body", field="body")
+    try:
+        data = json.loads(raw, parse_constant=_reject_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"body: invalid JSON ({str(exc)[:120]})", field="body") from None
+    if not isinstance(data, dict):
+        raise BadRequest(f"body: expected a JSON object, got {type(data).__name__}", field="body")
+    return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name}: got {raw!r}; allowed: an integer in [{low}, {high}]",
+                         field=name) from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name}: got {value}; allowed: an integer in [{low}, {high}]", field=name)
+    return value
+
+
+@api.errorhandler(Exception)
+def _handle(exc: Exception) -> Response:
+    """The blueprint's edge: every exception becomes a JSON error naming the field."""
+    if isinstance(exc, ServiceError):
+        return _error(exc.http_status, exc.message, exc.field)
+    if isinstance(exc, ConfigError):
+        return _error(422, str(exc), exc.field)
+    if isinstance(exc, HTTPException):
+        return _error(exc.code or 400, f"request: {exc.description}", None)
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return _error(500, f"internal: {type(exc).__name__}: {exc}", None)
+
+
+def register_api_errors(server: Flask) -> None:
+    """JSON 404/405 for unknown paths under /api (routing errors never reach the blueprint)."""
+
+    def handler(exc: HTTPException) -> Any:
+        if request.path.startswith("/api/") or request.path == "/api":
+            return _error(exc.code or 404, f"path: {exc.description}", "path")
+        return exc
+
+    server.register_error_handler(404, handler)
+    server.register_error_handler(405, handler)
+
+
+# ---- runs ------------------------------------------------------------------------------------
+@api.post("/runs")
+def create_run() -> Response:
+    body = _body()
+    extras = {k: body.pop(k) for k in CREATE_EXTRAS if k in body}
+    start = extras.get("start", True)
+    if not isinstance(start, bool):
+        raise ConfigError("start", f"got {start!r}; allowed: true or false")
+    run_id = backend().create(body, start=start, view=extras.get("view"))
+    return _json_response({"id": run_id, "run": backend().get(run_id)}, 201)
+
+
+@api.get("/runs")
+def list_runs() -> Response:
+    return _json_response({"runs": backend().list_runs()})
+
+
+@api.get("/runs/<run_id>")
+def get_run(run_id: str) -> Response:
+    return _json_response(backend().get(run_id))
+
+
+@api.delete("/runs/<run_id>")
+def delete_run(run_id: str) -> Response:
+    backend().delete(run_id)
+    return _json_response({"ok": True, "id": run_id})
+
+
+@api.get("/runs/<run_id>/frames")
+def get_frames(run_id: str) -> Response:
+    after = _query_int("after", -1, -1, 2**62)
+    frames, cursor = backend().frames(run_id, after)
+    return _json_response({"frames": frames, "cursor": cursor})
+
+
+@api.get("/runs/<run_id>/history")
+def get_history(run_id: str) -> Response:
+    max_points = _query_int("max_points", 500, 1, 100_000)
+    start = _query_int("start", None, 0, 10**12)
+    stop = _query_int("stop", None, 0, 10**12)
+    kwargs = {k: v for k, v in (("start", start), ("stop", stop)) if v is not None}
+    return _json_response(backend().history(run_id, max_points, **kwargs))
+
+
+@api.post("/runs/<run_id>/control")
+def control(run_id: str) -> Response:
+    body = _body()
+    backend().get(run_id)  # 404 before 422 for an unknown run
+    if "action" not in body:
+        raise ConfigError("action", f"required; allowed: {', '.join(ACTIONS)}")
+    action = body.pop("action")
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ConfigError("action", f"got {action!r}; allowed: {', '.join(ACTIONS)}")
+    for key in body:
+        if key not in ACTIONS[action]:
+            raise ConfigError(str(key), f"unknown parameter for {action}; allowed: "
+                                        f"{', '.join(ACTIONS[action]) or 'none'}")
+    return _json_response(backend().control(run_id, action, **body))
+
+
+@api.get("/runs/<run_id>/export.csv")
+def export_csv(run_id: str) -> Response:
+    path = backend().export_csv(run_id)
+    size = path.stat().st_size
+
+    def chunks() -> Iterator[bytes]:
+        """The file as it is now, up to its last complete line (the worker may be appending)."""
+        left, tail = size, b""
+        with open(path, "rb") as f:
+            while left > 0:
+                block = f.read(min(1 << 20, left))
+                if not block:
+                    break
+                left -= len(block)
+                block = tail + block
+                cut = block.rfind(b"\n") + 1
+                tail = block[cut:]
+                if cut:
+                    yield block[:cut]
+
+    headers = {"Content-Disposition": f'attachment; filename="run-{run_id}.csv"'}
+    return Response(chunks(), mimetype="text/csv", headers=headers)
+
+
+@api.get("/runs/<run_id>/config.json")
+def export_config(run_id: str) -> Response:
+    response = _json_response(backend().export_config(run_id))
+    response.headers["Content-Disposition"] = f'attachment; filename="run-{run_id}.json"'
+    return response
+
+
+@api.get("/openapi.json")
+def openapi() -> Response:
+    return _json_response(openapi_document())
+
+
+# ---- the OpenAPI document --------------------------------------------------------------------
+def _config_schema() -> dict[str, Any]:
+    """RunConfig's fields with their types, limits and choices, from the simulator itself."""
+    from simulator.config import SCALARS
+    from simulator.phases import PRESETS
+    from simulator.rules import RULES
+    from simulator.tasks import TASKS
+
+    props: dict[str, Any] = {
+        "task": {"type": "string", "enum": sorted(TASKS), "default": "add"},
+        "task_args": {"type": "object", "description": "task settings (see the task)",
+                      "additionalProperties": True},
+        "rule": {"type": "string", "enum": sorted(RULES), "default": "dni-b"},
+        "rule_args": {"type": "object", "description": "rule settings (see the rule)",
+                      "additionalProperties": True},
+        "phases": {"type": "string", "default": "all",
+                   "description": f"preset ({', '.join(PRESETS)}) or '[NAME=]POP+POP:STEPS,...'"},
+        "seeds": {"description": "a list of integers, an integer, or text like '0-4' or '0,3,7'",
+                  "oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0},
+                             "minItems": 1, "maxItems": 256},
+                            {"type": "integer", "minimum": 0}, {"type": "string"}]},
+    }
+    for s in SCALARS:
+        if s.choices:
+            props[s.name] = {"type": "string", "enum": list(s.choices), "default": s.default}
+        else:
+            kind = "integer" if s.kind is int else "number"
+            props[s.name] = {"type": kind, "minimum": s.low, "maximum": s.high,
+                             "default": s.default, "description": s.help}
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+def _control_schema() -> dict[str, Any]:
+    params = {
+        "k": {"type": "integer", "minimum": 1, "maximum": 10**7, "description": "step: steps"},
+        "steps_per_frame": {"type": "integer", "minimum": 0, "maximum": 100_000,
+                            "description": "speed: steps per frame (0: automatic)"},
+        "steps_per_second": {"type": "number", "minimum": 0.1, "maximum": 1e7,
+                             "description": "speed: real-time pacing"},
+        "to": {"type": "integer", "minimum": 0, "description": "fast_forward: target step"},
+        "lr": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
+        "apical": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
+        "jacobian": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
+        "phases": {"type": "string", "description": "set: phase schedule"},
+        "units": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
+                  "maxItems": 32, "description": "view: units the traces carry"},
+        "seed_index": {"type": "integer", "minimum": 0, "description": "view: seed shown"},
+        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$",
+                 "description": "checkpoint: a name to keep it under"},
+        "changes": {"type": "object", "description": "branch: config changes, e.g. {\"rule\": \"rtrl\"}",
+                    "additionalProperties": True},
+        "checkpoint": {"type": "string", "description": "branch: from this checkpoint (default: now)"},
+        "steps": {"type": "integer", "minimum": 1, "maximum": 10**6,
+                  "description": "evaluate: held-out steps"},
+    }
+    actions = "; ".join(f"{a}({', '.join(p) or '-'})" for a, p in ACTIONS.items())
+    return {"type": "object", "required": ["action"], "description": f"Actions: {actions}",
+            "properties": {"action": {"type": "string", "enum": list(ACTIONS)}, **params},
+            "additionalProperties": False}
+
+
+def _envelope() -> dict[str, Any]:
+    series = {"type": "array", "items": {"type": "number", "nullable": True}}
+    return {"type": "object", "properties": {"mean": series, "min": series, "max": series}}
+
+
+def openapi_document() -> dict[str, Any]:
+    """OpenAPI 3.0 description of every endpoint, with schemas."""
+    ref = {name: {"$ref": f"#/components/schemas/{name}"} for name in
+           ("RunConfig", "RunInfo", "Frame", "Frames", "History", "Control", "ControlResult",
+            "Error", "Created")}
+    err = {"description": "error naming the field", "content": {"application/json": {
+        "schema": ref["Error"]}}}
+
+    def ok(schema: dict[str, Any], description: str = "OK",
+           mime: str = "application/json") -> dict[str, Any]:
+        return {"description": description, "content": {mime: {"schema": schema}}}
+
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def query(name: str, minimum: int, description: str) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "description": description,
+                "schema": {"type": "integer", "minimum": minimum}}
+
+    errors = {"400": err, "404": err, "409": err, "422": err}
+    paths = {
+        "/api/runs": {
+            "get": {"summary": "List every run (newest first)", "operationId": "listRuns",
+                    "responses": {"200": ok({"type": "object", "properties": {
+                        "runs": {"type": "array", "items": ref["RunInfo"]}}})}},
+            "post": {"summary": "Create and start a run", "operationId": "createRun",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": {"allOf": [ref["RunConfig"]], "properties": {
+                             "start": {"type": "boolean", "default": True},
+                             "view": {"type": "object", "properties": {
+                                 "units": {"type": "array", "items": {"type": "integer"}},
+                                 "seed_index": {"type": "integer"}}}}}}}},
+                     "responses": {"201": ok(ref["Created"], "created"), **errors}},
+        },
+        "/api/runs/{run_id}": {
+            "parameters": [run_id],
+            "get": {"summary": "One run", "operationId": "getRun",
+                    "responses": {"200": ok(ref["RunInfo"]), "404": err}},
+            "delete": {"summary": "Stop and delete a run and its files", "operationId": "deleteRun",
+                       "responses": {"200": ok({"type": "object"}), "404": err}},
+        },
+        "/api/runs/{run_id}/frames": {
+            "parameters": [run_id],
+            "get": {"summary": "Telemetry frames after a cursor (only new ones)",
+                    "operationId": "getFrames",
+                    "parameters": [query("after", -1, "the cursor of the last call (-1: all kept)")],
+                    "responses": {"200": ok(ref["Frames"]), "400": err, "404": err}},
+        },
+        "/api/runs/{run_id}/history": {
+            "parameters": [run_id],
+            "get": {"summary": "Whole-run decimated scalar history (min/max envelopes)",
+                    "operationId": "getHistory",
+                    "parameters": [query("max_points", 1, "bins per series (default 500)"),
+                                   query("start", 0, "first step"), query("stop", 0, "last step")],
+                    "responses": {"200": ok(ref["History"]), "400": err, "404": err}},
+        },
+        "/api/runs/{run_id}/control": {
+            "parameters": [run_id],
+            "post": {"summary": "Control a run: pause, resume, step, stop, speed, fast_forward, "
+                                "set, view, checkpoint, branch, evaluate",
+                     "operationId": "control",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": ref["Control"]}}},
+                     "responses": {"200": ok(ref["ControlResult"]), **errors,
+                                   "503": err}},
+        },
+        "/api/runs/{run_id}/export.csv": {
+            "parameters": [run_id],
+            "get": {"summary": "Full-resolution per-step scalar history as CSV",
+                    "operationId": "exportCsv",
+                    "responses": {"200": ok({"type": "string"}, "CSV: step, seed, train_loss, "
+                                            "diagnostics...", "text/csv"), "404": err}},
+        },
+        "/api/runs/{run_id}/config.json": {
+            "parameters": [run_id],
+            "get": {"summary": "The run's config (re-POSTable to /api/runs)",
+                    "operationId": "exportConfig",
+                    "responses": {"200": ok(ref["RunConfig"]), "404": err}},
+        },
+        "/api/openapi.json": {
+            "get": {"summary": "This document", "operationId": "openapi",
+                    "responses": {"200": ok({"type": "object"})}},
+        },
+    }
+    number_list = {"type": "array", "items": {"type": "number", "nullable": True}, "nullable": True}
+    run_info_props: dict[str, Any] = {key: {} for key in RUN_KEYS}
+    run_info_props.update({
+        "id": {"type": "string"}, "config": ref["RunConfig"], "status": {
+            "type": "string", "description": "ready, running, paused, finished, stopped, "
+                                             "interrupted, 'failed: reason', 'diverged at step N'"},
+        "step": {"type": "integer"}, "steps_per_second": {"type": "number"},
+        "created": {"type": "number"}, "parent": {"type": "string", "nullable": True},
+        "best_test_loss": number_list, "last_test_loss": number_list,
+        "reference_levels": {"type": "object", "additionalProperties": {"type": "number"}},
+        "task_view": {"type": "object"}, "phases": {"type": "string"},
+        "seeds": {"type": "array", "items": {"type": "integer"}},
+        "steps_per_frame": {"type": "integer"}, "target_steps": {"type": "integer"},
+        "checkpoints": {"type": "array", "items": {"type": "string"}},
+        "view": {"type": "object"}, "learning_rates": {"type": "object"},
+        "cursor": {"type": "integer"}, "alive": {"type": "boolean"},
+    })
+    schemas = {
+        "RunConfig": _config_schema(),
+        "RunInfo": {"type": "object", "properties": run_info_props},
+        "Created": {"type": "object", "required": ["id"], "properties": {
+            "id": {"type": "string"}, "run": ref["RunInfo"]}},
+        "Frame": {"type": "object", "description": "simulator.telemetry.make_frame + seq, run, wall",
+                  "required": ["seq", "t0", "t1", "loss"], "properties": {
+                      "seq": {"type": "integer"}, "run": {"type": "string"},
+                      "t0": {"type": "integer"}, "t1": {"type": "integer"},
+                      "step": {"type": "integer"}, "wall": {"type": "number"},
+                      "phase": {"type": "string"}, "phases": {"type": "array"},
+                      "loss": {"allOf": [_envelope()], "properties": {
+                          "step": {"type": "array", "items": {"type": "integer"}}}},
+                      "loss_seeds": number_list, "diagnostics": {"type": "object"},
+                      "alignment": {"type": "object", "nullable": True},
+                      "traces": {"type": "object", "description": "seed, units, step, V, U, r"},
+                      "task": {"type": "object", "description": "step, x, y, pred"},
+                      "weight_change": {"type": "object"}, "weight_norm": {"type": "object"},
+                      "test_loss": number_list, "detail": {"type": "boolean"},
+                      "status": {"type": "string"}, "run_status": {"type": "string"}}},
+        "Frames": {"type": "object", "required": ["frames", "cursor"], "properties": {
+            "frames": {"type": "array", "items": ref["Frame"]}, "cursor": {"type": "integer"}}},
+        "History": {"type": "object", "properties": {
+            "t": {"type": "integer"}, "cursor": {"type": "integer"},
+            "step": {"type": "array", "items": {"type": "integer"}}, "loss": _envelope(),
+            "diagnostics": {"type": "object", "additionalProperties": _envelope()},
+            "alignment": {"allOf": [_envelope()], "nullable": True},
+            "weight_norm": {"type": "object", "additionalProperties": _envelope()},
+            "test_loss": {"type": "object", "properties": {
+                "step": {"type": "array", "items": {"type": "integer"}}, "mean": number_list,
+                "seeds": {"type": "array", "items": number_list}}},
+            "phases": {"type": "array", "items": {"type": "array"}}}},
+        "Control": _control_schema(),
+        "ControlResult": {"type": "object", "required": ["ok"], "properties": {
+            "ok": {"type": "boolean"}, "status": {"type": "string"}, "step": {"type": "integer"},
+            "id": {"type": "string", "description": "branch: the new run"},
+            "checkpoint": {"type": "string"}, "test_loss": number_list}},
+        "Error": {"type": "object", "required": ["error"], "properties": {
+            "error": {"type": "string", "description": "'field: message'"},
+            "field": {"type": "string", "nullable": True}}},
+    }
+    return {"openapi": "3.0.3",
+            "info": {"title": "Plasticity Lab run service", "version": "0.1.0",
+                     "description": "Runs in background workers, live telemetry frames after a "
+                                    "cursor, control, persistent history."},
+            "paths": paths, "components": {"schemas": schemas}}

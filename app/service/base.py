@@ -1,0 +1,255 @@
+"""The Backend interface: the seam between the dashboard / REST API and the simulation workers.
+
+A backend owns runs. Each run is a simulation (``simulator.Run``) living in a worker that keeps
+going while clients watch it; clients never touch the simulation directly. They:
+
+- create runs from CLI-style config dicts (``create``), list and inspect them (``list_runs``,
+  ``get``);
+- read the live telemetry stream after a cursor (``frames``): only frames they have not seen,
+  with work proportional to the new data; a late joiner asks ``history`` for the whole-run
+  decimated overview first, then follows ``frames``;
+- drive the run (``control``: pause, resume, step, stop, speed, fast_forward, set, view,
+  checkpoint, branch, evaluate);
+- export (``export_csv``, ``export_config``), ``delete`` and ``shutdown``.
+
+Errors (every message names the offending field where there is one):
+
+- ``simulator.settings.ConfigError`` (a ``ValueError``): bad config or bad control params.
+  ``str(err)`` is ``"field: message"``; ``err.field`` / ``err.message`` hold the parts.
+- :class:`RunNotFound` (a ``LookupError``): unknown run id.
+- :class:`LimitReached`: the concurrent-run limit is reached (``create``, ``resume``, ``branch``).
+- :class:`Conflict`: the action does not apply in the run's current state (e.g. ``resume`` of a
+  finished run, ``step`` of a failed one).
+
+Frames: each is ``simulator.telemetry.make_frame``'s dict (t0, t1, phase, phases, loss,
+loss_seeds, diagnostics, alignment, traces {seed, units, step, V, U, r}, task, weight_change,
+weight_norm, status = the engine's status) plus
+
+    seq               int, strictly increasing per run (the cursor unit; starts at 0)
+    run               the run id
+    wall              time.time() when the worker built the frame (for lag measurements)
+    step              == t1, the number of steps done after this frame
+    run_status        the service status (running, paused, finished, diverged at step N ...)
+    steps_per_second  the worker's recent throughput
+    detail            False for frames older than the newest ~100: traces, task and
+                      weight-change matrices dropped, series re-binned to <= 16 bins
+    test_loss         list per seed (None where not finite), only in frames after which a
+                      held-out evaluation happened; test_step: the step count it was taken at
+
+A frame covers ``steps_per_frame`` steps (automatic: about ``frame_rate`` frames/s); its
+traces are the last <= 200 steps of the frame. Fast-forward sends no frames (only ``get`` and
+``history`` advance) until the target step.
+
+Run info (``get`` / ``list_runs``) is a JSON-ready dict with the keys in :data:`RUN_KEYS`.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from simulator.settings import ConfigError
+
+__all__ = [
+    "ACTIONS",
+    "ACTIVE_STATUSES",
+    "RUN_KEYS",
+    "Backend",
+    "BackendSettings",
+    "ConfigError",
+    "Conflict",
+    "LimitReached",
+    "RunNotFound",
+    "ServiceError",
+    "Unavailable",
+]
+
+#: Control actions understood by :meth:`Backend.control`, with their parameters:
+#:
+#:   pause                                 stop stepping, keep the worker and its state
+#:   resume                                continue (also: restart an "interrupted" run from its
+#:                                         last checkpoint, in a new worker)
+#:   step          k: int                  advance k steps then pause (k in [1, 1e7])
+#:   stop                                  end the run for good (status "stopped"), checkpoint
+#:   speed         steps_per_frame: int    as fast as possible, one frame every N steps (0: automatic,
+#:                                         about frame_rate frames/s), or
+#:                 steps_per_second: float real-time pacing (frames ~10/s); give one of the two
+#:   fast_forward  to: int                 no frame/display work until step ``to``, then live
+#:   set           lr, apical, jacobian: float; phases: str   learning rates / phase schedule,
+#:                                         mid-run, without reset (any subset)
+#:   view          units: list[int], seed_index: int   which units / seed the traces carry
+#:   checkpoint    name: str (optional)    save a checkpoint now; returns {"checkpoint": name}
+#:   branch        changes: dict, checkpoint: str (optional, default: the latest)
+#:                                         a new run from that checkpoint with the config
+#:                                         changes (e.g. {"rule": "dni-b"}); returns {"id": new}
+#:   evaluate      steps: int (optional)   held-out loss now; appears in the next frame
+#:
+#: ``control`` returns a small dict: at least {"ok": True, "status": ...}.
+ACTIONS: dict[str, tuple[str, ...]] = {
+    "pause": (),
+    "resume": (),
+    "step": ("k",),
+    "stop": (),
+    "speed": ("steps_per_frame", "steps_per_second"),
+    "fast_forward": ("to",),
+    "set": ("lr", "apical", "jacobian", "phases"),
+    "view": ("units", "seed_index"),
+    "checkpoint": ("name",),
+    "branch": ("changes", "checkpoint"),
+    "evaluate": ("steps",),
+}
+
+#: Statuses a run can have. "failed: <reason>" and "diverged at step N (...)" carry text.
+STATUSES = ("ready", "running", "paused", "finished", "stopped", "failed: ", "diverged at step ",
+            "interrupted")
+
+#: Statuses of a run whose worker is alive (counted against the concurrent-run limit).
+ACTIVE_STATUSES = ("ready", "running", "paused")
+
+#: Keys of the run info dict returned by ``get`` and ``list_runs``:
+#:
+#:   id, config (validated, CLI keys), status, step (steps done), steps_per_second (recent rate,
+#:   0 when not running), created (unix time), parent (run id this was branched from, or None),
+#:   best_test_loss / last_test_loss (list per seed, or None before the first evaluation),
+#:   reference_levels (task.reference_levels(): label -> loss), task_view (task.view()),
+#:   phases (the current phase schedule string), seeds (list), steps_per_frame, target_steps
+#:   (config steps; the run finishes there), checkpoints (names, oldest first), view
+#:   ({"units": [...], "seed_index": i}), learning_rates (population -> rate); the local
+#:   backend adds cursor (seq of the newest frame), alive (has a worker), pid, last_test_step
+RUN_KEYS = ("id", "config", "status", "step", "steps_per_second", "created", "parent",
+            "best_test_loss", "last_test_loss", "reference_levels", "task_view", "phases",
+            "seeds", "steps_per_frame", "target_steps", "checkpoints", "view", "learning_rates")
+
+
+class ServiceError(Exception):
+    """Base of the backend's own errors; ``http_status`` is what the REST API answers."""
+
+    http_status = 400
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class RunNotFound(ServiceError, LookupError):
+    """No run with that id."""
+
+    http_status = 404
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"id: no run with id {run_id!r}", field="id")
+        self.run_id = run_id
+
+    def __str__(self) -> str:  # LookupError would quote it
+        return self.message
+
+
+class LimitReached(ServiceError):
+    """The concurrent-run limit is reached."""
+
+    http_status = 409
+
+
+class Conflict(ServiceError):
+    """The action does not apply in the run's current state."""
+
+    http_status = 409
+
+
+class Unavailable(ServiceError):
+    """The run's worker did not answer in time (it is busy or starting); try again."""
+
+    http_status = 503
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """Settings of a backend (the CLI exposes data_dir and max_runs).
+
+    data_dir            where the SQLite database, CSV histories and checkpoints live
+    max_runs            concurrent active runs (workers) at most
+    eval_every          steps between held-out evaluations (test loss in frames); 0: never
+    eval_steps          held-out steps per evaluation (None: the run's test_steps)
+    checkpoint_every    steps between automatic checkpoints (for resume after a restart)
+    keep_checkpoints    automatic checkpoints kept per run (named ones are kept always)
+    frame_rate          target frames per second while running as fast as possible
+    steps_per_frame     default steps per frame (None: adapt to reach frame_rate)
+    live_frames         full frames kept in memory per run (the live window)
+    history_bins        bins per decimation level of the whole-run scalar overview
+    """
+
+    data_dir: Path = Path("data")
+    max_runs: int = 4
+    eval_every: int = 5000
+    eval_steps: int | None = None
+    checkpoint_every: int = 20_000
+    keep_checkpoints: int = 3
+    frame_rate: float = 10.0
+    steps_per_frame: int | None = None
+    live_frames: int = 600
+    history_bins: int = 2048
+
+
+class Backend(abc.ABC):
+    """Runs in background workers, a bounded telemetry stream, live control, persistence."""
+
+    settings: BackendSettings
+
+    # ---- runs -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def create(self, config: dict[str, Any], *, start: bool = True, view: dict | None = None,
+               parent: str | None = None) -> str:
+        """Validate ``config`` (CLI keys; ConfigError names the field), refuse with
+        LimitReached at the concurrent-run limit, start a worker and return the run id.
+        ``start=False`` leaves it "ready" (paused at step 0) until ``control(id, "resume")``.
+        ``view`` is {"units": [...], "seed_index": i} for the traces."""
+
+    @abc.abstractmethod
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Every run (past ones included), newest first, as run info dicts (RUN_KEYS)."""
+
+    @abc.abstractmethod
+    def get(self, run_id: str) -> dict[str, Any]:
+        """One run's info dict (RUN_KEYS); RunNotFound if unknown."""
+
+    # ---- telemetry --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
+        """Frames with seq > ``after`` still in the live window, oldest first, and the new
+        cursor (the last seq returned, or ``after`` when there is nothing new; never lower).
+        Work is proportional to the new frames. The dicts are shared: do not mutate them."""
+
+    @abc.abstractmethod
+    def history(self, run_id: str, max_points: int = 500) -> dict[str, Any]:
+        """The whole-run decimated overview, at most ``max_points`` bins per series:
+        {"step": [...], "loss": {"mean", "min", "max"}, "diagnostics": name -> {"mean", "min",
+        "max"}, "alignment": {...} or None, "test_loss": {"step": [...], "mean": [...],
+        "seeds": [[...] per evaluation]}, "phases": [[start, stop, name], ...] (recent),
+        "cursor": seq of the last frame folded in, "t": steps covered}."""
+
+    # ---- control ----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+        """Apply one of :data:`ACTIONS`. Unknown action or bad params: ConfigError naming the
+        field ("action", "k", "lr", ...). Returns {"ok": True, "status": ..., ...}."""
+
+    # ---- export / lifecycle -----------------------------------------------------------------
+    @abc.abstractmethod
+    def export_csv(self, run_id: str) -> Path:
+        """Path of the full-resolution per-step scalar history CSV (step, seed, train_loss,
+        diagnostics...), complete up to the last frame received."""
+
+    @abc.abstractmethod
+    def export_config(self, run_id: str) -> dict[str, Any]:
+        """The run's validated config (CLI keys), current phases included: re-POSTable."""
+
+    @abc.abstractmethod
+    def delete(self, run_id: str) -> None:
+        """Stop the run's worker if alive and remove the run and its files."""
+
+    @abc.abstractmethod
+    def shutdown(self) -> None:
+        """Stop all workers (checkpointing running runs so they can be resumed later)."""

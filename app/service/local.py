@@ -1,0 +1,641 @@
+"""The embedded default backend: each run in its own worker process, frames over a pipe into
+a per-run :class:`simulator.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
+
+Process model: the server process holds one :class:`_Handle` per run. A live run has a worker
+process (multiprocessing "spawn" context, one torch thread) and a duplex pipe; a reader thread
+in the server receives the worker's frames, state changes, checkpoints and replies. Commands
+are validated here first (bad params never reach the worker), then sent over the pipe; the
+caller waits for the worker's reply (it drains commands between chunks, ~0.1 s).
+
+A worker that crashes or is killed closes its pipe: the reader thread sees EOF and marks the run
+"failed: <reason>" (the exception the worker reported, or the signal that killed it). Nothing
+else is affected. A server restart marks runs that had a worker "interrupted"; ``resume``
+restarts them from their latest checkpoint (the CSV is cut back to that point, the decimated
+history restored from the snapshot taken with that checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import math
+import multiprocessing as mp
+import os
+import secrets
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.service.base import (
+    ACTIVE_STATUSES,
+    Backend,
+    BackendSettings,
+    Conflict,
+    LimitReached,
+    RunNotFound,
+    Unavailable,
+)
+from app.service.store import Store, history_of
+from app.service.worker import WorkerSpec, check_params
+from app.service.worker import main as worker_main
+from simulator.config import RunConfig
+from simulator.framebuffer import FrameBuffer
+from simulator.settings import ConfigError
+
+log = logging.getLogger("app.service")
+
+#: Config fields a branch must keep (the checkpointed network and stream depend on them).
+BRANCH_FIXED = ("task", "task_args", "n", "seeds")
+STORE_EVERY = 2.0      # seconds between progress writes to SQLite per run
+REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer (evaluate: 4x)
+_ENV_LOCK = threading.Lock()
+
+
+@dataclass
+class _Handle:
+    """One run as the server knows it."""
+
+    id: str
+    config: dict[str, Any]
+    created: float
+    parent: str | None
+    status: str
+    step: int = 0
+    info: dict[str, Any] = field(default_factory=dict)
+    checkpoints: list[str] = field(default_factory=list)
+    process: Any = None
+    conn: Any = None
+    reader: threading.Thread | None = None
+    buffer: FrameBuffer | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    pending: dict[int, list[Any]] = field(default_factory=dict)
+    next_cmd: int = 0
+    clean_exit: bool = False
+    fail_reason: str | None = None
+    deleting: bool = False
+    last_store: float = 0.0
+    meta: dict[str, Any] | None = None
+
+    def alive(self) -> bool:
+        return self.process is not None
+
+
+class LocalBackend(Backend):
+    """Runs in local worker processes; see the module docstring."""
+
+    def __init__(self, settings: BackendSettings | None = None, **overrides: Any) -> None:
+        settings = settings or BackendSettings()
+        if overrides:
+            settings = dataclasses.replace(settings, **overrides)
+        self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
+        self.store = Store(self.settings.data_dir)
+        self._ctx = mp.get_context("spawn")
+        self._lock = threading.RLock()
+        self._runs: dict[str, _Handle] = {}
+        self._closed = False
+        self._load()
+
+    # ---- startup -------------------------------------------------------------------------
+    def _load(self) -> None:
+        """Every past run; those that had a worker are now interrupted."""
+        for row in self.store.load_runs():
+            h = _Handle(row["id"], row["config"], row["created"], row["parent"], row["status"],
+                        row["step"], row["info"])
+            h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
+            if h.status in ACTIVE_STATUSES:
+                h.status = "interrupted"
+                h.info["steps_per_second"] = 0.0
+                self.store.update_run(h.id, status=h.status, info=h.info)
+            self._runs[h.id] = h
+
+    # ---- runs ----------------------------------------------------------------------------
+    def create(self, config: dict[str, Any], *, start: bool = True, view: dict | None = None,
+               parent: str | None = None) -> str:
+        return self._create(config, start=start, view=view, parent=parent, init=None)
+
+    def _create(self, config: dict[str, Any], *, start: bool, view: dict | None,
+                parent: str | None, init: dict[str, Any] | None) -> str:
+        cfg = RunConfig.from_dict(config)
+        n, seeds = cfg.n, len(cfg.seeds)
+        if view is not None and not isinstance(view, dict):
+            raise ConfigError("view", "must be an object: {\"units\": [...], \"seed_index\": i}")
+        checked_view = check_params("view", view, n, seeds) if view else {}
+        if parent is not None and not isinstance(parent, str):
+            raise ConfigError("parent", "must be a run id")
+        with self._lock:
+            self._check_open()
+            self._check_limit()
+            run_id = self._new_id()
+            status = "running" if start else "ready"
+            h = _Handle(run_id, cfg.to_dict(), time.time(), parent, status,
+                        step=0, info={"view": checked_view})
+            if init and init.get("step"):
+                h.step = int(init["step"])
+            self.store.insert_run(run_id, h.config, status, parent, h.info, h.created)
+            if init and init.get("branch"):
+                init = self._adopt_checkpoint(h, init)
+            h.buffer = self._new_buffer()
+            self._runs[run_id] = h
+            self._spawn(h, start=start, init=init)
+        return run_id
+
+    def _adopt_checkpoint(self, h: _Handle, init: dict[str, Any]) -> dict[str, Any]:
+        """A branch starts from its own copy of the parent's checkpoint ("origin"), so the
+        parent may prune its own, and the branch can resume from it after a restart."""
+        source = Path(init["checkpoint"])
+        target = self.store.run_dir(h.id) / "checkpoints" / "origin.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+        step = int(init.get("step", 0))
+        self.store.add_checkpoint(h.id, "origin", step, str(target), False, 0,
+                                  self.settings.keep_checkpoints)
+        h.checkpoints = ["origin"]
+        return {**init, "checkpoint": str(target)}
+
+    def _new_id(self) -> str:
+        while True:
+            run_id = secrets.token_hex(4)
+            if run_id not in self._runs:
+                return run_id
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise Conflict("backend: shut down")
+
+    def _check_limit(self) -> None:
+        active = sum(1 for h in self._runs.values() if h.alive())
+        if active >= self.settings.max_runs:
+            raise LimitReached(
+                f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
+                "stop, delete or let one finish (paused runs count), or raise --max-runs",
+                field="max_runs")
+
+    def _new_buffer(self, first_seq: int = 0) -> FrameBuffer:
+        s = self.settings
+        return FrameBuffer(live_frames=s.live_frames, detail_frames=min(100, s.live_frames),
+                           bins=s.history_bins, first_seq=first_seq)
+
+    def _spawn(self, h: _Handle, *, start: bool, init: dict[str, Any] | None) -> None:
+        s = self.settings
+        spec = WorkerSpec(run_id=h.id, config=h.config, run_dir=str(self.store.run_dir(h.id)),
+                          start=start, view=h.info.get("view") or {}, init=init,
+                          eval_every=s.eval_every, eval_steps=s.eval_steps,
+                          checkpoint_every=s.checkpoint_every, frame_rate=s.frame_rate,
+                          steps_per_frame=s.steps_per_frame)
+        parent_conn, child_conn = self._ctx.Pipe(duplex=True)
+        process = self._ctx.Process(target=worker_main, args=(spec, child_conn), daemon=True,
+                                    name=f"plasticity-run-{h.id}")
+        with _ENV_LOCK, _env(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1"):
+            process.start()
+        child_conn.close()  # so that the worker's death reads as EOF here
+        h.process, h.conn = process, parent_conn
+        h.clean_exit, h.fail_reason = False, None
+        h.reader = threading.Thread(target=self._read, args=(h,), daemon=True,
+                                    name=f"plasticity-reader-{h.id}")
+        h.reader.start()
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        with self._lock:
+            handles = list(self._runs.values())
+        return [self._info(h) for h in sorted(handles, key=lambda h: -h.created)]
+
+    def get(self, run_id: str) -> dict[str, Any]:
+        return self._info(self._handle(run_id))
+
+    def _handle(self, run_id: Any) -> _Handle:
+        h = self._runs.get(run_id) if isinstance(run_id, str) else None
+        if h is None:
+            raise RunNotFound(str(run_id))
+        return h
+
+    def _info(self, h: _Handle) -> dict[str, Any]:
+        info, cfg = h.info, h.config
+        meta = self._meta(h)
+        return {
+            "id": h.id, "config": cfg, "status": h.status, "step": h.step,
+            "steps_per_second": info.get("steps_per_second", 0.0) if h.status == "running" else 0.0,
+            "created": h.created, "parent": h.parent,
+            "best_test_loss": info.get("best_test_loss"), "last_test_loss": info.get("last_test_loss"),
+            "last_test_step": info.get("last_test_step"),
+            "reference_levels": meta["reference_levels"], "task_view": meta["task_view"],
+            "phases": info.get("phases", cfg.get("phases")), "seeds": cfg.get("seeds"),
+            "steps_per_frame": info.get("steps_per_frame", 0), "target_steps": cfg.get("steps"),
+            "checkpoints": list(h.checkpoints),
+            "view": info.get("view") or {"units": list(range(min(4, cfg.get("n", 4)))),
+                                         "seed_index": 0},
+            "learning_rates": info.get("learning_rates", {}),
+            "cursor": h.buffer.cursor if h.buffer is not None else info.get("cursor", -1),
+            "alive": h.alive(),
+            "pid": h.process.pid if h.process is not None else None,
+        }
+
+    def _meta(self, h: _Handle) -> dict[str, Any]:
+        if h.meta is None:
+            try:
+                from simulator.tasks import make_task
+
+                task = make_task(h.config["task"], h.config.get("task_args"))
+                h.meta = {"reference_levels": task.reference_levels(), "task_view": task.view()}
+            except Exception:  # an old config that no longer validates: show the run anyway
+                h.meta = {"reference_levels": {}, "task_view": {}}
+        return h.meta
+
+    # ---- telemetry -------------------------------------------------------------------------
+    def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
+        h = self._handle(run_id)
+        after = _int_param(after, "after", -1, 2**62)
+        return self._buffer(h).since(after)
+
+    def history(self, run_id: str, max_points: int = 500, start: int | None = None,
+                stop: int | None = None) -> dict[str, Any]:
+        h = self._handle(run_id)
+        max_points = _int_param(max_points, "max_points", 1, 100_000)
+        start = None if start is None else _int_param(start, "start", 0, 10**12)
+        stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
+        out = self._buffer(h).history(max_points, start, stop)
+        out["run"] = h.id
+        return out
+
+    def _buffer(self, h: _Handle) -> FrameBuffer:
+        """The run's buffer; for a past run, its saved history (loaded on first use)."""
+        if h.buffer is None:
+            with self._lock:
+                if h.buffer is None:
+                    h.buffer = self._load_buffer(h, None)
+        return h.buffer
+
+    def _load_buffer(self, h: _Handle, checkpoint: dict[str, Any] | None) -> FrameBuffer:
+        paths = [history_of(Path(checkpoint["path"]))] if checkpoint else [
+            self.store.history_path(h.id)]
+        if checkpoint is None:
+            latest = self.store.checkpoint(h.id)
+            if latest:
+                paths.append(history_of(Path(latest["path"])))
+        s = self.settings
+        for path in paths:
+            arrays = self.store.load_history(path)
+            if arrays is not None:
+                try:
+                    buf = FrameBuffer.restore(arrays, s.live_frames, min(100, s.live_frames))
+                    buf.continue_from(int(h.info.get("cursor", -1)) + 1)
+                    return buf
+                except (KeyError, ValueError, TypeError) as exc:
+                    log.warning("run %s: unreadable history %s: %s", h.id, path, exc)
+        return self._new_buffer(first_seq=int(h.info.get("cursor", -1)) + 1)
+
+    # ---- control ---------------------------------------------------------------------------
+    def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+        h = self._handle(run_id)
+        checked = check_params(action, params, int(h.config["n"]), len(h.config["seeds"]))
+        if action == "branch":
+            return self._branch(h, **checked)
+        if not h.alive():
+            return self._control_dead(h, action)
+        timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
+        result = self._send(h, action, checked, timeout)
+        if action == "view" and "view" in result:
+            h.info["view"] = result["view"]
+        return result
+
+    def _control_dead(self, h: _Handle, action: str) -> dict[str, Any]:
+        """Actions on a run without a worker: resume or stop an interrupted one."""
+        if h.status == "interrupted" and action == "resume":
+            return self._resume(h)
+        if h.status == "interrupted" and action == "stop":
+            self._set_status(h, "stopped")
+            return {"ok": True, "status": h.status, "step": h.step}
+        allowed = "resume, stop, branch" if h.status == "interrupted" else "branch"
+        raise Conflict(f"action: cannot {action} run {h.id}: it is {h.status} (allowed: {allowed})",
+                       field="action")
+
+    def _send(self, h: _Handle, action: str, params: dict[str, Any],
+              timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
+        event, slot = threading.Event(), [None]
+        with h.send_lock:
+            if not h.alive():
+                raise Conflict(f"action: run {h.id} is {h.status}", field="action")
+            cmd_id = h.next_cmd = h.next_cmd + 1
+            h.pending[cmd_id] = [event, slot]
+            try:
+                h.conn.send(("cmd", cmd_id, action, params))
+            except (OSError, ValueError) as exc:
+                h.pending.pop(cmd_id, None)
+                raise Conflict(f"action: run {h.id}'s worker is gone ({exc})", field="action") from None
+        if not event.wait(timeout):
+            h.pending.pop(cmd_id, None)
+            raise Unavailable(f"action: run {h.id}'s worker did not answer {action} within "
+                              f"{timeout:.0f} s", field="action")
+        reply = slot[0] or {}
+        error = reply.get("error")
+        if error:
+            field_name, message = error.get("field") or "action", error.get("message", "")
+            if error.get("type") == "ConfigError":
+                raise ConfigError(field_name, message)
+            raise Conflict(message if ":" in message[:40] else f"{field_name}: {message}",
+                           field=field_name)
+        return reply
+
+    def _branch(self, h: _Handle, changes: dict[str, Any],
+                checkpoint: str | None = None) -> dict[str, Any]:
+        for key in BRANCH_FIXED:
+            if key in changes and changes[key] != h.config.get(key):
+                raise ConfigError(f"changes.{key}", "a branch keeps the network and the task; "
+                                  "allowed changes: rule, rule_args, lr, alpha, phases, steps, "
+                                  "test_steps, device, dtype")
+        base = dict(h.config)
+        if changes.get("rule", base["rule"]) != base["rule"] and "rule_args" not in changes:
+            base["rule_args"] = {}
+        new = {**base, **changes}
+        try:
+            RunConfig.from_dict(new)
+        except ConfigError as exc:
+            raise ConfigError(f"changes.{exc.field}", exc.message) from None
+        ck = self._branch_point(h, checkpoint)
+        if "steps" not in changes and ck["step"] >= int(new["steps"]):
+            new["steps"] = ck["step"] + int(h.config["steps"])
+        new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
+                              init={"checkpoint": ck["path"], "branch": True, "step": ck["step"]})
+        return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
+                "status": h.status}
+
+    def _branch_point(self, h: _Handle, name: str | None) -> dict[str, Any]:
+        if name is not None:
+            ck = self.store.checkpoint(h.id, name)
+            if ck is None:
+                have = ", ".join(h.checkpoints) or "none"
+                raise ConfigError("checkpoint", f"run {h.id} has no checkpoint {name!r}; have: {have}")
+            return ck
+        if h.alive():  # a kept (not auto-pruned) checkpoint of this very moment
+            with contextlib.suppress(Conflict):  # it may just have finished: use the last one
+                reply = self._send(h, "checkpoint", {"name": f"branch-{secrets.token_hex(3)}"})
+                return self.store.checkpoint(h.id, reply["checkpoint"]) or {}
+        ck = self.store.checkpoint(h.id)
+        if ck is None:
+            raise Conflict(f"checkpoint: run {h.id} has no checkpoint to branch from",
+                           field="checkpoint")
+        return ck
+
+    def _resume(self, h: _Handle) -> dict[str, Any]:
+        """Restart an interrupted run from its latest checkpoint (or from scratch)."""
+        with self._lock:
+            self._check_open()
+            self._check_limit()
+            ck = self.store.checkpoint(h.id)
+            next_seq = max(int(h.info.get("cursor", -1)),
+                           h.buffer.cursor if h.buffer is not None else -1) + 1
+            if ck is not None:
+                self.store.truncate_csv(h.id, int(ck["csv_bytes"]))
+                h.buffer = self._load_buffer(h, ck)
+                h.step = int(ck["step"])
+            else:
+                self.store.truncate_csv(h.id, 0)
+                h.buffer = self._new_buffer()
+                h.step = 0
+            h.buffer.continue_from(next_seq)
+            h.status = "running"
+            self.store.update_run(h.id, status=h.status, step=h.step)
+            self._spawn(h, start=True, init={"checkpoint": ck["path"]} if ck else None)
+        return {"ok": True, "status": h.status, "step": h.step,
+                "checkpoint": ck["name"] if ck else None}
+
+    # ---- the reader thread ---------------------------------------------------------------
+    def _read(self, h: _Handle) -> None:
+        conn = h.conn
+        while True:
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception as exc:  # an unpicklable message: report, keep reading
+                log.exception("run %s: bad message from worker: %s", h.id, exc)
+                continue
+            try:
+                self._dispatch(h, msg)
+            except Exception:
+                log.exception("run %s: error handling %s", h.id, msg[0] if msg else msg)
+        self._worker_gone(h)
+
+    def _dispatch(self, h: _Handle, msg: tuple[Any, ...]) -> None:
+        kind = msg[0]
+        if kind == "frame":
+            frame = msg[1]
+            frame["run"] = h.id
+            self._progress(h, frame)
+            h.buffer.push(frame)
+            self._maybe_store(h)
+        elif kind == "summary":
+            self._progress(h, msg[1])
+            h.buffer.fold(msg[1])
+            self._maybe_store(h)
+        elif kind in ("hello", "state"):
+            self._state(h, msg[1])
+        elif kind == "checkpoint":
+            self._checkpointed(h, msg[1])
+        elif kind == "reply":
+            waiter = h.pending.pop(msg[1], None)
+            if waiter is not None:
+                waiter[1][0] = msg[2]
+                waiter[0].set()
+        elif kind == "bye":
+            h.clean_exit = True
+            self._state(h, msg[1])
+        elif kind == "failed":
+            h.fail_reason = msg[1]
+            log.error("run %s failed: %s\n%s", h.id, msg[1], msg[2] if len(msg) > 2 else "")
+
+    def _progress(self, h: _Handle, frame: dict[str, Any]) -> None:
+        h.step = int(frame.get("t1", h.step))
+        if "steps_per_second" in frame:
+            h.info["steps_per_second"] = frame["steps_per_second"]
+        status = frame.get("run_status")
+        if status and status != h.status:
+            self._set_status(h, status)
+        losses = frame.get("test_loss")
+        if losses is not None:
+            h.info["last_test_loss"] = losses
+            h.info["last_test_step"] = frame.get("test_step", h.step)
+            best = h.info.get("best_test_loss") or [None] * len(losses)
+            h.info["best_test_loss"] = [_nanmin(a, b) for a, b in zip(best, losses, strict=False)]
+
+    def _state(self, h: _Handle, state: dict[str, Any]) -> None:
+        for key in ("steps_per_second", "steps_per_frame", "learning_rates", "phases", "view",
+                    "pace", "fast_forward_to"):
+            if key in state:
+                h.info[key] = state[key]
+        if state.get("config"):
+            h.config = state["config"]
+        h.step = int(state.get("step", h.step))
+        if state.get("status") and state["status"] != h.status:
+            self._set_status(h, state["status"])
+        else:
+            self._maybe_store(h, force=True)
+
+    def _set_status(self, h: _Handle, status: str) -> None:
+        h.status = status
+        if h.buffer is not None:
+            h.info["cursor"] = h.buffer.cursor
+        self.store.update_run(h.id, status=status, step=h.step, config=h.config, info=h.info)
+        h.last_store = time.monotonic()
+
+    def _maybe_store(self, h: _Handle, force: bool = False) -> None:
+        now = time.monotonic()
+        if force or now - h.last_store > STORE_EVERY:
+            h.last_store = now
+            if h.buffer is not None:
+                h.info["cursor"] = h.buffer.cursor
+            self.store.update_run(h.id, step=h.step, info=h.info, config=h.config)
+
+    def _checkpointed(self, h: _Handle, ck: dict[str, Any]) -> None:
+        """The worker wrote a checkpoint: index it, and save the history as of that step."""
+        if h.buffer is not None:
+            self.store.save_history(history_of(Path(ck["path"])), h.buffer.snapshot())
+        self.store.add_checkpoint(h.id, ck["name"], int(ck["step"]), ck["path"], bool(ck["auto"]),
+                                  int(ck["csv_bytes"]), self.settings.keep_checkpoints)
+        h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
+
+    def _worker_gone(self, h: _Handle) -> None:
+        """The pipe closed: a clean exit (its last state stands) or a crash (failed)."""
+        process = h.process
+        if process is not None:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        with h.send_lock:  # from here on, _send sees no worker and waits for nothing
+            h.process = None
+            waiters = list(h.pending.values())
+            h.pending.clear()
+        for waiter in waiters:
+            waiter[1][0] = {"error": {"type": "Conflict", "field": "action",
+                                      "message": f"action: run {h.id}'s worker exited"}}
+            waiter[0].set()
+        with contextlib.suppress(OSError):
+            h.conn.close()
+        if h.deleting:
+            return
+        if not h.clean_exit and self._closed and not h.fail_reason:
+            status = "interrupted"  # did not stop in time at shutdown: resumable all the same
+        elif not h.clean_exit:
+            status = f"failed: {h.fail_reason or _exit_reason(process)}"
+        elif h.status in ACTIVE_STATUSES:
+            status = "interrupted"
+        else:
+            status = h.status
+        h.info["steps_per_second"] = 0.0
+        if h.buffer is not None:
+            with contextlib.suppress(OSError):
+                self.store.save_history(self.store.history_path(h.id), h.buffer.snapshot())
+        with contextlib.suppress(Exception):
+            self._set_status(h, status)
+
+    # ---- export / lifecycle ----------------------------------------------------------------
+    def export_csv(self, run_id: str) -> Path:
+        return self.store.ensure_csv(self._handle(run_id).id)
+
+    def export_config(self, run_id: str) -> dict[str, Any]:
+        return dict(self._handle(run_id).config)
+
+    def delete(self, run_id: str) -> None:
+        h = self._handle(run_id)
+        h.deleting = True
+        self._stop_worker(h, checkpoint=False, status=None)
+        with self._lock:
+            self._runs.pop(h.id, None)
+        self.store.delete_run(h.id)
+
+    def _stop_worker(self, h: _Handle, checkpoint: bool, status: str | None,
+                     wait: bool = True) -> None:
+        if not h.alive():
+            return
+        params: dict[str, Any] = {"checkpoint": checkpoint}
+        if status:
+            params["status"] = status
+        with h.send_lock, contextlib.suppress(OSError, ValueError, AttributeError):
+            h.conn.send(("cmd", 0, "quit", params))
+        if wait:
+            self._join(h, 10.0)
+
+    def _join(self, h: _Handle, timeout: float) -> None:
+        reader, process = h.reader, h.process
+        if reader is not None:
+            reader.join(timeout)
+        if process is not None and reader is not None and reader.is_alive():
+            process.kill()
+            reader.join(5.0)
+
+    def shutdown(self) -> None:
+        """Checkpoint and stop every worker; their runs become "interrupted" (resumable)."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            handles = [h for h in self._runs.values() if h.alive()]
+        for h in handles:
+            self._stop_worker(h, checkpoint=True, status="interrupted", wait=False)
+        deadline = time.monotonic() + 20.0
+        for h in handles:
+            self._join(h, max(0.5, deadline - time.monotonic()))
+        self.store.close()
+
+    def __enter__(self) -> LocalBackend:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def _int_param(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool):
+        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]")
+    try:
+        number = int(value)
+        if isinstance(value, float) and not value.is_integer():
+            raise ValueError
+    except (TypeError, ValueError, OverflowError):
+        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]") from None
+    if not low <= number <= high:
+        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]")
+    return number
+
+
+def _nanmin(a: float | None, b: float | None) -> float | None:
+    values = [v for v in (a, b) if v is not None and math.isfinite(v)]
+    return min(values) if values else None
+
+
+def _exit_reason(process: Any) -> str:
+    code = getattr(process, "exitcode", None)
+    if code is None:
+        return "worker disappeared"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"worker killed by {name}"
+    return f"worker exited with code {code}"
+
+
+@contextlib.contextmanager
+def _env(**values: str) -> Iterator[None]:
+    """Set environment variables for the duration (a spawned child copies them)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

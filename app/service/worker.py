@@ -1,0 +1,591 @@
+"""The worker process: one run, stepped in chunks, commands in and telemetry out over a pipe.
+
+The server starts :func:`main` in a fresh process (multiprocessing "spawn" context) with a
+:class:`WorkerSpec` and one end of a duplex pipe. Protocol (tuples, pickled by the pipe):
+
+server -> worker   ("cmd", cmd_id, action, params)   actions of ``app.service.base.ACTIONS``
+                                                     plus "quit" {"checkpoint": bool}
+worker -> server   ("hello", state)                  after the run is built
+                   ("frame", frame)                  a telemetry frame (live mode)
+                   ("summary", summary)              scalars only (fast-forward, evaluate)
+                   ("state", state)                  status/step/rates/... changed
+                   ("checkpoint", info)              a checkpoint file was written
+                   ("reply", cmd_id, result)         {"ok": ...} or {"error": {...}}
+                   ("bye", state)                    clean exit; state["status"] is final
+                   ("failed", reason)                an unexpected exception; exits 1
+
+Between chunks the worker drains its commands, so a command waits at most one chunk (about a
+frame interval, ~0.1 s). It writes the full-resolution scalar history to its CSV itself (one
+append per chunk) and its checkpoints with ``torch.save``; the server keeps the index.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import signal
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from pathlib import Path
+from typing import Any
+
+from simulator.settings import ConfigError, Setting
+
+TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
+MAX_LIVE_CHUNK = 100_000  # steps per frame at most
+FF_SECONDS = 0.25         # target duration of one fast-forward chunk
+MAX_UNITS = 32            # units the traces may carry
+NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+_INT_K = Setting("k", 1, "steps", int, 1, 10**7)
+_SPF = Setting("steps_per_frame", 0, "steps per frame (0: automatic)", int, 0, MAX_LIVE_CHUNK)
+_SPS = Setting("steps_per_second", 10.0, "real-time pacing", float, 0.1, 1e7)
+_TO = Setting("to", 0, "target step", int, 0, 10**9)
+_RATE = Setting("lr", 0.0, "learning rate", float, 0.0, 10.0)
+_EVAL = Setting("steps", 1000, "held-out steps", int, 1, 10**6)
+_SEED_INDEX = Setting("seed_index", 0, "seed index", int, 0, 255)
+
+
+def check_params(action: Any, params: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    """Validate a control command's params (n units, seeds: the run's sizes); returns them
+    parsed. Raises ConfigError naming the field: "action" or the parameter."""
+    from app.service.base import ACTIONS
+
+    if not isinstance(action, str) or action not in ACTIONS:
+        raise ConfigError("action", f"got {action!r}; allowed: {', '.join(ACTIONS)}")
+    allowed = ACTIONS[action]
+    for key in params:
+        if key not in allowed:
+            raise ConfigError(str(key), f"unknown parameter for {action}; allowed: "
+                                        f"{', '.join(allowed) or 'none'}")
+    checker = _CHECKS.get(action)
+    return checker(params, n, seeds) if checker else {}
+
+
+def _check_step(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    if "k" not in p:
+        raise ConfigError("k", "required: how many steps (an integer in [1, 1e7])")
+    return {"k": _INT_K.parse(p["k"], "")}
+
+
+def _check_speed(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    given = [k for k in ("steps_per_frame", "steps_per_second") if p.get(k) is not None]
+    if len(given) != 1:
+        raise ConfigError("steps_per_frame", "give exactly one of steps_per_frame (an integer "
+                                             "in [0, 1e5], 0: automatic) or steps_per_second "
+                                             "(a number in [0.1, 1e7])")
+    if given[0] == "steps_per_frame":
+        return {"steps_per_frame": _SPF.parse(p["steps_per_frame"], "")}
+    return {"steps_per_second": _SPS.parse(p["steps_per_second"], "")}
+
+
+def _check_ff(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    if "to" not in p:
+        raise ConfigError("to", "required: the step to fast-forward to (an integer)")
+    return {"to": _TO.parse(p["to"], "")}
+
+
+def _check_set(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    from simulator.phases import parse_schedule
+
+    out: dict[str, Any] = {}
+    for key in ("lr", "apical", "jacobian"):
+        if p.get(key) is not None:
+            out[key] = Setting(key, 0.0, "learning rate", float, 0.0, 10.0).parse(p[key], "")
+    if p.get("phases") is not None:
+        parse_schedule(p["phases"])
+        out["phases"] = p["phases"].strip()
+    if not out:
+        raise ConfigError("lr", "give at least one of lr, apical, jacobian (numbers in [0, 10]) "
+                                "or phases (a schedule string)")
+    return out
+
+
+def _check_view(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if p.get("units") is not None:
+        units = p["units"]
+        bad = ConfigError("units", f"got {units!r}; allowed: a list of 1 to {MAX_UNITS} distinct "
+                                   f"unit indices in [0, {n - 1}]")
+        if not isinstance(units, list) or not 1 <= len(units) <= MAX_UNITS:
+            raise bad
+        if any(isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < n for u in units):
+            raise bad
+        if len(set(units)) != len(units):
+            raise bad
+        out["units"] = list(units)
+    if p.get("seed_index") is not None:
+        index = _SEED_INDEX.parse(p["seed_index"], "")
+        if index >= seeds:
+            raise ConfigError("seed_index", f"got {index}; allowed: an integer in [0, {seeds - 1}]")
+        out["seed_index"] = index
+    if not out:
+        raise ConfigError("units", "give units (a list of unit indices) and/or seed_index")
+    return out
+
+
+def _check_name(value: Any, field_name: str) -> str:
+    if not isinstance(value, str) or not NAME_RE.match(value):
+        raise ConfigError(field_name, f"got {value!r}; allowed: 1-64 letters, digits, '_', '-', '.'")
+    return value
+
+
+def _check_checkpoint(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    return {"name": _check_name(p["name"], "name")} if p.get("name") is not None else {}
+
+
+def _check_branch(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    changes = p.get("changes", {})
+    if not isinstance(changes, dict):
+        raise ConfigError("changes", "must be an object of config changes, e.g. {\"rule\": \"dni-b\"}")
+    out: dict[str, Any] = {"changes": dict(changes)}
+    if p.get("checkpoint") is not None:
+        out["checkpoint"] = _check_name(p["checkpoint"], "checkpoint")
+    return out
+
+
+def _check_evaluate(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
+    return {"steps": _EVAL.parse(p["steps"], "")} if p.get("steps") is not None else {}
+
+
+_CHECKS = {"step": _check_step, "speed": _check_speed, "fast_forward": _check_ff, "set": _check_set,
+           "view": _check_view, "checkpoint": _check_checkpoint, "branch": _check_branch,
+           "evaluate": _check_evaluate}
+
+
+@dataclass
+class WorkerSpec:
+    """What a worker needs to start (picklable).
+
+    init: None for a fresh run; {"checkpoint": path} to resume; {"checkpoint": path,
+    "branch": True} to continue that state under ``config`` (another rule...).
+    """
+
+    run_id: str
+    config: dict[str, Any]
+    run_dir: str
+    start: bool = True
+    view: dict[str, Any] = field(default_factory=dict)
+    init: dict[str, Any] | None = None
+    eval_every: int = 5000
+    eval_steps: int | None = None
+    checkpoint_every: int = 20_000
+    frame_rate: float = 10.0
+    steps_per_frame: int | None = None
+
+
+def main(spec: WorkerSpec, conn: Connection) -> None:
+    """Process entry point: one thread, one intra-op torch thread."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    # Ctrl-C in a terminal reaches the whole process group: the server stops its workers
+    # itself (checkpointing them), so a worker must not die of it first.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # SIGTERM (e.g. to the whole process group when a service manager stops the server):
+    # checkpoint, then exit as "interrupted", resumable later.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _TERMINATE.set())
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        Worker(spec, conn).loop()
+    except (EOFError, BrokenPipeError, ConnectionResetError):
+        os._exit(0)  # the server is gone: nobody to report to
+    except BaseException as exc:  # report, then die: the server marks the run failed
+        reason = f"{type(exc).__name__}: {exc}".strip()
+        with contextlib.suppress(Exception):
+            conn.send(("failed", reason[:500], traceback.format_exc()[-4000:]))
+        os._exit(1)
+
+
+class Worker:
+    """Drives one ``simulator.Run``: play/pause/step/pacing/fast-forward, frames, CSV, checkpoints."""
+
+    def __init__(self, spec: WorkerSpec, conn: Connection) -> None:
+        import torch
+
+        from simulator import Run, RunConfig
+        from simulator.telemetry import default_units
+
+        self.spec, self.conn = spec, conn
+        self.dir = Path(spec.run_dir)
+        (self.dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        config = RunConfig.from_dict(spec.config)
+        if spec.init and spec.init.get("checkpoint"):
+            state = torch.load(spec.init["checkpoint"], map_location="cpu", weights_only=False)
+            self.run = Run.from_state(state, config if spec.init.get("branch") else None)
+        else:
+            self.run = Run(config)
+        n, seeds = self.run.net.n, len(self.run.seeds)
+        units = spec.view.get("units") or default_units(n)
+        self.units = [u for u in units if 0 <= u < n] or default_units(n)
+        self.seed_index = min(max(int(spec.view.get("seed_index", 0)), 0), seeds - 1)
+        self.playing = spec.start
+        self.budget = 0            # steps left of a "step k" command
+        self.ff_to: int | None = None
+        self.pace: float | None = None
+        self.spf: int | None = spec.steps_per_frame
+        self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
+        self.sps = 0.0             # delivered steps/s (EMA)
+        self.status = "running" if self.playing else ("ready" if self.run.t == 0 else "paused")
+        self.quit = False
+        self.pending_test: list[float | None] | None = None
+        self.last_eval = self.run.t
+        self.last_ckpt = self.run.t
+        self.saved_step = self.run.t if spec.init else -1
+        self.csv = self._open_csv()
+        self.csv_cols: list[str] | None = None
+
+    # ---- plumbing ------------------------------------------------------------------------
+    def send(self, *msg: Any) -> None:
+        self.conn.send(msg)
+
+    def state(self) -> dict[str, Any]:
+        run = self.run
+        return {"status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
+                "steps_per_frame": self.spf or 0, "pace": self.pace, "fast_forward_to": self.ff_to,
+                "learning_rates": dict(run.lr), "phases": run.config.phases,
+                "view": {"units": self.units, "seed_index": self.seed_index},
+                "config": self._config_now()}
+
+    def _config_now(self) -> dict[str, Any]:
+        cfg = self.run.config.to_dict()
+        cfg["lr"] = self.run.lr.get("basal", cfg["lr"])
+        rule_args = dict(cfg["rule_args"])
+        own = getattr(self.run.rule, "own_populations", {}) or {}
+        for pop, rate in self.run.lr.items():
+            key = own.get(pop, f"lr_{pop}")  # e.g. apical -> rule_args.lr_apical
+            if pop not in ("basal", "readout") and key in rule_args:
+                rule_args[key] = rate
+        cfg["rule_args"] = rule_args
+        return cfg
+
+    def _open_csv(self) -> Any:
+        path = self.dir / "scalars.csv"
+        return open(path, "a", encoding="utf-8", newline="")
+
+    def loop(self) -> None:
+        self.send("hello", self.state())
+        while not self.quit:
+            self._drain(block=not self._active())
+            if _TERMINATE.is_set() and not self.quit:
+                self._quit({"checkpoint": self._active() or self.status == "paused",
+                            "status": "interrupted"})
+            if self.quit:
+                break
+            if self._active():
+                self._chunk()
+        self.csv.close()
+        self.send("bye", self.state())
+
+    def _active(self) -> bool:
+        return self.status not in ("finished", "stopped") and not self.status.startswith(
+            "diverged") and (self.playing or self.budget > 0)
+
+    def _drain(self, block: bool) -> None:
+        timeout = 0.5 if block else 0.0
+        while self.conn.poll(timeout):
+            msg = self.conn.recv()
+            timeout = 0.0
+            if msg[0] == "cmd":
+                self._command(msg[1], msg[2], msg[3])
+            if self.quit:
+                return
+        if block and os.getppid() == 1:  # orphaned: the server died without closing the pipe
+            self.quit = True
+
+    # ---- commands ------------------------------------------------------------------------
+    def _command(self, cmd_id: int, action: str, params: dict[str, Any]) -> None:
+        try:
+            if action == "quit":
+                result = self._quit(params)
+            else:
+                checked = check_params(action, params, self.run.net.n, len(self.run.seeds))
+                result = getattr(self, f"_do_{action}")(**checked)
+            self.send("reply", cmd_id, {"ok": True, **(result or {}), "status": self.status,
+                                        "step": self.run.t})
+        except ConfigError as exc:
+            self.send("reply", cmd_id, {"error": {"type": "ConfigError", "field": exc.field,
+                                                  "message": exc.message}})
+        except _Refused as exc:
+            self.send("reply", cmd_id, {"error": {"type": "Conflict", "field": "action",
+                                                  "message": str(exc)}})
+        except Exception as exc:  # a bad setting never kills the worker
+            self.send("reply", cmd_id, {"error": {"type": "Error", "field": action,
+                                                  "message": f"{type(exc).__name__}: {exc}"}})
+        self.send("state", self.state())
+
+    def _require_live(self, action: str) -> None:
+        if self.status in ("finished", "stopped") or self.status.startswith("diverged"):
+            raise _Refused(f"action: cannot {action} a run that is {self.status}")
+
+    def _quit(self, params: dict[str, Any]) -> dict[str, Any]:
+        if params.get("checkpoint") and self.run.t > self.saved_step:
+            self._checkpoint(auto=True)
+        if params.get("status"):
+            self.status = str(params["status"])
+        self.quit = True
+        return {}
+
+    def _do_pause(self) -> dict[str, Any]:
+        self._require_live("pause")
+        self.playing, self.budget = False, 0
+        self.status = "paused"
+        return {}
+
+    def _do_resume(self) -> dict[str, Any]:
+        self._require_live("resume")
+        self.playing = True
+        self.status = "running"
+        return {}
+
+    def _do_step(self, k: int) -> dict[str, Any]:
+        self._require_live("step")
+        self.playing, self.budget = False, k
+        self.status = "running"
+        return {}
+
+    def _do_stop(self) -> dict[str, Any]:
+        self._require_live("stop")
+        self.status = "stopped"
+        self._checkpoint(auto=True)
+        self.quit = True
+        return {}
+
+    def _do_speed(self, steps_per_frame: int | None = None,
+                  steps_per_second: float | None = None) -> dict[str, Any]:
+        self.pace = steps_per_second
+        self.spf = steps_per_frame or None
+        return {}
+
+    def _do_fast_forward(self, to: int) -> dict[str, Any]:
+        self._require_live("fast_forward")
+        self.ff_to = to if to > self.run.t else None
+        if self.ff_to is not None and not self.playing:
+            self.playing = True
+            self.status = "running"
+        return {}
+
+    def _do_set(self, **changes: Any) -> dict[str, Any]:
+        phases = changes.pop("phases", None)
+        if changes:
+            self.run.set_learning_rates(**changes)
+        if phases is not None:
+            self.run.set_phases(phases)
+        return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
+
+    def _do_view(self, units: list[int] | None = None, seed_index: int | None = None) -> dict:
+        if units is not None:
+            self.units = units
+        if seed_index is not None:
+            self.seed_index = seed_index
+        return {"view": {"units": self.units, "seed_index": self.seed_index}}
+
+    def _do_checkpoint(self, name: str | None = None) -> dict[str, Any]:
+        return {"checkpoint": self._checkpoint(auto=name is None, name=name)}
+
+    def _do_branch(self, **_: Any) -> dict[str, Any]:
+        raise _Refused("action: branch is handled by the server")
+
+    def _do_evaluate(self, steps: int | None = None) -> dict[str, Any]:
+        losses = self._evaluate(steps)
+        if not self._active():  # no frame is coming soon: fold it into the history now
+            self.send("summary", {"t0": self.run.t, "t1": self.run.t, "test_loss": losses,
+                                  "wall": time.time()})
+            self.pending_test = None
+        return {"test_loss": losses}
+
+    # ---- stepping ---------------------------------------------------------------------------
+    def _chunk(self) -> None:
+        run = self.run
+        target = run.config.steps
+        if run.t >= target:
+            self._finish()
+            return
+        began = time.perf_counter()
+        if self.ff_to is not None and run.t < self.ff_to:
+            k = int(min(self.ff_to - run.t, target - run.t, max(100, self.rate * FF_SECONDS)))
+            live = False
+        else:
+            self.ff_to = None
+            k = self._live_k(target - run.t)
+            live = True
+        tel, traced = self._advance(k, live)
+        elapsed = time.perf_counter() - began
+        self.rate = 0.7 * self.rate + 0.3 * (tel.steps / max(elapsed, 1e-6))
+        if self.budget:
+            self.budget = max(0, self.budget - tel.steps)
+            if not self.budget and not self.playing:
+                self.status = "paused"
+        self._pace(tel.steps, began)
+        self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
+        self._after_chunk(tel, traced, live)
+
+    def _live_k(self, left: int) -> int:
+        if self.pace:
+            k = max(1, round(self.pace / self.spec.frame_rate))
+        elif self.spf:
+            k = self.spf
+        else:
+            k = max(1, min(MAX_LIVE_CHUNK, round(self.rate / self.spec.frame_rate)))
+        if self.budget:
+            k = min(k, self.budget)
+        return max(1, min(k, left))
+
+    def _pace(self, k: int, began: float) -> None:
+        if not self.pace or self.ff_to is not None:
+            return
+        wait = began + k / self.pace - time.perf_counter()
+        end = time.perf_counter() + wait
+        while wait > 0 and not self.quit:  # stay responsive to commands while waiting
+            if self.conn.poll(min(wait, 0.1)):
+                self._drain(block=False)
+            wait = end - time.perf_counter()
+
+    def _advance(self, k: int, live: bool) -> tuple[Any, Any]:
+        """Advance k steps: (telemetry of all k, the traced tail or None). Live chunks record
+        traces for their last TRACE_TAIL steps only; the rest runs scalars-only."""
+        run = self.run
+        if not live:
+            return run.advance(k, record="scalars"), None
+        head = None
+        if k > TRACE_TAIL:
+            head = run.advance(k - TRACE_TAIL, record="scalars")
+            if head.diverged_at is not None:
+                return head, None
+        tail = run.advance(min(k, TRACE_TAIL), record="traces")
+        return (_merge(head, tail) if head is not None else tail), tail
+
+    def _after_chunk(self, tel: Any, traced: Any, live: bool) -> None:
+        run = self.run
+        self._write_csv(tel)
+        every = self.spec.eval_every
+        if every and tel.diverged_at is None and run.t // every > self.last_eval // every:
+            self._evaluate(None)
+        if tel.diverged_at is not None:
+            self.status = run.status
+        if live or tel.diverged_at is not None:
+            self._send_frame(tel, traced)
+        else:
+            self._send_summary(tel)
+        if tel.diverged_at is not None:
+            self.quit = True
+            return
+        if run.t - self.last_ckpt >= self.spec.checkpoint_every:
+            self._checkpoint(auto=True)
+        if run.t >= run.config.steps:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.status = "finished"
+        self.playing = False
+        self._checkpoint(auto=True)
+        self.quit = True
+
+    def _evaluate(self, steps: int | None) -> list[float | None]:
+        steps = steps or self.spec.eval_steps or self.run.config.test_steps
+        values = self.run.evaluate(steps).tolist()
+        self.last_eval = self.run.t
+        self.pending_test = [v if math.isfinite(v) else None for v in values]
+        return self.pending_test
+
+    def _send_frame(self, tel: Any, traced: Any) -> None:
+        from simulator.telemetry import make_frame
+
+        frame = make_frame(tel, self.run, units=self.units, seed_index=self.seed_index)
+        if traced is not None and traced is not tel:
+            part = make_frame(traced, self.run, units=self.units, seed_index=self.seed_index,
+                              matrices=False, max_points=1)
+            for key in ("traces", "task"):
+                if key in part:
+                    frame[key] = part[key]
+        self._stamp(frame)
+        self.send("frame", frame)
+
+    def _send_summary(self, tel: Any) -> None:
+        """Scalars only (fast-forward): a few bins, no traces, no matrices."""
+        from simulator.telemetry import binned
+
+        run, t0 = self.run, tel.start
+        summary: dict[str, Any] = {
+            "t0": t0, "t1": t0 + tel.steps, "loss": binned(tel.loss, t0, 16),
+            "diagnostics": {k: binned(v, t0, 16) for k, v in tel.diagnostics.items()},
+            "phases": [list(s) for s in run.schedule.spans(t0, t0 + tel.steps)][-64:],
+            "weight_norm": {name: float(w.flatten(1).norm(dim=1).mean())
+                            for name, w in run.populations().items()},
+            "status": run.status,
+        }
+        self._stamp(summary)
+        self.send("summary", summary)
+
+    def _stamp(self, frame: dict[str, Any]) -> None:
+        frame["wall"] = time.time()
+        frame["step"] = frame.get("t1", self.run.t)
+        frame["run_status"] = self.status
+        frame["steps_per_second"] = round(self.sps, 1)
+        if self.pending_test is not None:
+            frame["test_loss"] = self.pending_test
+            frame["test_step"] = self.last_eval
+            self.pending_test = None
+
+    def _write_csv(self, tel: Any) -> None:
+        from simulator.telemetry import scalar_history
+
+        cols, rows = scalar_history(tel, self.run.seeds)
+        if self.csv_cols is None:
+            self.csv_cols = cols
+            if self.csv.tell() == 0:
+                self.csv.write(",".join(cols) + "\n")
+        if cols != self.csv_cols:  # keep the header's columns
+            index = {c: i for i, c in enumerate(cols)}
+            import numpy as np
+
+            rows = np.stack([rows[:, index[c]] if c in index else np.full(len(rows), np.nan)
+                             for c in self.csv_cols], 1)
+        line = "%d,%d" + ",%.7g" * (rows.shape[1] - 2) + "\n"
+        self.csv.write((line * rows.shape[0]) % tuple(rows.ravel().tolist()))
+        self.csv.flush()
+
+    def _checkpoint(self, auto: bool, name: str | None = None) -> str:
+        import torch
+
+        run = self.run
+        name = name or f"auto-{run.t:010d}"
+        path = self.dir / "checkpoints" / f"{name}.pt"
+        tmp = path.with_suffix(".tmp")
+        torch.save(run.state_dict(), tmp)
+        os.replace(tmp, path)
+        self.csv.flush()
+        self.last_ckpt = run.t
+        self.saved_step = run.t
+        self.send("checkpoint", {"name": name, "step": run.t, "path": str(path), "auto": auto,
+                                 "csv_bytes": self.csv.tell(), "wall": time.time()})
+        return name
+
+
+_TERMINATE = threading.Event()
+
+
+class _Refused(Exception):
+    """A command that does not apply in the current state (reported as a conflict)."""
+
+
+def _merge(head: Any, tail: Any) -> Any:
+    """One Telemetry for two consecutive advance() calls (scalars of both, traces of tail)."""
+    import torch
+
+    from simulator.engine import Telemetry
+
+    return Telemetry(
+        start=head.start,
+        loss=torch.cat([head.loss, tail.loss]),
+        phase=head.phase + tail.phase,
+        diagnostics={k: torch.cat([v, tail.diagnostics[k]]) for k, v in head.diagnostics.items()},
+        weight_change={k: v + tail.weight_change[k] for k, v in head.weight_change.items()},
+        diverged_at=tail.diverged_at,
+    )
