@@ -42,7 +42,7 @@ from app.service.base import (
     Unavailable,
 )
 from app.service.store import Store, history_of
-from app.service.worker import WorkerSpec, check_params
+from app.service.worker import WorkerSpec, branch_config, branch_steps, check_params
 from app.service.worker import main as worker_main
 from simulator.config import RunConfig
 from simulator.framebuffer import FrameBuffer
@@ -50,8 +50,6 @@ from simulator.settings import ConfigError
 
 log = logging.getLogger("app.service")
 
-#: Config fields a branch must keep (the checkpointed network and stream depend on them).
-BRANCH_FIXED = ("task", "task_args", "n", "seeds")
 STORE_EVERY = 2.0      # seconds between progress writes to SQLite per run
 REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer (evaluate: 4x)
 _ENV_LOCK = threading.Lock()
@@ -346,22 +344,9 @@ class LocalBackend(Backend):
 
     def _branch(self, h: _Handle, changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:
-        for key in BRANCH_FIXED:
-            if key in changes and changes[key] != h.config.get(key):
-                raise ConfigError(f"changes.{key}", "a branch keeps the network and the task; "
-                                  "allowed changes: rule, rule_args, lr, alpha, phases, steps, "
-                                  "test_steps, device, dtype")
-        base = dict(h.config)
-        if changes.get("rule", base["rule"]) != base["rule"] and "rule_args" not in changes:
-            base["rule_args"] = {}
-        new = {**base, **changes}
-        try:
-            RunConfig.from_dict(new)
-        except ConfigError as exc:
-            raise ConfigError(f"changes.{exc.field}", exc.message) from None
+        new = branch_config(h.config, changes)
         ck = self._branch_point(h, checkpoint)
-        if "steps" not in changes and ck["step"] >= int(new["steps"]):
-            new["steps"] = ck["step"] + int(h.config["steps"])
+        new = branch_steps(new, changes, h.config, ck["step"])
         new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
                               init={"checkpoint": ck["path"], "branch": True, "step": ck["step"]})
         return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],

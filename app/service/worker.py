@@ -17,6 +17,11 @@ worker -> server   ("hello", state)                  after the run is built
 Between chunks the worker drains its commands, so a command waits at most one chunk (about a
 frame interval, ~0.1 s). It writes the full-resolution scalar history to its CSV itself (one
 append per chunk) and its checkpoints with ``torch.save``; the server keeps the index.
+
+The loop (:class:`Worker`) only needs a :class:`Transport`: ``send``/``poll``/``recv`` of the
+messages above. The embedded backend gives it a pipe end; the Celery backend runs the very
+same loop inside a Celery task with ``app.service.celery_app.RunChannel``, which maps the
+messages onto Redis (frames to a stream, state to a hash, commands from a list).
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import traceback
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from simulator.settings import ConfigError, Setting
 
@@ -153,9 +158,54 @@ def _check_evaluate(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
     return {"steps": _EVAL.parse(p["steps"], "")} if p.get("steps") is not None else {}
 
 
+#: Config fields a branch must keep (the checkpointed network and stream depend on them).
+BRANCH_FIXED = ("task", "task_args", "n", "seeds")
+
+
+def branch_config(config: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    """The config of a branch of a run with ``config``: ``changes`` applied (a new rule starts
+    from its default settings unless rule_args are given), validated; ConfigError names the
+    field as "changes.<field>". Both backends use it; see :func:`branch_steps` too."""
+    from simulator.config import RunConfig
+
+    for key in BRANCH_FIXED:
+        if key in changes and changes[key] != config.get(key):
+            raise ConfigError(f"changes.{key}", "a branch keeps the network and the task; "
+                              "allowed changes: rule, rule_args, lr, alpha, phases, steps, "
+                              "test_steps, device, dtype")
+    base = dict(config)
+    if changes.get("rule", base["rule"]) != base["rule"] and "rule_args" not in changes:
+        base["rule_args"] = {}
+    new = {**base, **changes}
+    try:
+        RunConfig.from_dict(new)
+    except ConfigError as exc:
+        raise ConfigError(f"changes.{exc.field}", exc.message) from None
+    return new
+
+
+def branch_steps(new: dict[str, Any], changes: dict[str, Any], config: dict[str, Any],
+                 step: int) -> dict[str, Any]:
+    """A branch taken at ``step`` past its steps (and not told otherwise) runs as many steps
+    again as its parent had."""
+    if "steps" not in changes and step >= int(new["steps"]):
+        new = {**new, "steps": step + int(config["steps"])}
+    return new
+
+
 _CHECKS = {"step": _check_step, "speed": _check_speed, "fast_forward": _check_ff, "set": _check_set,
            "view": _check_view, "checkpoint": _check_checkpoint, "branch": _check_branch,
            "evaluate": _check_evaluate}
+
+
+class Transport(Protocol):
+    """What the loop talks through (a ``multiprocessing`` pipe end satisfies it)."""
+
+    def send(self, obj: Any) -> None: ...
+
+    def poll(self, timeout: float = 0.0) -> bool: ...
+
+    def recv(self) -> Any: ...
 
 
 @dataclass
@@ -206,7 +256,7 @@ def main(spec: WorkerSpec, conn: Connection) -> None:
 class Worker:
     """Drives one ``simulator.Run``: play/pause/step/pacing/fast-forward, frames, CSV, checkpoints."""
 
-    def __init__(self, spec: WorkerSpec, conn: Connection) -> None:
+    def __init__(self, spec: WorkerSpec, conn: Connection | Transport) -> None:
         import torch
 
         from simulator import Run, RunConfig
@@ -229,6 +279,7 @@ class Worker:
         self.budget = 0            # steps left of a "step k" command
         self.ff_to: int | None = None
         self.pace: float | None = None
+        self.due: float | None = None  # pacing: when the steps done so far are due
         self.spf: int | None = spec.steps_per_frame
         self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
         self.sps = 0.0             # delivered steps/s (EMA)
@@ -438,9 +489,15 @@ class Worker:
         return max(1, min(k, left))
 
     def _pace(self, k: int, began: float) -> None:
+        """Real-time pacing on a running schedule: each chunk is due k/pace after the previous
+        one, so the frame work done after the wait does not slow the run below its pace (a
+        schedule more than half a second behind, e.g. after a pause, restarts from now)."""
         if not self.pace or self.ff_to is not None:
+            self.due = None
             return
-        wait = began + k / self.pace - time.perf_counter()
+        start = self.due if self.due is not None and self.due > began - 0.5 else began
+        self.due = start + k / self.pace
+        wait = self.due - time.perf_counter()
         end = time.perf_counter() + wait
         while wait > 0 and not self.quit:  # stay responsive to commands while waiting
             if self.conn.poll(min(wait, 0.1)):
