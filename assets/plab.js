@@ -1,0 +1,437 @@
+/*
+ * Plasticity Lab dashboard: the client half of the live loop, keyboard shortcuts and the
+ * performance meter. Served by Dash as it is (no build step).
+ *
+ * The live loop (see app/dashboard/callbacks.py):
+ *   the server's show() callback rebuilds the figures and writes view-store and cursor-store;
+ *   plab.follow (a clientside callback) hands both to the loop here, which then, with exactly
+ *   one request in flight, POSTs {view, cursors, carry} to _plab/tick every 50 ms (1 s when
+ *   nothing new arrives), merges the per-graph ops it gets back into pending updates and
+ *   draws them from requestAnimationFrame within a time budget per frame: one Plotly.react per
+ *   graph with only the new points appended, heatmap contents swapped and phase shading
+ *   extended. Graphs scrolled out of view keep merging until they are visible again.
+ * A tick is accepted only if it continues the cursors last accepted for the figures on
+ * screen (same epoch), so a stale or duplicate tick can never draw twice.
+ */
+(function () {
+    "use strict";
+    const plab = (window.plab = window.plab || {});
+    const STATS_WINDOW_MS = 5000;
+    plab.lastData = 0;
+    plab.paintLog = [];            // {t, gid, lag} for every graph redraw with new data
+    plab.applied = 0;
+    plab.dropped = 0;
+
+    function graphDiv(gid) {
+        const host = document.getElementById(gid);
+        return host ? host.querySelector(".js-plotly-plot") : null;
+    }
+
+    function sameCursors(a, b) {
+        a = a || {};
+        b = b || {};
+        const ka = Object.keys(a), kb = Object.keys(b);
+        if (ka.length !== kb.length) return false;
+        return ka.every((k) => a[k] === b[k]);
+    }
+
+    // ---- pending updates per graph, merged until the graph is drawn -------------------------
+    plab.pending = {};
+    plab.onScreen = {};
+    plab.hidden = {};          // display:none (a panel switched off, or presenter mode)
+    let observer = null;
+
+    function watch(gid) {
+        if (!("IntersectionObserver" in window)) return;
+        if (!observer) {
+            observer = new IntersectionObserver((entries) => {
+                for (const e of entries) {
+                    plab.onScreen[e.target.id] = e.isIntersecting;
+                    plab.hidden[e.target.id] = e.boundingClientRect.width === 0;
+                }
+                schedule();
+            });
+        }
+        const host = document.getElementById(gid);
+        if (host && !host.dataset.plabWatched) {
+            host.dataset.plabWatched = "1";
+            plab.onScreen[gid] = true;  // until the observer says otherwise
+            observer.observe(host);
+        }
+    }
+
+    function mergeExtend(a, b) {
+        for (let j = 0; j < b.idx.length; j++) {
+            const i = b.idx[j];
+            const restart = !!(b.restart && b.restart[j]);
+            let k = a.idx.indexOf(i);
+            if (k < 0) {
+                a.idx.push(i); a.x.push([]); a.y.push([]); a.max.push(b.max[j]);
+                a.restart.push(false); a.tail.push(false);
+                k = a.idx.length - 1;
+            }
+            if (restart) { a.x[k] = []; a.y[k] = []; a.restart[k] = true; }
+            const xs = a.x[k], ys = a.y[k];
+            if (a.tail[k] && xs.length) { xs.pop(); ys.pop(); }  // superseded provisional point
+            a.tail[k] = !!(b.tail && b.tail[j]);
+            for (let n = 0; n < b.x[j].length; n++) { xs.push(b.x[j][n]); ys.push(b.y[j][n]); }
+            const max = b.max[j];
+            if (max && xs.length > max) { xs.splice(0, xs.length - max); ys.splice(0, ys.length - max); }
+        }
+    }
+
+    function mergeInto(gid, epoch, ops, wall, recv) {
+        let p = plab.pending[gid];
+        if (!p || p.epoch !== epoch) {
+            p = plab.pending[gid] = {epoch: epoch, extend: null, set: {}, spans: [], wall: null, recv: recv};
+        }
+        if (ops.extend) {
+            if (!p.extend) p.extend = {idx: [], x: [], y: [], max: [], restart: [], tail: []};
+            mergeExtend(p.extend, ops.extend);
+        }
+        if (ops.set) for (const s of ops.set) p.set[s.i] = s;
+        if (ops.titles) p.titles = ops.titles;
+        if (ops.spans) p.spans = p.spans.concat(ops.spans);
+        if (wall) p.wall = Math.max(p.wall || 0, wall);
+        p.recv = recv;
+    }
+
+    // traces whose last drawn point is provisional (a loss block still filling)
+    const tails = new WeakMap();
+
+    function extend(gd, op) {
+        for (let j = 0; j < op.idx.length; j++) {
+            const trace = gd.data[op.idx[j]];
+            if (!trace) continue;
+            if (op.restart && op.restart[j]) { trace.x = []; trace.y = []; }
+            const xs = trace.x || (trace.x = []);
+            const ys = trace.y || (trace.y = []);
+            if (tails.get(trace) && xs.length) { xs.pop(); ys.pop(); }
+            tails.set(trace, !!(op.tail && op.tail[j]));
+            const nx = op.x[j], ny = op.y[j];
+            for (let k = 0; k < nx.length; k++) { xs.push(nx[k]); ys.push(ny[k]); }
+            const max = op.max[j];
+            if (max && xs.length > max) {
+                xs.splice(0, xs.length - max);
+                ys.splice(0, ys.length - max);
+            }
+        }
+    }
+
+    function firstX(gd) {
+        // left edge of a scrolling window: the smallest step still drawn
+        let lo = Infinity;
+        for (const tr of gd.data) {
+            if (tr.type !== "scatter" || !tr.x) continue;
+            for (let k = 0; k < tr.x.length; k++) {
+                if (tr.x[k] !== null && tr.x[k] !== undefined) { lo = Math.min(lo, tr.x[k]); break; }
+            }
+        }
+        return lo;
+    }
+
+    function shade(gd, spans, meta) {
+        const shape = meta.shade;
+        if (!shape) return;
+        const shapes = (gd.layout.shapes || []).slice();
+        const fixed = shapes.filter((s) => !(s.name || "").startsWith("phase:"));
+        let phases = shapes.filter((s) => (s.name || "").startsWith("phase:"));
+        const colors = meta.phase_colors || {};
+        for (const [start, stop, name] of spans) {
+            if (!colors[name]) continue;  // not a phase of the current schedule
+            const last = phases[phases.length - 1];
+            if (last && last.name === "phase:" + name && last.x1 >= start - 0.5) {
+                last.x1 = Math.max(last.x1, stop - 0.5);
+                continue;
+            }
+            phases.push({
+                type: "rect", name: "phase:" + name, layer: "below", line: {width: 0},
+                fillcolor: colors[name],
+                xref: shape.xref, yref: "paper", x0: start - 0.5, x1: stop - 0.5,
+                y0: shape.y0, y1: shape.y1,
+            });
+        }
+        if (meta.window) {
+            const lo = firstX(gd);
+            phases = phases.filter((s) => s.x1 >= lo);
+        }
+        if (phases.length > 400) phases = phases.slice(phases.length - 400);
+        gd.layout.shapes = fixed.concat(phases);
+    }
+
+    function draw(gid) {
+        const p = plab.pending[gid];
+        delete plab.pending[gid];
+        const gd = graphDiv(gid);
+        if (!p || !gd || !gd.data || !gd.layout) return;
+        const meta = gd.layout.meta || {};
+        if (meta.epoch !== p.epoch) return;  // the figure was replaced meanwhile
+        const t0 = performance.now();
+        if (p.extend) extend(gd, p.extend);
+        for (const key of Object.keys(p.set)) {
+            const s = p.set[key];
+            const tr = gd.data[s.i];
+            if (!tr) continue;
+            tr.z = s.z;
+            if (s.zmin !== undefined) { tr.zmin = s.zmin; tr.zmax = s.zmax; }
+        }
+        if (p.titles) {
+            // block titles of the weight-change heatmap (annotations named title:k)
+            for (const a of gd.layout.annotations || []) {
+                const m = /^title:(\d+)$/.exec(a.name || "");
+                const t = m && p.titles.find((x) => x.i === +m[1]);
+                if (t) { a.text = t.text; a.x = t.x; }
+            }
+        }
+        if (p.spans.length) shade(gd, p.spans, meta);
+        gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
+        let done;
+        try {
+            done = window.Plotly.react(gd, gd.data, gd.layout);
+        } catch (err) {
+            console.error("plab draw", gid, err);
+            return;
+        }
+        const dur = performance.now() - t0;
+        plab.lastDraw[gid] = Date.now();
+        Promise.resolve(done).then(() => recordPaint(gid, p.wall, dur, p.recv));
+    }
+
+    // Draw pending graphs from requestAnimationFrame, within a time budget per frame, so that
+    // the page stays responsive however fast frames arrive; graphs scrolled out of view wait.
+    const FRAME_BUDGET_MS = 24;
+    const OFFSCREEN_MS = 1000;
+    plab.lastDraw = {};
+    let scheduled = false;
+
+    function schedule() {
+        if (scheduled) return;
+        scheduled = true;
+        window.requestAnimationFrame(loop);
+    }
+
+    function loop() {
+        scheduled = false;
+        const t0 = performance.now();
+        // on screen per IntersectionObserver (hidden panels do not intersect; no layout reads
+        // here); graphs scrolled out of view are refreshed once a second
+        const now = Date.now();
+        const ready = Object.keys(plab.pending).filter((gid) => !plab.hidden[gid] &&
+            (plab.onScreen[gid] !== false || now - (plab.lastDraw[gid] || 0) > OFFSCREEN_MS));
+        // oldest first, so every panel gets its turn
+        ready.sort((a, b) => plab.pending[a].recv - plab.pending[b].recv);
+        for (const gid of ready) {
+            if (performance.now() - t0 > FRAME_BUDGET_MS) break;
+            draw(gid);
+        }
+        if (Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false)) schedule();
+        else if (Object.keys(plab.pending).some((gid) => !plab.hidden[gid])) {
+            setTimeout(schedule, OFFSCREEN_MS);
+        }
+    }
+
+    function recordPaint(gid, wall, dur, recv) {
+        const now = Date.now();
+        plab.paintLog.push({t: now, gid: gid, lag: wall ? now - wall * 1000 : null, dur: dur,
+                            client: recv ? now - recv : null});
+        const cut = now - 60000;
+        while (plab.paintLog.length && plab.paintLog[0].t < cut) plab.paintLog.shift();
+    }
+
+    function median(xs) {
+        if (!xs.length) return null;
+        const s = xs.slice().sort((a, b) => a - b);
+        const m = s.length >> 1;
+        return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+    }
+
+    // Updates per second per graph and median lag over the last few seconds (bench/, meter).
+    plab.stats = function (windowMs) {
+        windowMs = windowMs || STATS_WINDOW_MS;
+        const now = Date.now();
+        const recent = plab.paintLog.filter((p) => p.t >= now - windowMs);
+        const byGraph = {};
+        for (const p of recent) (byGraph[p.gid] = byGraph[p.gid] || []).push(p);
+        const out = {graphs: {}, applied: plab.applied, dropped: plab.dropped};
+        for (const gid of Object.keys(byGraph)) {
+            const ps = byGraph[gid];
+            out.graphs[gid] = {
+                ups: ps.length / (windowMs / 1000),
+                lag_ms: median(ps.map((p) => p.lag).filter((v) => v !== null)),
+                draw_ms: median(ps.map((p) => p.dur)),
+                client_ms: median(ps.map((p) => p.client).filter((v) => v !== null)),
+            };
+        }
+        const shown = Object.keys(out.graphs).filter((g) => plab.onScreen[g] !== false);
+        const ups = (shown.length ? shown : Object.keys(out.graphs)).map((g) => out.graphs[g].ups);
+        out.ups = ups.length ? median(ups) : 0;
+        out.lag_ms = median(recent.map((p) => p.lag).filter((v) => v !== null));
+        return out;
+    };
+
+    function meter() {
+        const el = document.getElementById("perf-meter");
+        if (!el) return;
+        const s = plab.stats(3000);
+        el.textContent = s.ups
+            ? `${s.ups.toFixed(1)} updates/s · lag ${Math.round(s.lag_ms || 0)} ms`
+            : "idle";
+    }
+    setInterval(meter, 1000);
+
+    // ---- the live loop: POST _plab/tick, one request in flight ------------------------------
+    const POLL_MS = 50;        // while frames arrive
+    const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
+    plab.view = null;
+    plab.state = null;         // {epoch, cursors, carry}
+    plab.rtts = [];
+    let pumping = false;
+
+    function tickUrl() {
+        let prefix = "/";
+        try {
+            const cfg = JSON.parse(document.getElementById("_dash-config").textContent);
+            prefix = cfg.requests_pathname_prefix || cfg.url_base_pathname || "/";
+        } catch (err) { /* default prefix */ }
+        return prefix.replace(/\/?$/, "/") + "_plab/tick";
+    }
+
+    async function tickOnce() {
+        const view = plab.view, state = plab.state;
+        if (!view || !state || !view.runs || !view.runs.length) return false;
+        if (state.epoch !== view.epoch) return false;
+        const sent = Date.now();
+        const res = await fetch(plab.url || (plab.url = tickUrl()), {
+            method: "POST", headers: {"Content-Type": "application/json"},
+            body: JSON.stringify({view: view, cursors: state.cursors, carry: state.carry}),
+        });
+        if (!res.ok) throw new Error("tick " + res.status);
+        const payload = await res.json();
+        plab.rtts.push({rtt: Date.now() - sent, server: payload.server_ms});
+        if (plab.rtts.length > 200) plab.rtts.shift();
+        return accept(payload);
+    }
+
+    function accept(payload) {
+        const state = plab.state;
+        if (!state || payload.epoch !== state.epoch || !sameCursors(payload.from, state.cursors)) {
+            plab.dropped += 1;  // the view changed while this tick was out: drop it
+            return false;
+        }
+        const graphs = payload.graphs || {};
+        for (const gid of Object.keys(graphs)) {
+            const gd = graphDiv(gid);
+            if (!gd || !gd.layout || (gd.layout.meta || {}).epoch !== payload.epoch) {
+                plab.dropped += 1;  // figures of this epoch not on screen yet: fetch again
+                return false;
+            }
+        }
+        const recv = Date.now();
+        for (const gid of Object.keys(graphs)) {
+            watch(gid);
+            mergeInto(gid, payload.epoch, graphs[gid], payload.wall, recv);
+        }
+        plab.state = {epoch: state.epoch, cursors: payload.to, carry: payload.carry};
+        plab.applied += 1;
+        if (payload.has_frames) plab.lastData = recv;
+        if (payload.rebuild && recv - (plab.lastRebuild || 0) > 5000 &&
+                window.dash_clientside && window.dash_clientside.set_props) {
+            plab.lastRebuild = recv;  // at most one rebuild (history back-fill) per 5 s
+            window.dash_clientside.set_props("rebuild-req", {data: recv});
+        }
+        schedule();
+        return payload.has_frames;
+    }
+
+    async function pump() {
+        if (pumping) return;
+        pumping = true;
+        while (true) {
+            const t0 = Date.now();
+            let wait = POLL_MS;
+            try {
+                if (!document.hidden) await tickOnce();
+            } catch (err) {
+                console.warn("plab tick", err);
+                wait = 1000;
+            }
+            if (Date.now() - plab.lastData > 3000) wait = Math.max(wait, IDLE_MS);
+            if (!plab.view || !plab.view.runs || !plab.view.runs.length) wait = 250;
+            await new Promise((r) => setTimeout(r, Math.max(0, wait - (Date.now() - t0))));
+        }
+    }
+
+    const ns = (window.dash_clientside = window.dash_clientside || {});
+    ns.plab = {
+        // a new view (figures rebuilt) or its cursors: follow them from now on
+        follow: function (view, cursor) {
+            plab.view = view || null;
+            if (cursor && view && cursor.epoch === view.epoch) {
+                plab.state = {epoch: cursor.epoch, cursors: cursor.cursors || {},
+                              carry: cursor.carry || {}};
+                for (const gid of Object.keys(plab.pending)) {
+                    if (plab.pending[gid].epoch !== view.epoch) delete plab.pending[gid];
+                }
+                plab.lastData = Date.now();  // poll fast for a while after a change
+            }
+            pump();
+            return window.dash_clientside.no_update;
+        },
+
+        // setup -> URL without reloading (dcc.Location never notices, so no loops)
+        url: function (query) {
+            if (typeof query !== "string") return window.dash_clientside.no_update;
+            const next = window.location.pathname + (query ? "?" + query : "");
+            if (next !== window.location.pathname + window.location.search) {
+                window.history.replaceState(null, "", next);
+            }
+            return window.location.href;
+        },
+
+        // presenter mode and the full-screen panel are CSS classes on the page root
+        present: function (on, focus) {
+            document.body.classList.toggle("presenting", !!on);
+            document.querySelectorAll(".panel").forEach((el) => {
+                el.classList.toggle("panel-focus", !!on && el.dataset.panel === focus);
+            });
+            document.querySelectorAll(".tab").forEach((el) => {
+                el.classList.toggle("active", el.dataset.panel === focus);
+            });
+            setTimeout(() => window.dispatchEvent(new Event("resize")), 60);
+            return on ? "presenting" : "";
+        },
+    };
+
+    // Keyboard shortcuts: space play/pause, s or → step, r reset, p presenter, 1-5 panels,
+    // l log-y, f full screen, Esc leaves presenter mode.
+    const KEYS = {
+        " ": "btn-play", "k": "btn-play", "s": "btn-step", "ArrowRight": "btn-step",
+        "r": "btn-reset", "p": "btn-present",
+    };
+    const CLICK = {"l": "#log-y input"};
+    const PANEL_KEYS = {"1": "loss", "2": "voltage", "3": "weights", "4": "alignment", "5": "task"};
+    document.addEventListener("keydown", function (ev) {
+        const tag = (ev.target && ev.target.tagName) || "";
+        if (/INPUT|TEXTAREA|SELECT/.test(tag) || (ev.target && ev.target.isContentEditable)) return;
+        if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
+        let id = KEYS[ev.key];
+        if (ev.key === "Escape" && document.body.classList.contains("presenting")) id = "btn-present";
+        if (PANEL_KEYS[ev.key]) id = "panel-key-" + PANEL_KEYS[ev.key];
+        if (ev.key === "f") {
+            if (document.fullscreenElement) document.exitFullscreen();
+            else if (document.documentElement.requestFullscreen) document.documentElement.requestFullscreen();
+            return;
+        }
+        if (CLICK[ev.key]) {
+            const box = document.querySelector(CLICK[ev.key]);
+            if (box) box.click();
+            return;
+        }
+        if (!id) return;
+        const el = document.getElementById(id);
+        if (el) {
+            ev.preventDefault();
+            el.click();
+        }
+    });
+})();

@@ -1,0 +1,514 @@
+"""The dashboard's pure parts: figures, per-tick updates, URL state, presets, callback helpers.
+
+No browser, no backend: frames are made by hand in the telemetry format.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from app.dashboard import callbacks, figures, layout, presets, urlstate
+from simulator.config import RunConfig
+from simulator.rules import RULES
+from simulator.tasks import TASKS
+
+RID = "aaaa1111"
+RID2 = "bbbb2222"
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers: run views and frames in the telemetry format
+# ---------------------------------------------------------------------------------------------
+def info(rid: str = RID, rule: str = "dni-b", steps: int = 10_000, n: int = 8) -> dict:
+    rule_args = {"lr_apical": 0.05, "jacobian": "learned"} if rule.startswith("dni") else {}
+    return {"id": rid, "status": "running", "target_steps": steps,
+            "config": {"rule": rule, "n": n, "steps": steps, "rule_args": rule_args}}
+
+
+def run_view(rid: str = RID, rule: str = "dni-b", color: str = "#0072B2", **kw) -> figures.RunView:
+    diags = list(RULES[rule].diagnostic_names) if rule in RULES else []
+    return figures.make_run_view(info(rid, rule, **kw), color, diagnostics=diags)
+
+
+def view(*runs: figures.RunView, phases: tuple[str, ...] = ("all",), **kw) -> figures.View:
+    return figures.make_view(list(runs), epoch=3, refs={"nothing": 0.66, "optimum": 0.45},
+                             phase_names=phases, **kw)
+
+
+def frame(t0: int, k: int = 10, *, units=(0, 1, 2, 3), pops=("basal", "apical", "jacobian",
+                                                              "readout"),
+          loss: float = 0.6, phases=None, test=None, align=None, n: int = 8) -> dict:
+    steps = list(range(t0, t0 + k))
+    f = {
+        "t0": t0, "t1": t0 + k, "seq": t0 // k, "wall": 1000.0 + t0,
+        "phases": phases or [[t0, t0 + k, "all"]],
+        "loss": {"step": steps, "mean": [loss] * k, "min": [loss] * k, "max": [loss] * k},
+        "diagnostics": {"apical_loss": {"step": steps, "mean": [0.1] * k},
+                        "jacobian_loss": {"step": steps, "mean": [0.01] * k}},
+        "alignment": None if align is None else {"step": steps, "mean": [align] * k},
+        "traces": {"units": list(units), "step": steps,
+                   "V": [[0.1 * u] * k for u in units], "U": [[0.01 * u] * k for u in units],
+                   "r": [[0.2] * k for _ in units]},
+        "task": {"step": steps, "x": [[1.0] * k, [0.0] * k], "y": [[0.7] * k, [0.3] * k],
+                 "pred": [[0.6] * k, [0.4] * k]},
+        "weight_change": {p: {"norm": 0.1, "max_abs": 0.01,
+                              "matrix": [[0.001 * (i - j) for j in range(n + 3)]
+                                         for i in range(n if p != "readout" else 2)]}
+                          for p in pops},
+        "weight_norm": {p: 1.0 for p in pops},
+    }
+    if test is not None:
+        f["test_loss"] = test
+    return f
+
+
+def trace_names(fig: dict) -> list[str]:
+    return [t.get("name") for t in fig["data"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# binning and smoothing
+# ---------------------------------------------------------------------------------------------
+def test_fold_completes_blocks_and_keeps_a_provisional_tail() -> None:
+    carry = figures.new_series_carry()
+    pts = [(s, float(s), 1.0) for s in range(0, 25)]  # steps 0..24, value = step
+    xs, raw, smooth, tail = figures.fold(pts, 10, 50.0, carry)
+    assert xs == [9, 19]
+    assert raw == [4.5, 14.5]
+    assert len(smooth) == 2 and smooth[0] == pytest.approx(4.5)  # debiased EMA starts at value
+    assert tail is not None and tail[0] == 24 and tail[1] == pytest.approx(22.0)
+    # the next points finish the open block; nothing is lost or double counted
+    xs2, _raw2, _, _ = figures.fold([(s, float(s), 1.0) for s in range(25, 30)], 10, 50.0, carry)
+    assert xs2 == [] and carry["w"] == 10
+    xs3, raw3, _, _ = figures.fold([(30, 30.0, 1.0)], 10, 50.0, carry)
+    assert xs3 == [29] and raw3 == [24.5]
+
+
+def test_fold_weights_bins_by_their_width() -> None:
+    carry = figures.new_series_carry()
+    # a frame binned into 2 bins: steps 0-7 (mean 1) and 8-9 (mean 6)
+    pts = figures.bin_points({"step": [7, 9], "mean": [1.0, 6.0]}, 0)
+    assert pts == [(7, 1.0, 8.0), (9, 6.0, 2.0)]
+    xs, _raw, _, tail = figures.fold(pts, 100, 10.0, carry)
+    assert xs == [] and tail[1] == pytest.approx(2.0)  # (8*1 + 2*6) / 10
+
+
+def test_bin_points_skips_missing_values() -> None:
+    assert figures.bin_points({"step": [0, 1, 2], "mean": [None, float("nan"), 3.0]}, 0) == [
+        (2, 3.0, 1.0)]
+    assert figures.bin_points(None, 0) == []
+
+
+def test_ema_is_time_aware() -> None:
+    a, b = figures.new_series_carry(), figures.new_series_carry()
+    figures.ema_update(a, 0, 0.0, 100.0)
+    figures.ema_update(b, 0, 0.0, 100.0)
+    # one update 100 steps later moves as far as 100 updates one step apart
+    far = figures.ema_update(a, 100, 1.0, 100.0)
+    for t in range(1, 101):
+        near = figures.ema_update(b, t, 1.0, 100.0)
+    assert far == pytest.approx(near, rel=1e-9)
+
+
+def test_stride_keeps_whole_runs_near_the_point_budget() -> None:
+    assert figures.loss_stride(1000) == 1
+    for steps in (10_000, 1_000_000, 10**9):
+        assert steps / figures.loss_stride(steps) <= 2 * figures.LOSS_POINTS
+
+
+def test_merge_spans_joins_touching_phases() -> None:
+    spans = [[0, 5, "a"], [5, 10, "a"], [10, 20, "b"], [20, 22, "b"], [22, 30, "a"]]
+    assert figures.merge_spans(spans) == [[0, 10, "a"], [10, 22, "b"], [22, 30, "a"]]
+
+
+# ---------------------------------------------------------------------------------------------
+# colours and slots
+# ---------------------------------------------------------------------------------------------
+def test_colours_one_per_rule_and_distinct() -> None:
+    colors = figures.assign_colors(["dni", "dni-b", "dni-b", "some-new-rule"])
+    assert colors[0] == figures.RULE_COLORS["dni"] and colors[1] == figures.RULE_COLORS["dni-b"]
+    assert len(set(colors)) == 4
+
+
+def test_every_registered_rule_has_a_colour() -> None:
+    colors = figures.assign_colors(list(RULES))
+    assert len(set(colors)) == len(RULES)
+
+
+def test_trace_budget_stays_small() -> None:
+    """Few traces per panel (the browser chokes on dozens of live traces)."""
+    one = view(run_view())
+    race = view(*[run_view(f"r{i:07d}", rule, figures.EXTRA_COLORS[i])
+                  for i, rule in enumerate(["bptt", "dni", "dni-b", "output-only"])])
+    for v in (one, race):
+        assert len(figures.voltage_slots(v)) <= 3 * figures.MAX_VOLTAGE_PAIRS
+        assert len(figures.loss_slots(v)) <= 12
+        assert len(figures.weight_slots(v)) <= 12
+        assert len(figures.task_slots(v)) <= 10
+    assert len(figures.voltage_slots(one)) == 9  # 3 units x V, U, r
+
+
+def test_figures_follow_their_slots() -> None:
+    v = view(run_view(), run_view(RID2, "dni", "#E69F00"))
+    figs, _ = figures.build_figures(v)
+    for gid, slots in figures.SLOTS.items():
+        assert len(figs[gid]["data"]) == len(slots(v)), gid
+        assert figs[gid]["layout"]["meta"]["epoch"] == 3
+    json.dumps(figs, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+# ---------------------------------------------------------------------------------------------
+def test_loss_figure_has_reference_lines_log_y_and_history() -> None:
+    v = view(run_view())
+    hist = {RID: {"step": [9, 19, 29], "loss": {"mean": [0.7, 0.6, None]},
+                  "test_loss": {"step": [20], "mean": [0.55]}, "phases": []}}
+    carry: dict = {}
+    fig = figures.loss_figure(v, hist, carry)
+    layout_ = fig["layout"]
+    assert layout_["yaxis"]["type"] == "log"
+    refs = [s for s in layout_["shapes"] if s.get("name") == "ref"]
+    assert sorted(s["y0"] for s in refs) == [0.45, 0.66]
+    labels = " ".join(a["text"] for a in layout_["annotations"])
+    assert "nothing" in labels and "optimum" in labels
+    raw, smooth, test = fig["data"]
+    assert raw["y"] == [0.7, 0.6, None] and raw["opacity"] < 0.5
+    assert smooth["y"][0] == pytest.approx(0.7) and smooth["y"][2] is None
+    assert test["x"] == [20] and test["y"] == [0.55]
+    assert carry[RID]["loss"]["et"] == 19  # EMA continues from the history
+    # log annotations sit at log10(level)
+    ann = next(a for a in layout_["annotations"] if "optimum" in a["text"])
+    assert ann["y"] == pytest.approx(math.log10(0.45))
+
+
+def test_linear_loss_axis() -> None:
+    fig = figures.loss_figure(view(run_view(), log_y=False))
+    assert fig["layout"]["yaxis"]["type"] == "linear"
+
+
+def test_many_runs_hide_the_raw_curve() -> None:
+    runs = [run_view(f"r{i:07d}", "dni-b", c) for i, c in enumerate(figures.EXTRA_COLORS[:4])]
+    slots = figures.loss_slots(view(*runs))
+    assert not any(s.startswith("raw:") for s in slots)
+
+
+def test_phase_shading_and_legend() -> None:
+    v = view(run_view(), phases=("apical", "basal"))
+    hist = {RID: {"step": [], "loss": {"mean": []},
+                  "phases": [[0, 100, "apical"], [100, 200, "basal"], [200, 250, "apical"]]}}
+    fig = figures.loss_figure(v, hist)
+    rects = [s for s in fig["layout"]["shapes"] if s["name"].startswith("phase:")]
+    assert [(r["x0"], r["x1"], r["name"]) for r in rects] == [
+        (-0.5, 99.5, "phase:apical"), (99.5, 199.5, "phase:basal"), (199.5, 249.5, "phase:apical")]
+    assert rects[0]["fillcolor"] != rects[1]["fillcolor"]
+    assert any("phases:" in a["text"] for a in fig["layout"]["annotations"])
+    # one phase: nothing shaded
+    flat = figures.loss_figure(view(run_view()), hist)
+    assert not [s for s in flat["layout"]["shapes"] if s["name"].startswith("phase:")]
+
+
+def test_voltage_figure_rows_and_colours() -> None:
+    single = figures.voltage_figure(view(run_view(), units=[0, 2]), {RID: [frame(0)]})
+    assert [t["yaxis"] for t in single["data"]] == ["y", "y", "y2", "y2", "y3", "y3"]
+    assert single["data"][0]["line"]["color"] != single["data"][1]["line"]["color"]
+    assert single["data"][1]["y"] == [0.2] * 10  # V of unit 2
+    assert single["layout"]["meta"]["window"] == figures.WINDOW
+    race = figures.voltage_figure(view(run_view(), run_view(RID2, "dni", "#E69F00"), units=[0, 1]))
+    colors = {t["line"]["color"] for t in race["data"]}
+    assert colors == {"#0072B2", "#E69F00"}
+
+
+def test_weight_figure_combines_populations() -> None:
+    v = view(run_view())
+    fig = figures.weight_figure(v, {RID: [frame(0), frame(10)]})
+    heat = fig["data"][0]
+    assert heat["type"] == "heatmap" and heat["zmin"] == -1 and heat["zmax"] == 1
+    values = [x for row in heat["z"] for x in row if x is not None]
+    assert max(abs(x) for x in values) == pytest.approx(1.0)
+    titles = [a["text"] for a in fig["layout"]["annotations"] if a.get("name", "").startswith("title")]
+    assert [t.split("</b>")[0].removeprefix("<b>") for t in titles] == [
+        "basal W", "apical A", "Jacobian J̃", "readout"]
+    assert "2.0e-02" in titles[0]  # two frames of max 0.01 summed
+    norms = fig["data"][1:]
+    assert [t["name"] for t in norms] == ["‖basal‖", "‖apical‖", "‖jacobian‖", "‖readout‖"]
+
+
+def test_combine_matrices_layout() -> None:
+    n = 4
+    mats = {"basal": ([[1.0] * (n + 3)] * n, 2.0), "readout": ([[3.0] * (n + 1)] * 2, 3.0)}
+    z, blocks = figures.combine_matrices(["basal", "readout"], mats, n)
+    assert len(z) == n
+    # basal: W_rec (4) | gap | W_in (2) | gap | b (1); two gap columns; readout W_out (4) | gap | b
+    assert len(z[0]) == 4 + 1 + 2 + 1 + 1 + 2 + 4 + 1 + 1
+    assert z[0][4] is None and z[0][7] is None and z[0][9] is None and z[0][10] is None
+    assert z[0][0] == 0.5 and z[3][11] == 1.0  # scaled by the block's own max; readout rows repeat
+    assert [b[0] for b in blocks] == ["basal", "readout"]
+
+
+def test_alignment_figure_explains_how_to_turn_it_on() -> None:
+    fig = figures.alignment_figure(view(run_view()))
+    text = " ".join(a["text"] for a in fig["layout"]["annotations"])
+    assert "measure alignment" in text
+    on = figures.make_run_view(info(), "#000", diagnostics=["apical_loss"], alignment=True)
+    fig = figures.alignment_figure(view(on))
+    assert "measure alignment" not in " ".join(a["text"] for a in fig["layout"]["annotations"])
+    assert trace_names(fig) == ["dni-b #1111", "apical prediction loss"]
+
+
+def test_task_figure_uses_the_task_view_hints() -> None:
+    tv = {"kind": "lines", "inputs": ["x"], "outputs": ["p(label 0)"], "input_index": [0],
+          "output_index": [0]}
+    v = view(run_view(), task_view=tv)
+    fig = figures.task_figure(v, {RID: [frame(0)]})
+    assert trace_names(fig) == ["input: x", "target: p(label 0)", "prediction: p(label 0)"]
+    assert fig["data"][2]["y"] == [0.6] * 10
+    # a count instead of names, and a race: predictions per run, target once
+    v2 = view(run_view(), run_view(RID2, "dni", "#E69F00"),
+              task_view={"kind": "heatmap", "inputs": 6, "outputs": 3})
+    assert figures.task_slots(v2) == ["x:0", "x:1", "x:2", "x:3", "y:0", "y:1",
+                                      f"pred:{RID}:0", f"pred:{RID}:1",
+                                      f"pred:{RID2}:0", f"pred:{RID2}:1"]
+
+
+def test_empty_view_figures_are_valid() -> None:
+    figs, carry = figures.build_figures(figures.make_view([], epoch=0))
+    assert carry == {}
+    for fig in figs.values():
+        assert fig["data"] == [] or all(not t.get("x") for t in fig["data"])
+        json.dumps(fig, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# ticks
+# ---------------------------------------------------------------------------------------------
+def test_tick_sends_only_new_points_in_slot_order() -> None:
+    v = view(run_view(steps=1000))
+    _, carry = figures.build_figures(v)
+    ops, carry = figures.tick_ops(v, {RID: [frame(0), frame(10, test=[0.5, 0.6])]}, carry)
+    assert set(ops) == set(figures.SLOTS)
+    loss = ops["loss-graph"]["extend"]
+    slots = figures.loss_slots(v)
+    by_slot = {slots[i]: (x, y) for i, x, y in zip(loss["idx"], loss["x"], loss["y"], strict=True)}
+    assert by_slot[f"raw:{RID}"][0] == list(range(20))  # stride 1: 19 blocks, then the tail
+    assert loss["tail"] == [True, True, False]
+    assert by_slot[f"test:{RID}"] == ([20], [pytest.approx(0.55)])
+    volt = ops["voltage-graph"]["extend"]
+    assert len(volt["idx"]) == 9 and all(len(x) == 20 for x in volt["x"])
+    assert all(m == figures.WINDOW for m in volt["max"])
+    assert ops["weight-change-graph"]["set"][0]["i"] == 0
+    assert len(ops["weight-change-graph"]["titles"]) == 4
+    json.dumps(ops, allow_nan=False)
+    # a tick without frames sends nothing
+    again, _ = figures.tick_ops(v, {RID: []}, carry)
+    assert again == {}
+
+
+def test_tick_restarts_scrolling_windows_after_a_jump() -> None:
+    v = view(run_view())
+    _, carry = figures.build_figures(v)
+    figures.tick_ops(v, {RID: [frame(0)]}, carry)
+    ops, _ = figures.tick_ops(v, {RID: [frame(500)]}, carry)  # steps 10..499 skipped
+    volt = ops["voltage-graph"]["extend"]
+    assert volt["restart"] == [True] * len(volt["idx"])
+    assert volt["x"][0][0] == 500
+    contiguous, _ = figures.tick_ops(v, {RID: [frame(510)]}, carry)
+    assert "restart" not in contiguous["voltage-graph"]["extend"]
+
+
+def test_tick_respects_hidden_panels_and_phase_spans() -> None:
+    v = view(run_view(), phases=("a", "b"), panels=["loss"])
+    _, carry = figures.build_figures(v)
+    ops, _ = figures.tick_ops(v, {RID: [frame(0, phases=[[0, 4, "a"], [4, 10, "b"]])]}, carry)
+    assert set(ops) == {"loss-graph"}
+    assert ops["loss-graph"]["spans"] == [[0, 4, "a"], [4, 10, "b"]]
+
+
+def test_tick_alignment_and_diagnostics() -> None:
+    rv = figures.make_run_view(info(), "#000", diagnostics=["apical_loss", "jacobian_loss"],
+                               alignment=True)
+    v = view(rv)
+    _, carry = figures.build_figures(v)
+    ops, _ = figures.tick_ops(v, {RID: [frame(0, align=0.3)]}, carry)
+    ext = ops["alignment-graph"]["extend"]
+    assert len(ext["idx"]) == 3
+    assert ext["y"][0][-1] == pytest.approx(0.3)
+
+
+def test_population_change_triggers_a_rebuild() -> None:
+    v = view(run_view())
+    assert not figures.populations_changed(v, {RID: [frame(0)]})
+    assert figures.populations_changed(v, {RID: [frame(0, pops=("basal", "readout"))]})
+
+
+def test_a_jump_in_the_loss_stream_asks_for_a_rebuild() -> None:
+    v = view(run_view(steps=1000))
+    _, carry = figures.build_figures(v)
+    assert not figures.loss_gap(v, {RID: [frame(0)]}, carry)
+    figures.tick_ops(v, {RID: [frame(0)]}, carry)
+    assert not figures.loss_gap(v, {RID: [frame(10)]}, carry)
+    assert figures.loss_gap(v, {RID: [frame(5000)]}, carry)  # a fast-forward sent no frames
+
+
+def test_guess_populations() -> None:
+    assert figures.guess_populations("dni-b", {"lr_apical": 0.05, "jacobian": "learned"}) == [
+        "basal", "apical", "jacobian", "readout"]
+    assert figures.guess_populations("bptt", {"T": 10}) == ["basal", "readout"]
+
+
+# ---------------------------------------------------------------------------------------------
+# URL state, validation, presets
+# ---------------------------------------------------------------------------------------------
+def test_url_round_trip() -> None:
+    setup = urlstate.default_setup()
+    setup.update(rules=["dni", "dni-b"], n="16", seeds="0-2", phase_race=True,
+                 phases="apical=apical+jacobian:100,basal=basal+readout:100", units=[1, 5],
+                 panels=["loss", "voltage"], log_y=False, present=True, focus="voltage")
+    setup["rule_args"] = {"dni": {"feedback": "random", "label": "tanh"}}
+    setup["task_args"] = {"t1": "3", "t2": "7"}
+    query = urlstate.encode(setup, ["r1"])
+    back, runs = urlstate.decode(query)
+    assert runs == ["r1"]
+    for key in ("rules", "n", "seeds", "phase_race", "phases", "units", "panels", "log_y",
+                "present", "focus"):
+        assert back[key] == setup[key], key
+    assert urlstate.rule_args_of(back, "dni")["feedback"] == "random"
+    assert urlstate.task_args_of(back)["t1"] == "3"
+    assert "r.dni.feedback=random" in query and "r.dni.jacobian" not in query  # defaults omitted
+
+
+def test_decode_keeps_bad_values_for_their_messages() -> None:
+    setup, _ = urlstate.decode("?n=abc&t.t1=x&rules=dni-b&junk=1&panels=loss,nonsense")
+    assert setup["n"] == "abc" and setup["panels"] == ["loss"]
+    errors = urlstate.validate(setup)
+    assert set(errors) == {"n", "task_args.t1"}
+    assert "allowed" in errors["n"]
+
+
+def test_validate_names_each_bad_field() -> None:
+    setup = urlstate.default_setup()
+    assert urlstate.validate(setup) == {}
+    bad = {**setup, "alpha": "2", "seeds": "x", "phases": "apical:0", "rules": []}
+    errors = urlstate.validate(bad)
+    assert set(errors) == {"alpha", "seeds", "phases", "rules"}
+    rule_bad = {**setup, "rule_args": {"dni-b": {"lr_apical": "-1"}}}
+    assert set(urlstate.validate(rule_bad)) == {"rule_args.dni-b.lr_apical"}
+    cross = {**setup, "task_args": {"t1": "9", "t2": "5"}}
+    assert set(urlstate.validate(cross)) == {"task_args.t1"}
+
+
+def test_variants_make_a_race() -> None:
+    setup = {**urlstate.default_setup(), "rules": ["dni", "dni-b"]}
+    configs = urlstate.validated_configs(setup)
+    assert [c["config"]["rule"] for c in configs] == ["dni", "dni-b"]
+    assert configs[0]["config"]["seeds"] == configs[1]["config"]["seeds"]
+    phase_race = {**urlstate.default_setup(), "phase_race": True,
+                  "phases": "apical=apical+jacobian:50,basal=basal+readout:50"}
+    labels = [(v["label"], v["config"]["phases"]) for v in urlstate.variants(phase_race)]
+    assert labels == [("phases", phase_race["phases"]), ("no phases", "all")]
+
+
+def test_schedule_rows_round_trip() -> None:
+    text = "listen=apical+jacobian:100,act=basal+readout:30"
+    rows = urlstate.schedule_rows(text)
+    assert rows[1] == {"name": "act", "steps": "30", "pops": ["basal", "readout"]}
+    assert urlstate.rows_schedule(rows) == text
+    assert urlstate.schedule_rows("nonsense") is None
+
+
+def test_setup_from_a_runs_config() -> None:
+    config = RunConfig.from_dict({"rule": "dni", "n": 16, "seeds": [1, 2],
+                                  "rule_args": {"feedback": "random"}}).to_dict()
+    setup = urlstate.setup_from_config(config)
+    assert setup["rules"] == ["dni"] and setup["n"] == "16" and setup["seeds"] == "1,2"
+    assert urlstate.validate(setup) == {}
+    assert urlstate.rule_args_of(setup, "dni")["feedback"] == "random"
+
+
+def test_every_preset_is_valid() -> None:
+    items = presets.presets(max_runs=4)
+    ids = [p["id"] for p in items]
+    assert {"paper", "dni-to-dnib", "race", "phases"} <= set(ids)
+    assert len(ids) == len(set(ids))
+    for name in TASKS:
+        assert f"task-{name}" in ids
+    for p in items:
+        errors = urlstate.validate(p["setup"])
+        if p["id"].startswith("task-") and ":" in p["id"]:
+            continue  # a task family that needs a name (e.g. neurogym:ENV)
+        assert errors == {}, (p["id"], errors)
+    race = presets.preset_by_id("race", max_runs=3)
+    assert len(race["setup"]["rules"]) == 3 and race["setup"]["rules"][0] == "bptt"
+
+
+def test_field_keys_cover_every_setting() -> None:
+    keys = layout.field_keys()
+    for name, cls in RULES.items():
+        for s in cls.settings:
+            assert f"rule_args.{name}.{s.name}" in keys
+    values = callbacks.field_values(urlstate.default_setup(), keys)
+    setup = callbacks.setup_from_fields(keys, values, {**urlstate.default_setup(), "rules": ["dni-b"]})
+    assert urlstate.validate({**setup, "phases": "all"}) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# callback helpers
+# ---------------------------------------------------------------------------------------------
+def test_live_updates_change_rates_and_phases_only() -> None:
+    setup = {**urlstate.default_setup(), "lr": "0.01", "phases": "a=basal:10,b=apical:10",
+             "rule_args": {"dni-b": {"lr_apical": "0.1"}}}
+    run_info = {"config": {"rule": "dni-b", "lr": 0.001, "rule_args": {"lr_apical": 0.05}},
+                "learning_rates": {"basal": 0.001, "apical": 0.05}, "phases": "all"}
+    params = callbacks.live_updates(setup, run_info, "")
+    assert params == {"lr": 0.01, "apical": 0.1, "phases": "a=basal:10,b=apical:10"}
+    assert "phases" not in callbacks.live_updates(setup, run_info, "no phases")
+    same = {**urlstate.default_setup()}
+    assert callbacks.live_updates(same, {"config": {"rule": "dni-b", "lr": 0.001},
+                                         "learning_rates": {"basal": 0.001}, "phases": "all"},
+                                  "") == {}
+
+
+def test_restart_fields() -> None:
+    setup = {**urlstate.default_setup(), "n": "16", "seeds": "0,1"}
+    assert urlstate.restart_fields(setup, {"task": "add", "n": 32, "alpha": 1.0, "seeds": [0]}) == [
+        "n", "seeds"]
+
+
+def test_branch_changes_from_the_panel() -> None:
+    config = RunConfig.from_dict({"rule": "dni"}).to_dict()
+    setup = {**urlstate.default_setup(), "rules": ["dni-b"], "lr": "0.002"}
+    changes = callbacks.setup_changes_for_branch(setup, config)
+    assert changes["rule"] == "dni-b" and changes["lr"] == 0.002
+    assert changes["rule_args"]["feedback"] == "random"
+
+
+def test_table_rows_and_status() -> None:
+    row = callbacks.table_row({**info(), "step": 5, "best_test_loss": [0.5, 0.7],
+                               "last_test_loss": None, "phases": "all"}, [RID])
+    assert row["best"] == "0.6000" and row["last"] == "–" and row["live"] == 1
+    assert callbacks.is_terminal("diverged at step 3 (seeds 0)")
+    assert not callbacks.is_terminal("running")
+    assert callbacks.field_for("task_args.t1", "add") == "task_args.add.t1"
+
+
+def test_tick_payload_with_a_fake_backend() -> None:
+    class Fake:
+        def __init__(self) -> None:
+            self.calls: list = []
+
+        def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
+            self.calls.append((rid, after))
+            return [frame(0), frame(10)], after + 2
+
+    v = view(run_view())
+    _, carry = figures.build_figures(v)
+    fake = Fake()
+    payload = callbacks.tick_payload(fake, v, {RID: 4}, carry)  # type: ignore[arg-type]
+    assert fake.calls == [(RID, 4)]
+    assert payload["from"] == {RID: 4} and payload["to"] == {RID: 6}
+    assert payload["epoch"] == 3 and payload["has_frames"] and not payload["rebuild"]
+    assert payload["wall"] == 1010.0
+    json.dumps(payload, allow_nan=False)
