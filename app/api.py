@@ -240,6 +240,9 @@ def _config_schema() -> dict[str, Any]:
                              "minItems": 1, "maxItems": 256},
                             {"type": "integer", "minimum": 0}, {"type": "string"}]},
     }
+    props["align"] = {"type": "string", "nullable": True, "default": None,
+                      "description": "shadow exact gradient for alignment: auto, rtrl or bptt:T "
+                                     "(omit or null: off)"}
     for s in SCALARS:
         if s.choices:
             props[s.name] = {"type": "string", "enum": list(s.choices), "default": s.default}

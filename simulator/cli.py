@@ -63,6 +63,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         rule=args.rule, rule_args=parse_key_values(args.rule_arg, "rule_args"),
         n=args.n, alpha=args.alpha, lr=args.lr, phases=args.phases, seeds=args.seeds,
         steps=args.steps, test_steps=args.test_steps, device=args.device, dtype=args.dtype,
+        align=args.align,
     ).validated()
 
 
@@ -84,7 +85,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     from simulator.telemetry import scalar_history
 
     config = _config_from_args(args)
-    run = Run(config, threads=args.threads, align=args.align)
+    run = Run(config, threads=args.threads)
     align_means = AlignmentMeans()
     out_dir = Path(args.out) if args.out else None
     writer = handle = None

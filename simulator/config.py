@@ -1,7 +1,7 @@
 """The run configuration: typed, validated settings with limits.
 
 ``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
-rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype) and refuses
+rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, align) and refuses
 bad input with a :class:`ConfigError` naming the field and what is allowed.
 """
 
@@ -75,6 +75,8 @@ class RunConfig:
     test_steps: int = 1_000
     device: str = "cpu"
     dtype: str = "float32"
+    #: shadow exact gradient for alignment: None (off), "auto", "rtrl" or "bptt:T"
+    align: str | None = None
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
@@ -104,11 +106,16 @@ class RunConfig:
         task = make_task(self.task, self.task_args)
         rule_args = make_rule_args(self.rule, self.rule_args)
         parse_schedule(self.phases)
+        align = None if self.align in (None, "", "off", "none") else self.align
+        if align is not None:
+            from simulator.alignment import parse_align
+
+            parse_align(align, int(values["n"]))  # refuses a bad spec, naming "align"
         if values["device"] == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda is not available on this machine; allowed: cpu")
         return dataclasses.replace(
             self, **values, task_args=dict(task.args), rule_args=rule_args,
-            seeds=parse_seeds(self.seeds),
+            seeds=parse_seeds(self.seeds), align=align,
         )
 
     def replace(self, **changes: Any) -> RunConfig:

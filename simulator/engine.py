@@ -93,7 +93,9 @@ class Run:
         self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
                                      **self.rule.learning_rates()}
         self.stream = self.task.stream(config.seeds, "train")
-        # align: an exact gradient computed beside the run (simulator.alignment), read-only
+        # align: an exact gradient computed beside the run (simulator.alignment), read-only;
+        # the argument overrides config.align
+        align = align if align is not None else config.align
         self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
                                                          config.seeds)
         self.t = 0

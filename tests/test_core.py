@@ -360,3 +360,14 @@ def test_add_task_lags_and_holding():
 def test_threads_are_pinned_to_one():
     Run(small("output-only"))
     assert torch.get_num_threads() == 1
+
+
+def test_alignment_is_a_config_setting():
+    run = Run(small("dni", align="auto"))
+    tel = run.advance(20)
+    assert tel.alignment is not None and tel.alignment.shape == (20, 1)
+    assert run.config.align == "auto"
+    assert Run(small("dni")).advance(5).alignment is None
+    with pytest.raises(ConfigError) as err:
+        RunConfig.from_dict({"align": "bptt:0"})
+    assert err.value.field == "align"

@@ -274,3 +274,14 @@ def test_framebuffer_bounded_window_envelopes_and_snapshot() -> None:
     assert restored.since(-1) == ([], -1)
     restored.push(_frame(300_000, 10, np.full(10, 0.5)))
     assert restored.since(-1)[0][0]["seq"] == 6000
+
+
+def test_alignment_requested_in_the_config_streams_in_frames(backend: LocalBackend) -> None:
+    rid = backend.create({**SMALL, "align": "auto"})
+    assert backend.get(rid)["config"]["align"] == "auto"
+    frames = wait_for(lambda: [f for f in backend.frames(rid)[0] if f.get("alignment")],
+                      what="frames with alignment")
+    series = frames[-1]["alignment"]["mean"]
+    assert series and all(v is None or -1.0 <= v <= 1.0 for v in series)
+    with pytest.raises(ConfigError, match=r"^align:"):
+        backend.create({**SMALL, "align": "exactly"})

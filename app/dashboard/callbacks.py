@@ -25,7 +25,6 @@ cursor-store ({epoch, cursors, carry}), present-store, focus-store.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import json
 import logging
 import math
@@ -162,18 +161,6 @@ def live_updates(setup: Mapping[str, Any], info: Mapping[str, Any], variant: str
     return params
 
 
-def align_mode(backend: Backend) -> str | None:
-    """How runs ask for gradient alignment: a config field, a create() argument, or not."""
-    if "align" in {f.name for f in dataclasses.fields(RunConfig)}:
-        return "config"
-    try:
-        if "align" in inspect.signature(backend.create).parameters:
-            return "create"
-    except (TypeError, ValueError):
-        pass
-    return None
-
-
 def run_has_alignment(info: Mapping[str, Any], history: Mapping[str, Any] | None) -> bool:
     cfg = info.get("config") or {}
     return bool(cfg.get("align") or info.get("align") or (history or {}).get("alignment"))
@@ -257,7 +244,7 @@ class Service:
     def __init__(self, backend: Backend, cache: Any) -> None:
         self.backend = backend
         self.cache = cache
-        self.align = align_mode(backend)
+        self.align = True  # runs ask for alignment through RunConfig.align
         self.max_runs = getattr(getattr(backend, "settings", None), "max_runs", None)
         self._presets = cache.memoize(timeout=3600)(self._presets_uncached)
         self._finished_history = cache.memoize(timeout=3600)(self._history_uncached)
@@ -292,10 +279,8 @@ class Service:
                ) -> str:
         config = dict(config)
         kwargs: dict[str, Any] = {}
-        if align and self.align == "config":
+        if align:
             config["align"] = "auto"
-        elif align and self.align == "create":
-            kwargs["align"] = "auto"
         n = int(config.get("n", 32))
         view = {"units": [u for u in units if 0 <= u < n] or [0]}
         return self.backend.create(config, start=start, view=view, **kwargs)
