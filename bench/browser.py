@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -36,12 +37,6 @@ PROBE_JS = """
   setTimeout(() => { window.__delays.push(performance.now() - t - 50); if (window.__probe) tick(); }, 50); };
   window.__probe = true; tick(); }
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(data_dir: str, port: int, max_runs: int = 4) -> subprocess.Popen:

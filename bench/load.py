@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,15 +37,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from _common import free_port
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
 MAX_CLIENTS, MAX_SECONDS = 64, 300  # bounded, whatever the arguments
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:

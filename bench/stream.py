@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
@@ -62,12 +63,6 @@ class Client:
 
     def post(self, path: str, body: Any) -> Any:
         return self.call("POST", path, body)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:

@@ -8,19 +8,19 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from helpers import free_port, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -42,16 +42,6 @@ def server(tmp_path: Path) -> Iterator[Flask]:
 @pytest.fixture
 def client(server: Flask) -> FlaskClient:
     return server.test_client()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def control(client: FlaskClient, run: str, /, **body: Any) -> Any:
@@ -251,12 +241,6 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
 
 
 # ---- the real server -----------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _http(url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
@@ -277,7 +261,7 @@ def _gone(pid: int) -> bool:
 
 
 def test_real_server_subprocess_then_killed_run_resumes(tmp_path: Path) -> None:
-    port, data = _free_port(), tmp_path / "data"
+    port, data = free_port(), tmp_path / "data"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
                              "--data-dir", str(data)], cwd=tmp_path, env=env,

@@ -15,7 +15,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 try:
@@ -45,23 +45,6 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**7, "test_steps": 200}
 TTL = 3.0  # heartbeat TTL in these tests: a dead worker is noticed within ~4 s
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition",
-             every: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---- processes started by the tests ------------------------------------------------------------

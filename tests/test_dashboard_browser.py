@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import free_port
 
 pytestmark = pytest.mark.browser
 
@@ -75,12 +75,6 @@ DIGEST_JS = """
 # ---------------------------------------------------------------------------------------------
 # fixtures: a real server, a real browser
 # ---------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(base: str, path: str, body: dict | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method="POST" if body else "GET",
@@ -91,7 +85,7 @@ def _api(base: str, path: str, body: dict | None = None) -> Any:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
+    port = free_port()
     data_dir = tmp_path_factory.mktemp("dashboard-data")
     log = (tmp_path_factory.mktemp("dashboard-log") / "server.log").open("w+")
     proc = subprocess.Popen(

@@ -9,12 +9,13 @@ import math
 import os
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from helpers import wait_for
 
 from app.service import BackendSettings, Conflict, LimitReached, LocalBackend, RunNotFound
 from simulator.framebuffer import FrameBuffer
@@ -34,16 +35,6 @@ def backend(tmp_path: Path) -> Iterator[LocalBackend]:
     b = LocalBackend(settings(tmp_path))
     yield b
     b.shutdown()
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def step_of(b: LocalBackend, run_id: str) -> int:

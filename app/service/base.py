@@ -165,6 +165,21 @@ class Unavailable(ServiceError):
     http_status = 503
 
 
+def reply_or_raise(reply: dict[str, Any]) -> dict[str, Any]:
+    """A worker's reply to a command, or the error it carries raised as ours.
+
+    Workers (local or Celery) answer ``{"error": {"type", "field", "message"}}`` when a command
+    fails; a ConfigError keeps its field, anything else becomes a Conflict naming its field.
+    """
+    error = reply.get("error")
+    if not error:
+        return reply
+    field_name, message = error.get("field") or "action", error.get("message", "")
+    if error.get("type") == "ConfigError":
+        raise ConfigError(field_name, message)
+    raise Conflict(message if ":" in message[:40] else f"{field_name}: {message}", field=field_name)
+
+
 @dataclass(frozen=True)
 class BackendSettings:
     """Settings of a backend (the CLI exposes data_dir and max_runs).

@@ -45,6 +45,7 @@ from app.service.base import (
     RunNotFound,
     ServiceError,
     Unavailable,
+    reply_or_raise,
 )
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.worker import branch_config, branch_steps, check_params
@@ -345,14 +346,7 @@ class CeleryBackend(Backend):
             if reply is None:
                 raise Unavailable(f"action: run {run_id}'s worker did not answer {action} within "
                                   f"{timeout:.0f} s", field="action")
-        error = reply.get("error")
-        if error:
-            field_name, message = error.get("field") or "action", error.get("message", "")
-            if error.get("type") == "ConfigError":
-                raise ConfigError(field_name, message)
-            raise Conflict(message if ":" in message[:40] else f"{field_name}: {message}",
-                           field=field_name)
-        return reply
+        return reply_or_raise(reply)
 
     def _branch(self, f: dict[str, Any], changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:

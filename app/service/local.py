@@ -40,6 +40,7 @@ from app.service.base import (
     LimitReached,
     RunNotFound,
     Unavailable,
+    reply_or_raise,
 )
 from app.service.store import Store, history_of
 from app.service.worker import WorkerSpec, branch_config, branch_steps, check_params
@@ -333,14 +334,7 @@ class LocalBackend(Backend):
             raise Unavailable(f"action: run {h.id}'s worker did not answer {action} within "
                               f"{timeout:.0f} s", field="action")
         reply = slot[0] or {}
-        error = reply.get("error")
-        if error:
-            field_name, message = error.get("field") or "action", error.get("message", "")
-            if error.get("type") == "ConfigError":
-                raise ConfigError(field_name, message)
-            raise Conflict(message if ":" in message[:40] else f"{field_name}: {message}",
-                           field=field_name)
-        return reply
+        return reply_or_raise(reply)
 
     def _branch(self, h: _Handle, changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:
