@@ -303,6 +303,28 @@ def test_a_race_of_two_rules_shows_two_coloured_traces(page: Any, server: str) -
     assert not page.errors, page.errors
 
 
+def test_measured_alignment_streams_into_the_alignment_graph(page: Any, server: str) -> None:
+    """Ticking *measure alignment* (here through the URL) runs the exact gradient beside the
+    rule; its cosine appears on the top axis of the alignment panel, within [-1, 1]."""
+    _open(page, server, "?rules=dni&align=1&steps=200000&n=16")
+    assert page.is_checked("#align input")
+    _speed(page, "300/s")
+    page.click("#btn-play")
+
+    def cosines() -> list[float]:
+        return page.evaluate("""() => {
+          const gd = document.querySelector('#alignment-graph .js-plotly-plot');
+          const top = gd.data.filter((t) => !t.yaxis || t.yaxis === 'y');
+          return top.flatMap((t) => (t.y || []).filter((v) => v !== null));
+        }""")
+
+    _wait_until(lambda: len(cosines()) > 5, 40, "alignment points", page=page)
+    assert all(-1.0 <= v <= 1.0 for v in cosines())
+    runs = [r for r in _api(server, "/api/runs")["runs"] if r["status"] == "running"]
+    assert [r["config"]["align"] for r in runs] == ["auto"]
+    assert not page.errors, page.errors
+
+
 def test_presenter_mode_hides_the_controls(page: Any, server: str) -> None:
     _open(page, server)
     assert page.is_visible("#controls")
