@@ -43,6 +43,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="float32")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
+    run.add_argument("--compile", action="store_true",
+                     help="capture the step with torch.compile (dni, dni-b, output-only): "
+                          "about 2x faster for small networks after a few seconds of compiling")
     run.add_argument("--out", default=None, metavar="DIR",
                      help="write config.json, history.csv (every step) and summary.json")
     run.add_argument("--json", action="store_true", help="print only the JSON summary")
@@ -85,7 +88,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     from simulator.telemetry import scalar_history
 
     config = _config_from_args(args)
-    run = Run(config, threads=args.threads)
+    run = Run(config, threads=args.threads, compile=args.compile)
     align_means = AlignmentMeans()
     out_dir = Path(args.out) if args.out else None
     writer = handle = None

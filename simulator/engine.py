@@ -9,6 +9,7 @@ rebuilt from one, with the same or another rule ("continue from here with dni-b"
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,10 +19,10 @@ from torch import Tensor
 from simulator.alignment import Shadow
 from simulator.config import RunConfig
 from simulator.losses import error_signal, loss_value
-from simulator.network import Network, matvec
+from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
-from simulator.rules import make_rule
-from simulator.rules.base import StepContext
+from simulator.rules import RULES, make_rule
+from simulator.rules.base import Rank1, RuleOutput, StepContext
 from simulator.settings import ConfigError
 from simulator.tasks import make_task
 
@@ -79,7 +80,7 @@ class Run:
     """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
-                 align: str | None = None) -> None:
+                 align: str | None = None, compile: bool = False) -> None:
         set_threads(threads)
         self.config = config = config.validated()
         self.task = make_task(config.task, config.task_args)
@@ -98,6 +99,16 @@ class Run:
         align = align if align is not None else config.align
         self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
                                                          config.seeds)
+        # compile: the step captured by torch.compile (inductor, C++ wrapper), ~2x faster
+        # for small networks, where per-op overhead dominates; the first steps compile (s)
+        self._compiled_step = None
+        if compile:
+            if not self.rule.compilable:
+                allowed = ", ".join(n for n, c in RULES.items() if c.compilable)
+                raise ConfigError("compile", f"rule {config.rule!r} keeps Python counters that "
+                                             f"change every step; allowed for: {allowed}")
+            self._compiled_step = torch.compile(self._learn_step, dynamic=False,
+                                                options={"cpp_wrapper": True})
         self.t = 0
         self.status = "ready"
         self._xb = self._yb = torch.empty(0)
@@ -152,6 +163,39 @@ class Run:
             k -= take
         return (xs[0], ys[0]) if len(xs) == 1 else (torch.cat(xs), torch.cat(ys))
 
+    def _learn_step(self, r: Tensor, x: Tensor, y: Tensor, plastic: frozenset[str], ones: Tensor,
+                    t: int, i: int, hook: Callable[[int, StepContext, RuleOutput], None] | None,
+                    ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, dict[str, Tensor]]:
+        """One online step: forward pass, the rule, then W <- W - lr G for the plastic
+        populations. Returns r(t), V(t), z(t), the rule's signal U(t) and its diagnostics."""
+        net, alpha = self.net, self.net.alpha
+        p = torch.cat([r, x, ones], 1)
+        V = matvec(net.W, p)
+        h = torch.tanh(V)
+        r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+        gain = torch.addcmul(ones, h, h, value=-1.0)
+        if alpha != 1.0:
+            gain = gain * alpha
+        q = torch.cat([r_new, ones], 1)
+        z = matvec(net.W_out, q)
+        e = error_signal(self.task.loss, z, y)
+        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
+        out = self.rule.step(ctx)
+        if hook is not None:
+            hook(i, ctx, out)
+        if "readout" in plastic and self.lr["readout"]:
+            net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
+        pops = self._pops
+        for name, update in out.updates.items():
+            lr = self.lr[name]
+            if name not in plastic or not lr:
+                continue
+            if isinstance(update, Rank1):
+                pops[name].addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1), value=-lr)
+            else:
+                pops[name].add_(update.grad, alpha=-lr)
+        return r_new, V, z, out.signal, out.diagnostics
+
     @torch.no_grad()
     def advance(self, k: int, *, record: str = "traces", record_updates: bool = False) -> Telemetry:
         """Learn online for k steps. record: "traces" (V, U, r, x, y, z) or "scalars".
@@ -164,14 +208,14 @@ class Run:
         if self.status.startswith("diverged"):
             raise Diverged(self.status)
         net, rule, kind = self.net, self.rule, self.task.loss
-        S, n, alpha = net.seeds, net.n, net.alpha
+        S, n = net.seeds, net.n
         xs, ys = self._data(k)
         zs = xs.new_empty(k, S, net.n_out)
         traces = record == "traces"
         if traces:
             Vs, Us, rs = (xs.new_zeros(k, S, n) for _ in range(3))
         diags = {name: xs.new_full((k, S), float("nan")) for name in rule.diagnostic_names}
-        pops = self.populations()
+        pops = self._pops = self.populations()  # fixed for the call: updated in place
         before = {name: w.clone() for name, w in pops.items()}
         upd_rec: dict[str, Tensor] = {}
         norm_rec: dict[str, Tensor] = {}
@@ -182,6 +226,18 @@ class Run:
         shadow = self.shadow
         if shadow is not None:
             shadow.begin(k, xs)
+        def observe(i: int, ctx: StepContext, out: RuleOutput) -> None:
+            """Sees each step's context and rule output before the weights change."""
+            if shadow is not None:  # the exact gradient reads W(t)
+                shadow.step(i, ctx, out)
+            if record_updates:
+                upd_rec["readout"][i] = ctx.e.unsqueeze(2) * with_one(ctx.r).unsqueeze(1)
+                for name, update in out.updates.items():
+                    upd_rec[name][i] = update.dense()
+                    norm_rec[name][i] = update.norm()
+
+        hook = observe if shadow is not None or record_updates else None
+        step = self._compiled_step if self._compiled_step is not None and hook is None else None
         phases: list[int] = []
         r = self.r
         for i in range(k):
@@ -189,45 +245,19 @@ class Run:
             phase_index = self.schedule.index_at(t)
             phases.append(phase_index)
             plastic = self.schedule.phases[phase_index].plastic
-            x, y = xs[i], ys[i]
-            p = torch.cat([r, x, ones], 1)
-            V = matvec(net.W, p)
-            h = torch.tanh(V)
-            r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
-            gain = torch.addcmul(ones, h, h, value=-1.0)
-            if alpha != 1.0:
-                gain.mul_(alpha)
-            q = torch.cat([r_new, ones], 1)
-            z = matvec(net.W_out, q)
-            e = error_signal(kind, z, y)
-            ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
-            out = rule.step(ctx)
-            if shadow is not None:  # before the updates: it reads W(t)
-                shadow.step(i, ctx, out)
-            if "readout" in plastic and self.lr["readout"]:
-                net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
-            if record_updates:
-                upd_rec["readout"][i] = e.unsqueeze(2) * q.unsqueeze(1)
-            for name, update in out.updates.items():
-                if record_updates:
-                    upd_rec[name][i] = update.dense()
-                    norm_rec[name][i] = update.norm()
-                lr = self.lr[name]
-                if name not in plastic or not lr:
-                    continue
-                if hasattr(update, "post"):
-                    pops[name].addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1),
-                                        value=-lr)
-                else:
-                    pops[name].add_(update.grad, alpha=-lr)
+            if step is not None:  # t and i are constants there, so nothing recompiles
+                r_new, V, z, signal, diagnostics = step(r, xs[i], ys[i], plastic, ones, 0, 0, None)
+            else:
+                r_new, V, z, signal, diagnostics = self._learn_step(r, xs[i], ys[i], plastic, ones,
+                                                                    t, i, hook)
             rule.after_update(t)
             zs[i] = z
             if traces:
                 Vs[i] = V
                 rs[i] = r_new
-                if out.signal is not None:
-                    Us[i] = out.signal
-            for name, value in out.diagnostics.items():
+                if signal is not None:
+                    Us[i] = signal
+            for name, value in diagnostics.items():
                 diags[name][i] = value
             r = r_new
         estimates: dict[str, Tensor] = {}

@@ -103,6 +103,9 @@ class Rule(ABC):
     #: diagnostics this rule reports every step (names), so telemetry can preallocate
     diagnostic_names: ClassVar[tuple[str, ...]] = ()
     trains_basal: ClassVar[bool] = True
+    #: the step can be captured by torch.compile (Run(compile=True)): its state is tensors
+    #: only, no Python counter that changes every step
+    compilable: ClassVar[bool] = False
 
     def __init__(self, net: Network, n_out: int, args: dict[str, Any], seeds: list[int]) -> None:
         self.args = dict(args)

@@ -64,6 +64,7 @@ class DNI(Rule):
     summary = "synthetic gradients in the apical compartment (exact J, symmetric feedback)"
     settings = SETTINGS
     diagnostic_names = ("apical_loss", "jacobian_loss")
+    compilable = True
     _fixed = ("feedback", "jacobian", "label")  # cannot change mid-run
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:

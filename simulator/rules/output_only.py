@@ -12,6 +12,7 @@ class OutputOnly(Rule):
     name = "output-only"
     summary = "readout learns (delta rule), recurrent weights frozen: the reservoir baseline"
     trains_basal = False
+    compilable = True
 
     def step(self, ctx: StepContext) -> RuleOutput:
         return RuleOutput()
