@@ -24,7 +24,6 @@ size does not grow with the number of steps it covers:
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -61,25 +60,24 @@ def binned(values: Tensor, start: int, max_points: int) -> dict[str, list]:
     """Decimate (k, S) per-step values into at most ``max_points`` bins over steps.
 
     Each bin reports its last step, the mean over its steps and seeds (NaNs ignored), and
-    the min and max (the envelope). Bins hold whole steps, so no step is dropped.
+    the min and max (the envelope). Bins hold whole steps, so no step is dropped. Vectorized
+    with ``reduceat``: frames are built ~10 times a second per run.
     """
     k = values.shape[0]
     v = values.detach().double().cpu().reshape(k, -1).numpy()
     bins = min(k, max_points)
-    edges = np.linspace(0, k, bins + 1).astype(int)
-    steps, means, mins, maxs = [], [], [], []
+    edges = np.linspace(0, k, bins + 1).astype(int)  # strictly increasing: bins <= k
+    first = edges[:-1]
     finite = np.isfinite(v)
-    for a, b in itertools.pairwise(edges):
-        block, ok = v[a:b], finite[a:b]
-        steps.append(start + int(b) - 1)
-        if ok.any():
-            means.append(float(block[ok].mean()))
-            mins.append(float(block[ok].min()))
-            maxs.append(float(block[ok].max()))
-        else:
-            means.append(math.nan)
-            mins.append(math.nan)
-            maxs.append(math.nan)
+    counts = np.add.reduceat(finite.sum(1), first)
+    sums = np.add.reduceat(np.where(finite, v, 0.0).sum(1), first)
+    mins = np.minimum.reduceat(np.where(finite, v, np.inf).min(1), first)
+    maxs = np.maximum.reduceat(np.where(finite, v, -np.inf).max(1), first)
+    empty = counts == 0
+    means = np.where(empty, np.nan, sums / np.maximum(counts, 1))
+    mins[empty] = np.nan
+    maxs[empty] = np.nan
+    steps = (start + edges[1:] - 1).tolist()
     return {"step": steps, "mean": _floats(means), "min": _floats(mins), "max": _floats(maxs)}
 
 
