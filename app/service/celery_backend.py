@@ -48,8 +48,7 @@ from app.service.base import (
     reply_or_raise,
 )
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
-from app.service.worker import branch_config, branch_steps, check_params
-from simulator.config import RunConfig
+from app.service.worker import branch_config, branch_steps, check_create, check_params
 from simulator.framebuffer import FrameBuffer, _strip
 from simulator.settings import ConfigError
 
@@ -128,13 +127,7 @@ class CeleryBackend(Backend):
     def _create(self, config: dict[str, Any], *, start: bool, view: dict | None,
                 parent: str | None, origin: dict[str, Any] | None) -> str:
         self._check_open()
-        cfg = RunConfig.from_dict(config)
-        n, seeds = cfg.n, len(cfg.seeds)
-        if view is not None and not isinstance(view, dict):
-            raise ConfigError("view", "must be an object: {\"units\": [...], \"seed_index\": i}")
-        checked_view = check_params("view", view, n, seeds) if view else {}
-        if parent is not None and not isinstance(parent, str):
-            raise ConfigError("parent", "must be a run id")
+        cfg, checked_view = check_create(config, view, parent)
         meta = _task_meta(cfg.to_dict())
         now = time.time()
         status = "running" if start else "ready"

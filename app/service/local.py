@@ -43,9 +43,14 @@ from app.service.base import (
     reply_or_raise,
 )
 from app.service.store import Store, history_of
-from app.service.worker import WorkerSpec, branch_config, branch_steps, check_params
+from app.service.worker import (
+    WorkerSpec,
+    branch_config,
+    branch_steps,
+    check_create,
+    check_params,
+)
 from app.service.worker import main as worker_main
-from simulator.config import RunConfig
 from simulator.framebuffer import FrameBuffer
 from simulator.settings import ConfigError
 
@@ -120,13 +125,7 @@ class LocalBackend(Backend):
 
     def _create(self, config: dict[str, Any], *, start: bool, view: dict | None,
                 parent: str | None, init: dict[str, Any] | None) -> str:
-        cfg = RunConfig.from_dict(config)
-        n, seeds = cfg.n, len(cfg.seeds)
-        if view is not None and not isinstance(view, dict):
-            raise ConfigError("view", "must be an object: {\"units\": [...], \"seed_index\": i}")
-        checked_view = check_params("view", view, n, seeds) if view else {}
-        if parent is not None and not isinstance(parent, str):
-            raise ConfigError("parent", "must be a run id")
+        cfg, checked_view = check_create(config, view, parent)
         with self._lock:
             self._check_open()
             self._check_limit()

@@ -56,6 +56,21 @@ _EVAL = Setting("steps", 1000, "held-out steps", int, 1, 10**6)
 _SEED_INDEX = Setting("seed_index", 0, "seed index", int, 0, 255)
 
 
+def check_create(config: Any, view: Any, parent: Any) -> tuple[Any, dict[str, Any]]:
+    """Validate what ``Backend.create`` receives: the config (a RunConfig comes back), the
+    optional view (units / seed_index, checked against the run's sizes) and the parent id.
+    Raises ConfigError naming the field."""
+    from simulator.config import RunConfig
+
+    cfg = RunConfig.from_dict(config)
+    if view is not None and not isinstance(view, dict):
+        raise ConfigError("view", "must be an object: {\"units\": [...], \"seed_index\": i}")
+    checked_view = check_params("view", view, cfg.n, len(cfg.seeds)) if view else {}
+    if parent is not None and not isinstance(parent, str):
+        raise ConfigError("parent", "must be a run id")
+    return cfg, checked_view
+
+
 def check_params(action: Any, params: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
     """Validate a control command's params (n units, seeds: the run's sizes); returns them
     parsed. Raises ConfigError naming the field: "action" or the parameter."""
