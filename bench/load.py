@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import free_port
+from _common import free_port, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
@@ -216,13 +216,6 @@ class Watcher(threading.Thread):
 
     def lost(self) -> int:
         return sum(b - a - 1 for a, b in zip(self.seqs, self.seqs[1:], strict=False) if b > a + 1)
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:

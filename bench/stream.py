@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import free_port
+from _common import free_port, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
@@ -140,13 +140,6 @@ def watch(client: Client, rid: str, seconds: float, cursor: int, period: float =
     return {"cpu": cpu, "cursor": cursor, "frames": frames, "polls": polls, "seconds": elapsed, "lags": lags,
             "spans": spans, "steps_per_second": (last_step - first_step) / elapsed,
             "kb_per_s": nbytes / 1024 / elapsed}
-
-
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
 def main() -> None:

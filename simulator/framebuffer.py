@@ -142,7 +142,7 @@ class FrameBuffer:
             if old >= max(self._first_seq, seq - self.live_frames + 1) and self.detail_frames:
                 stale = self._ring[old % self.live_frames]
                 if stale is not None and stale.get("detail"):
-                    self._ring[old % self.live_frames] = _strip(stale)
+                    self._ring[old % self.live_frames] = strip_frame(stale)
             self._fold(frame)
             return seq
 
@@ -385,7 +385,7 @@ class FrameBuffer:
         return sum(lv.data.nbytes for lv in self._levels)
 
 
-def _strip(frame: dict[str, Any]) -> dict[str, Any]:
+def strip_frame(frame: dict[str, Any]) -> dict[str, Any]:
     """A shallow copy without traces, task window and weight-change matrices, its binned
     series re-binned to at most STRIPPED_BINS (min/max envelopes kept exact)."""
     out = {k: v for k, v in frame.items() if k not in BULKY_KEYS}

@@ -17,8 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from simulator.tasks.base import seed_generator
-from simulator.tasks.mimic import orthogonal
+from simulator.seeding import orthogonal, seed_generator
 
 
 def matvec(M: Tensor, v: Tensor) -> Tensor:

@@ -23,7 +23,7 @@ from simulator.rules.family import NoiseStream
 from simulator.rules.kernl import KeRNL
 from simulator.rules.rflo import RFLO
 from simulator.rules.rtrl import RTRL
-from simulator.tasks.base import seed_generator
+from simulator.seeding import seed_generator
 
 torch.set_num_threads(1)  # tiny ops spin-wait with more threads (conftest sets it too)
 

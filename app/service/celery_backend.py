@@ -49,7 +49,7 @@ from app.service.base import (
 )
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.worker import branch_config, branch_steps, check_create, check_params
-from simulator.framebuffer import FrameBuffer, _strip
+from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.settings import ConfigError
 
 log = logging.getLogger("app.service.celery")
@@ -222,7 +222,7 @@ class CeleryBackend(Backend):
         for (major, _), blob in entries:
             frame = decode_frame(blob)
             if major - 1 <= newest - DETAIL_FRAMES and frame.get("detail", True):
-                frame = _strip(frame)
+                frame = strip_frame(frame)
             frames.append(frame)
         return frames, frames[-1]["seq"]
 

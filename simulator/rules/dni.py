@@ -23,8 +23,8 @@ from torch import Tensor
 
 from simulator.network import Network, matvec, vecmat
 from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext
+from simulator.seeding import seed_generator
 from simulator.settings import ConfigError, Setting
-from simulator.tasks.base import seed_generator
 
 SETTINGS = (
     Setting("feedback", "symmetric", "output-error feedback B onto the apical dendrite",

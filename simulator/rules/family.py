@@ -22,8 +22,8 @@ from torch import Tensor
 
 from simulator.network import Network, matvec, vecmat
 from simulator.rules.base import Rule
+from simulator.seeding import seed_generator
 from simulator.settings import ConfigError, Setting
-from simulator.tasks.base import seed_generator
 
 SIGN_KINDS = ("rademacher", "gaussian", "uniform")
 

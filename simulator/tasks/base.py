@@ -6,7 +6,6 @@ A new task is one module with a :class:`Task` subclass plus one line in
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -14,18 +13,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from simulator.seeding import seed_generator
 from simulator.settings import Setting
-
-
-def seed_generator(*parts: Any) -> torch.Generator:
-    """A CPU generator seeded from a stable hash of ``parts`` (seed, split, purpose...).
-
-    Hashing (not ``hash()``) keeps streams identical across processes and machines.
-    """
-    digest = hashlib.sha256(repr(parts).encode()).digest()
-    gen = torch.Generator()
-    gen.manual_seed(int.from_bytes(digest[:8], "little") & ((1 << 63) - 1))
-    return gen
 
 
 class TaskStream(ABC):

@@ -43,8 +43,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from simulator.seeding import seed_generator
 from simulator.settings import ConfigError, Setting
-from simulator.tasks.base import Task, seed_generator
+from simulator.tasks.base import Task
 from simulator.tasks.trials import F64, TrialStream, one_hot_f64, trials_per_block
 
 ROWS = COLS = 8

@@ -15,14 +15,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from simulator.seeding import orthogonal, seed_generator
 from simulator.settings import Setting
-from simulator.tasks.base import Task, TaskStream, seed_generator
-
-
-def orthogonal(n: int, gen: torch.Generator) -> Tensor:
-    """A uniformly random orthogonal matrix: QR of a Gaussian, signs fixed by diag(R)."""
-    q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+from simulator.tasks.base import Task, TaskStream
 
 
 class MimicStream(TaskStream):

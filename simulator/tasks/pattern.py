@@ -38,8 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from simulator.seeding import seed_generator
 from simulator.settings import ConfigError, Setting
-from simulator.tasks.base import Task, TaskStream, seed_generator
+from simulator.tasks.base import Task, TaskStream
 
 F64 = torch.float64
 
