@@ -2,7 +2,8 @@
 
     python bench/speed.py                    # CPU: n = 32 and n = 256, 1 and 32 seeds
     python bench/speed.py --rules rtrl,dni-b --repeats 7
-    python bench/speed.py --device cuda      # n = 1024 x 64 seeds and n = 32 x 64 seeds
+    python bench/speed.py --device cuda      # n = 1024 x 64 seeds and n = 32 x 64 seeds,
+                                             # eager and replayed from CUDA graphs
 
 For each rule and size: steps per second (one seed) or seed-steps per second (S seeds
 batched: steps/s x S), the median of --repeats timed calls of Run.advance(k,
@@ -50,12 +51,13 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def rate(rule: str, n: int, seeds: int, device: str, repeats: int, seconds: float) -> float:
+def rate(rule: str, n: int, seeds: int, device: str, repeats: int, seconds: float,
+         cuda_graph: bool = False) -> float:
     """Median seed-steps per second of advance(k, record="scalars") (steps/s when S = 1)."""
     config = RunConfig(task="add", task_args={"t1": 5, "t2": 9}, rule=rule,
                        rule_args={"T": 10} if rule == "bptt" else {}, n=n, alpha=1.0,
                        lr=LR, seeds=list(range(seeds)), device=device, test_steps=0)
-    run = Run(config)
+    run = Run(config, cuda_graph=cuda_graph)
     run.set_learning_rates(**dict.fromkeys(run.lr, LR))  # the rules' own populations too
 
     def timed(k: int) -> float:
@@ -65,7 +67,7 @@ def rate(rule: str, n: int, seeds: int, device: str, repeats: int, seconds: floa
         _sync(device)
         return time.perf_counter() - start
 
-    timed(20)  # warm-up: allocations, the first data prefetch, CUDA kernels
+    timed(20)  # warm-up: allocations, the first data prefetch, CUDA kernels, graph capture
     k = max(5, min(100_000, int(seconds * 20 / max(timed(20), 1e-9))))
     timings = [timed(k) for _ in range(repeats)]
     return k * seeds / statistics.median(timings)
@@ -80,11 +82,15 @@ def table(rules: list[str], device: str, repeats: int, seconds: float,
     """Time every rule at every size; returns the printed notes."""
     sizes = sizes_for(device)
     columns = [f"n={n} S={s}" for n, s in sizes]
-    print(f"{'rule':<12}" + "".join(f"{c:>16}" for c in columns), flush=True)
+    print(f"{'rule':<16}" + "".join(f"{c:>16}" for c in columns), flush=True)
     notes = []
-    for rule in rules:
+    # on a GPU, rules that can be captured are timed a second time replayed from CUDA graphs
+    rows = [(rule, False) for rule in rules] + [
+        (rule, True) for rule in rules if device == "cuda" and RULES[rule].compilable]
+    for rule, graphed in rows:
+        label = f"{rule}+graph" if graphed else rule
         cells = []
-        results[rule] = {}
+        results[label] = {}
         for (n, seeds), column in zip(sizes, columns, strict=True):
             value: float | None = None
             if n >= TOO_COSTLY.get(rule, 10**9):
@@ -92,13 +98,17 @@ def table(rules: list[str], device: str, repeats: int, seconds: float,
                 cells.append(f"{'skipped':>16}")
             else:
                 try:
-                    value = rate(rule, n, seeds, device, repeats, seconds)
+                    value = rate(rule, n, seeds, device, repeats, seconds, cuda_graph=graphed)
                     cells.append(f"{value:>16,.0f}")
                 except Diverged:
                     cells.append(f"{'diverged':>16}")
-            results[rule][column] = value
-        print(f"{rule:<12}" + "".join(cells), flush=True)
-    print("(one seed: steps/s; S seeds: seed-steps/s = steps/s x S)")
+            results[label][column] = value
+        print(f"{label:<16}" + "".join(cells), flush=True)
+        if graphed and results.get(rule):
+            ratios = [f"{g / e:.1f}x" if g and e else "-" for g, e in
+                      zip(results[label].values(), results[rule].values(), strict=True)]
+            print(f"{'  graph/eager':<16}" + "".join(f"{r:>16}" for r in ratios), flush=True)
+    print("(one seed: steps/s; S seeds: seed-steps/s = steps/s x S; +graph: Run(cuda_graph=True))")
     for note in dict.fromkeys(notes):
         print(note)
     return notes

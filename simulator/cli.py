@@ -46,6 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true",
                      help="capture the step with torch.compile (dni, dni-b, output-only): "
                           "about 2x faster for small networks after a few seconds of compiling")
+    run.add_argument("--cuda-graph", action="store_true",
+                     help="replay the step from captured CUDA graphs (needs --device cuda; dni, "
+                          "dni-b, output-only): one launch per step instead of dozens")
     run.add_argument("--out", default=None, metavar="DIR",
                      help="write config.json, history.csv (every step) and summary.json")
     run.add_argument("--json", action="store_true", help="print only the JSON summary")
@@ -88,7 +91,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     from simulator.telemetry import scalar_history
 
     config = _config_from_args(args)
-    run = Run(config, threads=args.threads, compile=args.compile)
+    run = Run(config, threads=args.threads, compile=args.compile, cuda_graph=args.cuda_graph)
     align_means = AlignmentMeans()
     out_dir = Path(args.out) if args.out else None
     writer = handle = None

@@ -18,6 +18,7 @@ from torch import Tensor
 
 from simulator.alignment import Shadow
 from simulator.config import RunConfig
+from simulator.cuda_graph import StepGraphs
 from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
@@ -80,7 +81,8 @@ class Run:
     """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
-                 align: str | None = None, compile: bool = False) -> None:
+                 align: str | None = None, compile: bool = False,
+                 cuda_graph: bool = False) -> None:
         set_threads(threads)
         self.config = config = config.validated()
         self.task = make_task(config.task, config.task_args)
@@ -109,6 +111,18 @@ class Run:
                                              f"change every step; allowed for: {allowed}")
             self._compiled_step = torch.compile(self._learn_step, dynamic=False,
                                                 options={"cpp_wrapper": True})
+        # cuda_graph: the step replayed from captured CUDA graphs (simulator.cuda_graph): on a
+        # GPU a small network's step is launch-bound, and a graph is one launch
+        self._graphs: StepGraphs | None = None
+        if cuda_graph:
+            if self.device.type != "cuda":
+                raise ConfigError("cuda_graph", f"needs device cuda; got {config.device!r}")
+            if not self.rule.compilable or compile:
+                allowed = ", ".join(n for n, c in RULES.items() if c.compilable)
+                raise ConfigError("cuda_graph", f"allowed for rules {allowed}, without compile; "
+                                                f"got rule {config.rule!r}"
+                                                f"{' with compile' if compile else ''}")
+            self._graphs = StepGraphs(self._learn_step, self.rule, self.populations, self.lr)
         self.t = 0
         self.status = "ready"
         self._xb = self._yb = torch.empty(0)
@@ -238,6 +252,7 @@ class Run:
 
         hook = observe if shadow is not None or record_updates else None
         step = self._compiled_step if self._compiled_step is not None and hook is None else None
+        graphs = self._graphs if hook is None else None
         phases: list[int] = []
         r = self.r
         for i in range(k):
@@ -245,7 +260,9 @@ class Run:
             phase_index = self.schedule.index_at(t)
             phases.append(phase_index)
             plastic = self.schedule.phases[phase_index].plastic
-            if step is not None:  # t and i are constants there, so nothing recompiles
+            if graphs is not None:
+                r_new, V, z, signal, diagnostics = graphs.step(r, xs[i], ys[i], plastic)
+            elif step is not None:  # t and i are constants there, so nothing recompiles
                 r_new, V, z, signal, diagnostics = step(r, xs[i], ys[i], plastic, ones, 0, 0, None)
             else:
                 r_new, V, z, signal, diagnostics = self._learn_step(r, xs[i], ys[i], plastic, ones,
