@@ -488,7 +488,7 @@ def test_branch_changes_from_the_panel() -> None:
 def test_table_rows_and_status() -> None:
     row = callbacks.table_row({**info(), "step": 5, "best_test_loss": [0.5, 0.7],
                                "last_test_loss": None, "phases": "all"}, [RID])
-    assert row["best"] == "0.6000" and row["last"] == "–" and row["live"] == 1
+    assert row["best"] == 0.6 and row["last"] is None and row["live"] == 1
     assert callbacks.is_terminal("diverged at step 3 (seeds 0)")
     assert not callbacks.is_terminal("running")
     assert callbacks.field_for("task_args.t1", "add") == "task_args.add.t1"

@@ -65,11 +65,12 @@ def is_active(status: str) -> bool:
     return str(status) in ACTIVE
 
 
-def fmt_loss(values: Any) -> str:
+def fmt_loss(values: Any) -> float | None:
+    """Mean over seeds, a number (so the table sorts it as one); None when there is none."""
     if not values:
-        return "–"
+        return None
     vals = [v for v in (values if isinstance(values, list) else [values]) if v is not None]
-    return f"{sum(vals) / len(vals):.4f}" if vals else "–"
+    return round(sum(vals) / len(vals), 6) if vals else None
 
 
 def table_row(info: Mapping[str, Any], live: Sequence[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from dash import dash_table, dcc, html
+from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
 from simulator.phases import POPULATIONS
@@ -331,10 +332,13 @@ def panels() -> html.Main:
     ], className="main", id="main")
 
 
+LOSS_FORMAT = Format(precision=4, scheme=Scheme.fixed).to_plotly_json()
 TABLE_COLUMNS = [
     {"id": "id", "name": "run"}, {"id": "rule", "name": "rule"}, {"id": "task", "name": "task"},
-    {"id": "status", "name": "status"}, {"id": "step", "name": "step"},
-    {"id": "best", "name": "best test"}, {"id": "last", "name": "last test"},
+    {"id": "status", "name": "status"}, {"id": "step", "name": "step", "type": "numeric"},
+    # numbers, not text, so that sorting puts 0.45 before 0.6
+    {"id": "best", "name": "best test", "type": "numeric", "format": LOSS_FORMAT},
+    {"id": "last", "name": "last test", "type": "numeric", "format": LOSS_FORMAT},
     {"id": "phases", "name": "phases"}, {"id": "setup", "name": "n · α · lr · seeds"},
     {"id": "parent", "name": "branched from"},
 ]
