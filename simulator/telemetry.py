@@ -13,7 +13,7 @@ size does not grow with the number of steps it covers:
     alignment           binned cosine with the exact gradient (or None)
     traces              {"seed", "units", "step", "V", "U", "r"}: the last ``max_trace_points``
                         steps of the chosen units of one seed (one list per unit)
-    task                {"step", "x", "y", "pred"}: the same window of inputs, targets and
+    task                {"seed", "step", "x", "y", "pred"}: the same window of inputs, targets and
                         predictions (chosen channels)
     weight_change       population -> {"norm": mean over seeds of ||W(t1) - W(t0)||_F,
                         "max_abs", "matrix": that change for one seed, at most 64 x 64}
@@ -128,6 +128,7 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
                            "V": unit_series(tel.V), "U": unit_series(tel.U), "r": unit_series(tel.r)}
         pred = run.task.prediction(tel.z[window, seed_index])
         frame["task"] = {
+            "seed": run.seeds[seed_index],
             "step": steps,
             "x": _floats(tel.x[window, seed_index, :channels].T.cpu()),
             "y": _floats(tel.y[window, seed_index, :channels].T.cpu()),

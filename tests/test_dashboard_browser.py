@@ -4,8 +4,9 @@ against a real server started the way a user starts it: ``python -m app serve``.
 Covers: start a run from the controls and see all four live graphs grow; pause stops the
 growth and play resumes it; a URL reproduces the setup; a bad value shows a message beside
 its field and starts nothing; a race of two rules shows two coloured traces; presenter mode
-hides the controls. Saves a full-page screenshot to artifacts/dashboard.png (and, with
-PLASTICITY_UPDATE_DOCS=1, to docs/dashboard.png for the README).
+hides the controls; the seed picker switches the voltages to another seed. Saves a full-page
+screenshot to artifacts/dashboard.png (and, with PLASTICITY_UPDATE_DOCS=1, to
+docs/dashboard.png for the README).
 """
 
 from __future__ import annotations
@@ -325,6 +326,34 @@ def test_measured_alignment_streams_into_the_alignment_graph(page: Any, server: 
     assert all(-1.0 <= v <= 1.0 for v in cosines())
     runs = [r for r in _api(server, "/api/runs")["runs"] if r["status"] == "running"]
     assert [r["config"]["align"] for r in runs] == ["auto"]
+    assert not page.errors, page.errors
+
+
+def test_the_seed_picker_shows_another_seed_of_the_ensemble(page: Any, server: str) -> None:
+    """An ensemble of seeds 3-5 opened on its second seed (from the URL); picking seed 5
+    makes the worker send that seed's voltages, and the URL remembers the choice."""
+    _open(page, server, "?seeds=3-5&seed_index=1&steps=200000")
+    _wait_until(lambda: "seed 4" in page.inner_text("#seed-index"), 10, "the picker on seed 4")
+    _speed(page, "300/s")
+    page.click("#btn-play")
+    _wait_until(lambda: _points(page, "voltage-graph") > 0, 40, "voltages")
+    rid = next(r["id"] for r in _api(server, "/api/runs")["runs"] if r["status"] == "running")
+
+    def newest_seed() -> int | None:
+        cursor = _api(server, f"/api/runs/{rid}")["cursor"]
+        frames = _api(server, f"/api/runs/{rid}/frames?after={max(-1, cursor - 2)}")["frames"]
+        traces = [f["traces"] for f in frames if f.get("traces")]
+        return traces[-1]["seed"] if traces else None
+
+    _wait_until(lambda: newest_seed() == 4, 20, "frames of seed 4")
+    page.click("#seed-index")
+    page.get_by_text("seed 5", exact=True).click()
+    _wait_until(lambda: newest_seed() == 5, 20, "frames of seed 5")
+    assert _api(server, f"/api/runs/{rid}")["view"]["seed_index"] == 2
+    _wait_until(lambda: "seed_index=2" in _href(page), 10, "the URL to remember the seed")
+    last = page.evaluate(LAST_STEP_JS, "voltage-graph")
+    _wait_until(lambda: page.evaluate(LAST_STEP_JS, "voltage-graph") > last, 20,
+                "seed 5's voltages to stream")
     assert not page.errors, page.errors
 
 

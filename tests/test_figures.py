@@ -222,6 +222,34 @@ def test_voltage_figure_rows_and_colours() -> None:
     assert colors == {"#0072B2", "#E69F00"}
 
 
+def test_the_seed_picker_shows_one_seed_of_an_ensemble() -> None:
+    """Frames carry the seed their traces came from; the panels draw only the chosen seed's
+    (frames made before the worker saw a new choice are skipped, not mixed in)."""
+    ensemble = figures.make_run_view({**info(), "config": {**info()["config"], "seeds": [3, 5]}},
+                                     "#0072B2")
+
+    def seeded(t0: int, seed: int) -> dict:
+        f = frame(t0)
+        f["traces"]["seed"] = f["task"]["seed"] = seed
+        return f
+
+    frames = {RID: [seeded(0, 3), seeded(10, 5), seeded(20, 5)]}
+    for index, seed, steps in ((0, 3, list(range(10))), (1, 5, list(range(10, 30)))):
+        v = view(ensemble, units=[0], seed_index=index)
+        assert figures.shown_seed(v, ensemble) == seed
+        volt = figures.voltage_figure(v, frames)
+        assert [x for x in volt["data"][0]["x"] if x is not None] == steps
+        task = figures.task_figure(v, frames)
+        assert [x for x in task["data"][0]["x"] if x is not None] == steps
+    assert figures.shown_seed_index(view(ensemble, seed_index=9), ensemble) == 1  # clamped
+    assert callbacks.seed_options("3,5") == [{"label": "seed 3", "value": 0},
+                                             {"label": "seed 5", "value": 1}]
+    assert callbacks.seed_options("nonsense") == [{"label": "seed 0", "value": 0}]
+    setup = {**urlstate.default_setup(), "seeds": "0-3", "seed_index": 2}
+    back, _ = urlstate.decode(urlstate.encode(setup, []))
+    assert back["seed_index"] == 2
+
+
 def test_weight_figure_combines_populations() -> None:
     v = view(run_view())
     fig = figures.weight_figure(v, {RID: [frame(0), frame(10)]})

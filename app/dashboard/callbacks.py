@@ -38,7 +38,7 @@ from dash.exceptions import PreventUpdate
 
 from app.dashboard import figures, layout, presets, urlstate
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
-from simulator.config import RunConfig
+from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
 from simulator.rules import RULES
 from simulator.settings import ConfigError
@@ -71,6 +71,15 @@ def fmt_loss(values: Any) -> float | None:
         return None
     vals = [v for v in (values if isinstance(values, list) else [values]) if v is not None]
     return round(sum(vals) / len(vals), 6) if vals else None
+
+
+def seed_options(seeds: Any) -> list[dict[str, Any]]:
+    """The seed picker's choices: one per seed of the setup (value: its index), at most 64."""
+    try:
+        parsed = parse_seeds(seeds if seeds not in (None, "") else "0")
+    except ConfigError:
+        parsed = [0]
+    return [{"label": f"seed {s}", "value": i} for i, s in enumerate(parsed[:64])]
 
 
 def table_row(info: Mapping[str, Any], live: Sequence[str]) -> dict[str, Any]:
@@ -276,14 +285,16 @@ class Service:
                 continue
         return out
 
-    def create(self, config: dict[str, Any], *, start: bool, units: Sequence[int], align: bool
-               ) -> str:
+    def create(self, config: dict[str, Any], *, start: bool, units: Sequence[int], align: bool,
+               seed_index: int = 0) -> str:
         config = dict(config)
         kwargs: dict[str, Any] = {}
         if align:
             config["align"] = "auto"
         n = int(config.get("n", 32))
-        view = {"units": [u for u in units if 0 <= u < n] or [0]}
+        view = {"units": [u for u in units if 0 <= u < n] or [0],
+                "seed_index": min(max(int(seed_index), 0),
+                                  len(seed_options(config.get("seeds"))) - 1)}
         return self.backend.create(config, start=start, view=view, **kwargs)
 
 
@@ -323,6 +334,9 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Output({"type": "ph-pops", "i": ALL}, "value"),
         Output("phase-count", "data"),
         Output("phase-race", "value"), Output("align", "value"), Output("units", "value"),
+        Output("seed-index", "value"),
+        # with the value, or the picker drops a value its old options lack
+        Output("seed-index", "options", allow_duplicate=True),
         Output("panels", "value"), Output("log-y", "value"),
         Output("present-store", "data"), Output("focus-store", "data"),
         Output("live-store", "data", allow_duplicate=True),
@@ -386,6 +400,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
             ["on"] if setup.get("phase_race") else [],
             ["on"] if setup.get("align") and svc.align else [],
             list(setup.get("units") or [0]),
+            int(setup.get("seed_index") or 0), seed_options(setup.get("seeds")),
             list(setup.get("panels") or urlstate.PANELS),
             ["on"] if setup.get("log_y", True) else [],
             bool(setup.get("present")), setup.get("focus", "loss"),
@@ -413,6 +428,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Output({"type": "ph-row", "i": ALL}, "style"),
         Output("phase-string", "children"),
         Output("units", "options"),
+        Output("seed-index", "options"),
         Input("task", "value"), Input("rules", "value"),
         Input({"type": "field", "key": ALL}, "value"),
         Input({"type": "ph-name", "i": ALL}, "value"),
@@ -420,12 +436,13 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Input({"type": "ph-pops", "i": ALL}, "value"),
         Input("phase-count", "data"),
         Input("phase-race", "value"), Input("align", "value"), Input("units", "value"),
+        Input("seed-index", "value"),
         Input("panels", "value"), Input("log-y", "value"),
         Input("present-store", "data"), Input("focus-store", "data"),
     )
     def collect(task: str, rules: list[str], values: list, names: list, steps: list, pops: list,
-                count: int, race: list, align: list, units: list, panels: list, log_y: list,
-                present: bool, focus: str) -> tuple:
+                count: int, race: list, align: list, units: list, seed_index: int | None,
+                panels: list, log_y: list, present: bool, focus: str) -> tuple:
         field_ids = _ids_of(ctx.inputs_list[2])
         base = {**urlstate.default_setup(), "task": task, "rules": list(rules or [])}
         count = max(1, min(int(count or 1), layout.MAX_PHASE_ROWS))
@@ -436,6 +453,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         setup = setup_from_fields(field_ids, values, base)
         setup.update(phases=phases, phase_race=bool(race), align=bool(align),
                      units=sorted(int(u) for u in (units or [0]))[:4],
+                     seed_index=int(seed_index or 0),
                      panels=[p for p in urlstate.PANELS if p in (panels or [])],
                      log_y=bool(log_y), present=bool(present), focus=focus or "loss")
         errors = {field_for(k, task): v for k, v in urlstate.validate(setup).items()}
@@ -454,7 +472,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         unit_options = [{"label": f"unit {i}", "value": i} for i in range(max(1, min(n, 64)))]
         setup["errors"] = errors
         return (setup, messages, classes, task_styles, rule_styles, row_styles,
-                f"schedule: {phases}", unit_options)
+                f"schedule: {phases}", unit_options, seed_options(setup.get("seeds")))
 
     def _base_class(key: str) -> str:
         return "text-input" if key in urlstate.CORE_FIELDS or _is_text(key) else "field"
@@ -525,7 +543,8 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         try:
             for variant in configs:
                 rid = svc.create(variant["config"], start=False, units=setup.get("units") or [0],
-                                 align=bool(setup.get("align")))
+                                 align=bool(setup.get("align")),
+                                 seed_index=int(setup.get("seed_index") or 0))
                 created.append(rid)
                 variants[rid] = variant["label"]
         except Exception:
@@ -653,13 +672,14 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
         *[Output(gid, "figure") for gid in GRAPHS],
         Output("view-store", "data"),
         Output("cursor-store", "data", allow_duplicate=True),
-        Input("live-store", "data"), Input("units", "value"), Input("panels", "value"),
+        Input("live-store", "data"), Input("units", "value"), Input("seed-index", "value"),
+        Input("panels", "value"),
         Input("log-y", "value"), Input("present-store", "data"), Input("rebuild-req", "data"),
         State("view-store", "data"),
         prevent_initial_call="initial_duplicate",
     )
-    def show(live: dict | None, units: list | None, panels: list | None, log_y: list | None,
-             present: bool, _rebuild: Any, old: dict | None) -> tuple:
+    def show(live: dict | None, units: list | None, seed_index: int | None, panels: list | None,
+             log_y: list | None, present: bool, _rebuild: Any, old: dict | None) -> tuple:
         epoch = int((old or {}).get("epoch", 0)) + 1
         ids = list((live or {}).get("runs") or [])
         infos = svc.infos(ids)
@@ -678,9 +698,13 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             histories[rid] = hist
             recent[rid] = [f for f in frames if int(f.get("seq", -1)) <= cursor]
             cursors[rid] = cursor
-            if units != list((info.get("view") or {}).get("units") or []) and is_active(
-                    info.get("status", "")):
-                _quiet(lambda r=rid: backend.control(r, "view", units=units))
+            shown = info.get("view") or {}
+            index = min(int(seed_index or 0), max(len((info.get("config") or {}).get("seeds")
+                                                      or [0]), 1) - 1)
+            if (units != list(shown.get("units") or []) or index != int(
+                    shown.get("seed_index") or 0)) and is_active(info.get("status", "")):
+                _quiet(lambda r=rid, i=index: backend.control(r, "view", units=units,
+                                                              seed_index=i))
         colors = figures.assign_colors([(i.get("config") or {}).get("rule", "?") for i in infos])
         variants = (live or {}).get("variants") or {}
         runs = []
@@ -697,7 +721,7 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
         task = (first.get("config") or {}).get("task", "add")
         phase_run, phase_names = phase_source(infos)
         view = figures.make_view(
-            runs, epoch=epoch, units=units,
+            runs, epoch=epoch, units=units, seed_index=int(seed_index or 0),
             panels=[p for p in urlstate.PANELS if p in (panels or urlstate.PANELS)],
             log_y=bool(log_y), scale=1.55 if present else 1.0,
             refs=first.get("reference_levels") or {},

@@ -92,6 +92,7 @@ class RunView(TypedDict):
     stride: int
     tau: float
     n: int
+    seeds: list[int]
     pops: list[str]
     diagnostics: list[str]
     alignment: bool
@@ -102,6 +103,7 @@ class View(TypedDict, total=False):
     epoch: int
     runs: list[RunView]
     units: list[int]
+    seed_index: int
     panels: list[str]
     log_y: bool
     scale: float
@@ -182,7 +184,7 @@ def make_run_view(info: Mapping[str, Any], color: str, *, variant: str = "",
     return RunView(
         id=str(info["id"]), rule=rule, label=run_label(rule, str(info["id"]), variant),
         color=color, target=target, stride=loss_stride(target), tau=smoothing_tau(target),
-        n=int(config.get("n", 0) or 0),
+        n=int(config.get("n", 0) or 0), seeds=[int(s) for s in config.get("seeds") or [0]],
         pops=ordered_pops(pops or guess_populations(rule, config.get("rule_args"))),
         diagnostics=list(diagnostics), alignment=bool(alignment),
         status=str(info.get("status", "")),
@@ -190,17 +192,31 @@ def make_run_view(info: Mapping[str, Any], color: str, *, variant: str = "",
 
 
 def make_view(runs: Sequence[RunView], *, epoch: int, units: Sequence[int] = (0, 1, 2),
-              panels: Sequence[str] = DEFAULT_PANELS, log_y: bool = True, scale: float = 1.0,
+              seed_index: int = 0, panels: Sequence[str] = DEFAULT_PANELS, log_y: bool = True,
+              scale: float = 1.0,
               refs: Mapping[str, float] | None = None, loss_kind: str = "cross_entropy",
               task_view: Mapping[str, Any] | None = None,
               phase_names: Sequence[str] = (), phase_run: str | None = None,
               align_supported: bool = True) -> View:
     return View(epoch=epoch, runs=list(runs), units=[int(u) for u in units][:4] or [0],
+                seed_index=max(0, int(seed_index)),
                 panels=list(panels), log_y=bool(log_y), scale=float(scale),
                 refs=dict(refs or {}), loss_kind=loss_kind, task_view=dict(task_view or {}),
                 phase_names=list(dict.fromkeys(phase_names)), window=WINDOW,
                 phase_run=phase_run or (runs[0]["id"] if runs else None),
                 align_supported=bool(align_supported))
+
+
+def shown_seed_index(view: View, run: RunView) -> int:
+    """The index (into the run's seeds) of the seed whose voltages and task the panels show."""
+    return min(int(view.get("seed_index") or 0), max(len(run.get("seeds") or [0]), 1) - 1)
+
+
+def shown_seed(view: View, run: RunView | None) -> int | None:
+    """The seed number shown for a run (None: a view without seeds, show what arrives)."""
+    if not run or not run.get("seeds"):
+        return None
+    return run["seeds"][shown_seed_index(view, run)]
 
 
 def phase_colors(view: View) -> dict[str, str]:
@@ -901,13 +917,15 @@ def _traces_points(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str,
                    carry: dict[str, Any] | None) -> dict[str, tuple[list, list]]:
     points: dict[str, tuple[list, list]] = {}
     pairs = voltage_pairs(view)
+    runs = _runs_by_id(view)
     for rid, frames in frames_by_run.items():
         state = _carry(carry).setdefault(rid, initial_carry())
         units = [u for r, u in pairs if r == rid]
+        seed = shown_seed(view, runs.get(rid))
         for frame in frames:
             tr = frame.get("traces")
-            if not tr or not tr.get("step"):
-                continue
+            if not tr or not tr.get("step") or (seed is not None and tr.get("seed", seed) != seed):
+                continue  # nothing, or another seed's (frames made before a seed change)
             steps, gap = _window_steps(tr["step"], state.get("trace_t"))
             state["trace_t"] = steps[-1]
             for unit in units:
@@ -926,11 +944,14 @@ def _task_points(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, A
         return points
     ins, outs = task_channels(view)
     first = view["runs"][0]["id"]
+    runs = _runs_by_id(view)
     for rid, frames in frames_by_run.items():
         state = _carry(carry).setdefault(rid, initial_carry())
+        seed = shown_seed(view, runs.get(rid))
         for frame in frames:
             task = frame.get("task")
-            if not task or not task.get("step"):
+            if not task or not task.get("step") or (seed is not None and
+                                                    task.get("seed", seed) != seed):
                 continue
             steps, gap = _window_steps(task["step"], state.get("task_t"))
             state["task_t"] = steps[-1]

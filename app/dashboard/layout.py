@@ -306,6 +306,9 @@ def panels() -> html.Main:
     units = dcc.Dropdown(id="units", options=[{"label": f"unit {i}", "value": i} for i in range(32)],
                          value=[0, 1, 2], multi=True, className="dropdown units",
                          placeholder="units", searchable=True)
+    # which seed of an ensemble the voltage and task panels show (losses average over seeds)
+    seed = dcc.Dropdown(id="seed-index", options=[{"label": "seed 0", "value": 0}], value=0,
+                        clearable=False, searchable=False, className="dropdown seed")
     log_y = html.Div([
         html.Button("test now", id="btn-test", n_clicks=0, className="small",
                     title="evaluate the held-out test loss of the live runs now (◆)"),
@@ -323,7 +326,8 @@ def panels() -> html.Main:
                                  className="panel-pick")], className="panels-bar"),
         html.Div([
             panel("loss", "loss-graph", [log_y]),
-            panel("voltage", "voltage-graph", [html.Span("units", className="tlabel"), units]),
+            panel("voltage", "voltage-graph", [html.Span("units", className="tlabel"), units,
+                                               html.Span("seed", className="tlabel"), seed]),
             panel("weights", "weight-change-graph"),
             panel("alignment", "alignment-graph"),
             panel("task", "task-graph"),

@@ -46,6 +46,7 @@ DEFAULT_SETUP: dict[str, Any] = {
     "phase_race": False,
     "align": False,
     "units": [0, 1, 2],
+    "seed_index": 0,  # which seed of the ensemble the voltage and task panels show
     "panels": list(PANELS),
     "log_y": True,
     "present": False,
@@ -115,6 +116,8 @@ def encode(setup: Mapping[str, Any], runs: Sequence[str] = ()) -> str:
     units = [int(u) for u in setup.get("units") or []]
     if units != DEFAULT_SETUP["units"]:
         items.append(("units", ",".join(map(str, units))))
+    if int(setup.get("seed_index") or 0):
+        items.append(("seed_index", str(int(setup["seed_index"]))))
     panels = list(setup.get("panels") or [])
     if panels != list(PANELS):
         items.append(("panels", ",".join(panels)))
@@ -170,6 +173,8 @@ def decode(query: str) -> tuple[dict[str, Any], list[str]]:
             setup["align"] = _flag(value)
         elif key == "units":
             setup["units"] = _ints(value)[:4]
+        elif key == "seed_index":
+            setup["seed_index"] = (_ints(value) or [0])[0]
         elif key == "panels":
             setup["panels"] = [p for p in value.split(",") if p in PANELS]
         elif key == "log":
