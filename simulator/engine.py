@@ -304,7 +304,9 @@ class Run:
             step = start + int(bad.nonzero()[0, 0])
             seeds = [self.seeds[j] for j in (~torch.isfinite(losses).all(0)).nonzero()[:, 0]]
             telemetry.diverged_at = step
-            self.status = f"diverged at step {step} (seeds {', '.join(map(str, seeds))})"
+            self.status = (f"diverged at step {step} (seeds {', '.join(map(str, seeds))}): "
+                           "a learning rate is too large for this network; lower lr or the "
+                           "rule's own rates (dni's apical step grows with n)")
         else:
             self.status = "running"
         return telemetry
