@@ -68,15 +68,16 @@ def test_cuda_run_equals_cpu_run_in_float64(rule):
 
 
 @needs_cuda
-@pytest.mark.parametrize("rule, rule_args", [
-    ("dni-b", {}), ("dni", {}), ("dni", {"feedback": "random", "jacobian": "learned"}),
-    ("output-only", {}),
+@pytest.mark.parametrize("rule, rule_args, other", [
+    ("dni-b", {}, {}), ("dni", {}, {}), ("dni", {"feedback": "random", "jacobian": "learned"}, {}),
+    ("output-only", {}, {}), ("dni-b", {}, {"alpha": 0.5}),
+    ("dni", {}, {"task": "mimic", "task_args": {}}),  # squared error instead of cross-entropy
 ])
-def test_cuda_graph_replays_the_eager_step(rule, rule_args):
+def test_cuda_graph_replays_the_eager_step(rule, rule_args, other):
     """Graph replay = eager step, float64, across phase switches (a graph per phase), uneven
     advance() chunks, a learning-rate change mid-run (a new capture), and recorded traces."""
     cfg = config(rule, "cuda", rule_args=rule_args,
-                 phases="apical+jacobian+readout:7,basal+readout:5")
+                 phases="apical+jacobian+readout:7,basal+readout:5", **other)
     eager, graphed = Run(cfg), Run(cfg, cuda_graph=True)
     for k in (1, 40, 3, 77, 60):
         a, b = eager.advance(k), graphed.advance(k)
