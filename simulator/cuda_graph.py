@@ -21,6 +21,8 @@ in tensors, no per-step Python counters) may use this.
 
 from __future__ import annotations
 
+import gc
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +38,20 @@ StepFn = Callable[..., StepOutput]
 def _tensor_attrs(obj: object) -> dict[str, Tensor | None]:
     """The rule's attributes that hold a tensor, or None (state not yet set)."""
     return {k: v for k, v in vars(obj).items() if v is None or isinstance(v, Tensor)}
+
+
+def _weak(method: Callable) -> Callable[[], Callable | None]:
+    """A weak reference to a bound method (a strong one to a plain function)."""
+    if hasattr(method, "__self__"):
+        return weakref.WeakMethod(method)  # type: ignore[arg-type]
+    return lambda: method
+
+
+def _alive(ref: Callable[[], Callable | None]) -> Callable:
+    target = ref()
+    if target is None:
+        raise RuntimeError("the run these CUDA graphs belong to no longer exists")
+    return target
 
 
 def _copy_back(rule: object, before: dict[str, Tensor | None]) -> None:
@@ -54,7 +70,12 @@ class StepGraphs:
 
     def __init__(self, step: StepFn, rule: object, populations: Callable[[], dict[str, Tensor]],
                  learning_rates: dict[str, float], capacity: int = 8) -> None:
-        self._step, self._rule, self._populations = step, rule, populations
+        # weak references to the run's methods: no run <-> graphs cycle, so a dropped run and
+        # its graphs are freed at once, not by a garbage collection that could fall inside
+        # another run's capture (freeing a graph there invalidates the capture)
+        self._step_ref = _weak(step)
+        self._populations_ref = _weak(populations)
+        self._rule = rule
         self._lr = learning_rates  # the engine's dict, read at every step (changes mid-run)
         self._capacity = capacity
         self._graphs: OrderedDict[tuple, tuple[torch.cuda.CUDAGraph, StepOutput]] = OrderedDict()
@@ -63,6 +84,12 @@ class StepGraphs:
         self._r = self._x = self._y = self._ones = torch.empty(0)
         self.captures = 0  # graphs captured so far (tests and benchmarks read it)
         self.replays = 0
+
+    def _step(self, *args: Any) -> StepOutput:
+        return _alive(self._step_ref)(*args)
+
+    def _populations(self) -> dict[str, Tensor]:
+        return _alive(self._populations_ref)()
 
     def key(self, plastic: frozenset[str]) -> tuple:
         args = getattr(self._rule, "args", {})
@@ -131,16 +158,24 @@ class StepGraphs:
         state changes shape or appears during the step."""
         before = _tensor_attrs(self._rule)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=self._side_stream()):
-            out = self._step(self._r, self._x, self._y, plastic, self._ones, 0, 0, None)
-            after = _tensor_attrs(self._rule)
-            settled = after.keys() == before.keys() and all(
-                (old is None) == (after[k] is None)
-                and (old is None or (old.shape == after[k].shape and old.dtype == after[k].dtype))
-                for k, old in before.items())
-            if settled:
-                _copy_back(self._rule, before)  # rebound in Python: carried back in the graph
-                self._r.copy_(out[0])
+        collecting = gc.isenabled()
+        gc.disable()  # no collection (of other runs' graphs) while capturing
+        try:
+            with torch.cuda.graph(graph, stream=self._side_stream(),
+                                  capture_error_mode="thread_local"):
+                out = self._step(self._r, self._x, self._y, plastic, self._ones, 0, 0, None)
+                after = _tensor_attrs(self._rule)
+                settled = after.keys() == before.keys() and all(
+                    (old is None) == (after[k] is None)
+                    and (old is None or (old.shape == after[k].shape
+                                         and old.dtype == after[k].dtype))
+                    for k, old in before.items())
+                if settled:
+                    _copy_back(self._rule, before)  # rebound in Python: carried back in the graph
+                    self._r.copy_(out[0])
+        finally:
+            if collecting:
+                gc.enable()
         for k in after.keys() - before.keys():
             delattr(self._rule, k)
         for k, old in before.items():  # Python side as before the capture; the graph holds the rest

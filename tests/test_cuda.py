@@ -7,16 +7,18 @@ pure part of the capture logic.
 
 from __future__ import annotations
 
+import gc
 import json
 import subprocess
 import sys
+import weakref
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from simulator import ConfigError, Run, RunConfig
-from simulator.cuda_graph import _copy_back
+from simulator.cuda_graph import StepGraphs, _copy_back
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
 F64 = {"dtype": "float64"}
@@ -46,6 +48,30 @@ def test_copy_back_keeps_one_address_per_state_tensor():
     assert rule.a_prev is old_a and torch.equal(old_a, torch.arange(6.0).view(2, 3))
     assert rule.e_prev.shape == (2,)  # new state (None before) is kept as it is
     assert rule.fresh.shape == (1,)  # a changed shape is not forced into the old tensor
+
+
+def test_graphs_do_not_keep_their_run_alive():
+    """No run <-> graphs reference cycle: a dropped run goes at once (reference counting),
+    never in a later garbage collection, which might fall inside another run's capture."""
+
+    class Owner:
+        def step(self, *args):  # the engine's step, in shape
+            raise AssertionError("not called here")
+
+        def populations(self) -> dict:
+            return {}
+
+    owner = Owner()
+    ref = weakref.ref(owner)
+    owner.graphs = StepGraphs(owner.step, SimpleNamespace(), owner.populations, {})
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        del owner
+        assert ref() is None
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def test_cli_refuses_cuda_graph_on_the_cpu():
@@ -101,6 +127,23 @@ def test_cuda_graph_replays_the_eager_step(rule, rule_args, other):
     eager.advance(30)
     resumed.advance(30)
     torch.testing.assert_close(resumed.net.W.cpu(), eager.net.W.cpu(), rtol=1e-12, atol=1e-13)
+
+
+@needs_cuda
+def test_runs_come_and_go_while_others_capture():
+    """Graphed runs dropped in a loop, each next one capturing while garbage is around: every
+    capture succeeds (a collection inside a capture would invalidate it)."""
+    keep = []
+    for i in range(6):
+        run = Run(config("dni-b", "cuda", seeds=[i], phases="apical+readout:3,basal+readout:2"),
+                  cuda_graph=True)
+        run.advance(25)
+        junk = [[j] for j in range(20_000)]  # garbage for the collector to find
+        junk.append(junk)
+        assert run._graphs.state()["captures"] == 2
+        if i % 2:
+            keep.append(run)
+    assert all(torch.isfinite(r.advance(5).loss).all() for r in keep)
 
 
 @needs_cuda
