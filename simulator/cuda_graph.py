@@ -92,9 +92,11 @@ class StepGraphs:
         return _alive(self._populations_ref)()
 
     def key(self, plastic: frozenset[str]) -> tuple:
+        """Everything Python decides inside the step (computed every step: keep it cheap;
+        the dicts' keys are fixed for a run, so their values in order identify them)."""
         args = getattr(self._rule, "args", {})
-        return (plastic, tuple(sorted(self._lr.items())), repr(sorted(args.items())),
-                tuple((name, w.data_ptr()) for name, w in self._populations().items()))
+        return (plastic, tuple(self._lr.values()), tuple(args.values()),
+                tuple(w.data_ptr() for w in self._populations().values()))
 
     def _buffers(self, r: Tensor, x: Tensor, y: Tensor) -> None:
         """Fixed-address inputs, (re)made only when a shape changes."""

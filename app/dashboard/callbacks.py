@@ -293,8 +293,8 @@ class Service:
             config["align"] = "auto"
         n = int(config.get("n", 32))
         view = {"units": [u for u in units if 0 <= u < n] or [0],
-                "seed_index": min(max(int(seed_index), 0),
-                                  len(seed_options(config.get("seeds"))) - 1)}
+                "seed_index": figures.clamp_seed_index(seed_index,
+                                                       len(seed_options(config.get("seeds"))))}
         return self.backend.create(config, start=start, view=view, **kwargs)
 
 
@@ -699,8 +699,8 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             recent[rid] = [f for f in frames if int(f.get("seq", -1)) <= cursor]
             cursors[rid] = cursor
             shown = info.get("view") or {}
-            index = min(int(seed_index or 0), max(len((info.get("config") or {}).get("seeds")
-                                                      or [0]), 1) - 1)
+            index = figures.clamp_seed_index(seed_index,
+                                             len((info.get("config") or {}).get("seeds") or []))
             if (units != list(shown.get("units") or []) or index != int(
                     shown.get("seed_index") or 0)) and is_active(info.get("status", "")):
                 _quiet(lambda r=rid, i=index: backend.control(r, "view", units=units,

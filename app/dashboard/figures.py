@@ -207,9 +207,14 @@ def make_view(runs: Sequence[RunView], *, epoch: int, units: Sequence[int] = (0,
                 align_supported=bool(align_supported))
 
 
+def clamp_seed_index(seed_index: Any, seeds: int) -> int:
+    """A seed index (the picker's value, None included) within a run of ``seeds`` seeds."""
+    return min(max(int(seed_index or 0), 0), max(seeds, 1) - 1)
+
+
 def shown_seed_index(view: View, run: RunView) -> int:
     """The index (into the run's seeds) of the seed whose voltages and task the panels show."""
-    return min(int(view.get("seed_index") or 0), max(len(run.get("seeds") or [0]), 1) - 1)
+    return clamp_seed_index(view.get("seed_index"), len(run.get("seeds") or [0]))
 
 
 def shown_seed(view: View, run: RunView | None) -> int | None:
