@@ -1,7 +1,8 @@
 """The run configuration: typed, validated settings with limits.
 
 ``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
-rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, align) and refuses
+rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, w_rec_init,
+init_state, align) and refuses
 bad input with a :class:`ConfigError` naming the field and what is allowed.
 """
 
@@ -26,6 +27,12 @@ SCALARS = (
     Setting("test_steps", 1_000, "held-out steps for the test loss", int, 0, 10**7),
     Setting("device", "cpu", "where tensors live", str, choices=("cpu", "cuda")),
     Setting("dtype", "float32", "floating-point precision", str, choices=("float32", "float64")),
+    Setting("w_rec_init", "qr", "initial W_rec: qr (the Q of the QR of a Gaussian matrix, no sign "
+            "correction: the authors' and the default) or haar (signs fixed: uniformly "
+            "distributed orthogonal)", str, choices=("qr", "haar")),
+    Setting("init_state", "zeros", "initial network state r: zeros (the authors' training and "
+            "tests start there: their Simulation.run default) or tanh-normal (tanh of an "
+            "N(0, 1) draw per unit)", str, choices=("zeros", "tanh-normal")),
 )
 _BY_NAME = {s.name: s for s in SCALARS}
 
@@ -75,6 +82,8 @@ class RunConfig:
     test_steps: int = 1_000
     device: str = "cpu"
     dtype: str = "float32"
+    w_rec_init: str = "qr"
+    init_state: str = "zeros"
     #: shadow exact gradient for alignment: None (off), "auto", "rtrl" or "bptt:T"
     align: str | None = None
 

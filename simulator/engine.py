@@ -23,7 +23,7 @@ from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
 from simulator.rules import RULES, make_rule
-from simulator.rules.base import Rank1, RuleOutput, StepContext
+from simulator.rules.base import RuleOutput, StepContext, apply_update
 from simulator.settings import ConfigError
 from simulator.tasks import make_task
 
@@ -90,7 +90,8 @@ class Run:
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
         self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
-                                        config.seeds, self.dtype, self.device)
+                                        config.seeds, self.dtype, self.device,
+                                        config.w_rec_init, config.init_state)
         self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args,
                               config.seeds)
         self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
@@ -160,6 +161,108 @@ class Run:
         self.schedule = parse_schedule(text)
         self.config = self.config.replace(phases=text)
 
+    # ---- your own network and stream ------------------------------------------------------
+    def _named_arrays(self) -> dict[str, Tensor]:
+        """Views (S, ...) of everything load_arrays can set, by the conventional names."""
+        net, n, n_in = self.net, self.net.n, self.net.n_in
+        named = {"W_rec": net.W[:, :, :n], "W_in": net.W[:, :, n : n + n_in],
+                 "b_rec": net.W[:, :, -1], "W_out": net.W_out[:, :, :n],
+                 "b_out": net.W_out[:, :, -1]}
+        named.update(self.rule.arrays())
+        return named
+
+    def _seed_index(self, seed_index: int) -> int:
+        S = self.net.seeds
+        if isinstance(seed_index, bool) or not isinstance(seed_index, int) or not (
+            0 <= seed_index < S
+        ):
+            raise ConfigError("seed_index", f"got {str(seed_index)[:100]!r}; allowed: an "
+                                            f"integer in [0, {S - 1}]")
+        return seed_index
+
+    @torch.no_grad()
+    def load_arrays(self, arrays: dict[str, Any], seed_index: int = 0) -> None:
+        """Set weights of seed ``seed_index`` from arrays (NumPy or torch) in the
+        conventional shapes: W_rec (n, n), W_in (n, n_in), b_rec (n,), W_out (n_out, n),
+        b_out (n_out,), plus the rule's own arrays (``state_arrays`` lists every name; for
+        dni/dni-b: apical (n, n + n_out + 1) acting on [r; y*; 1], jacobian (n, n),
+        feedback (n_out, n)). Names not given keep their values; nothing changes unless every
+        array is valid."""
+        s = self._seed_index(seed_index)
+        if not isinstance(arrays, dict):
+            raise ConfigError("arrays", "must be a mapping of names to arrays")
+        named = self._named_arrays()
+        staged: dict[str, Tensor] = {}
+        for name, value in arrays.items():
+            if name not in named:
+                raise ConfigError(f"arrays.{str(name)[:100]}",
+                                  f"unknown array; allowed: {', '.join(named)}")
+            expected = tuple(named[name].shape[1:])
+            try:
+                tensor = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(f"arrays.{name}", f"got {str(value)[:100]!r}; allowed: a "
+                                                    f"numeric array of shape {expected}") from None
+            if tuple(tensor.shape) != expected:
+                raise ConfigError(f"arrays.{name}", f"got shape {tuple(tensor.shape)}; "
+                                                    f"expected {expected}")
+            if not bool(torch.isfinite(tensor).all()):
+                raise ConfigError(f"arrays.{name}", "got non-finite values; allowed: finite")
+            staged[name] = tensor
+        for name, tensor in staged.items():
+            named[name][s].copy_(tensor)
+        self.rule.arrays_loaded(set(staged))
+
+    def state_arrays(self, seed_index: int = 0) -> dict[str, Any]:
+        """The arrays ``load_arrays`` takes, for seed ``seed_index``, as float64 NumPy copies."""
+        s = self._seed_index(seed_index)
+        return {name: w[s].detach().to("cpu", torch.float64).numpy().copy()
+                for name, w in self._named_arrays().items()}
+
+    def feed(self, x: Any, y: Any) -> None:
+        """The next len(x) steps read input x (T, n_in) and target y (T, n_out), the same for
+        every seed, or (T, S, n_in) / (T, S, n_out) per seed, instead of the task's stream
+        (which resumes afterwards where it was)."""
+        S, n_in, n_out = self.net.seeds, self.net.n_in, self.net.n_out
+        out = []
+        for name, value, width in (("x", x, n_in), ("y", y, n_out)):
+            try:
+                tensor = torch.as_tensor(value, dtype=torch.float64)
+            except (TypeError, ValueError, RuntimeError):
+                raise ConfigError(name, f"got {str(value)[:100]!r}; allowed: a numeric array "
+                                        f"(T, {width}) or (T, {S}, {width})") from None
+            if tensor.dim() == 2 and tensor.shape[1] == width:
+                tensor = tensor.unsqueeze(1).expand(-1, S, -1)
+            if tensor.dim() != 3 or tuple(tensor.shape[1:]) != (S, width):
+                raise ConfigError(name, f"got shape {tuple(tensor.shape)}; expected "
+                                        f"(T, {width}) or (T, {S}, {width})")
+            out.append(tensor.to(self.dtype).to(self.device))
+        if out[0].shape[0] != out[1].shape[0]:
+            raise ConfigError("y", f"got {out[1].shape[0]} steps; expected as many as x "
+                                   f"({out[0].shape[0]})")
+        if self._i < self._xb.shape[0]:  # the prefetched task data comes after
+            out = [torch.cat([out[0], self._xb[self._i :]]), torch.cat([out[1], self._yb[self._i :]])]
+        self._xb, self._yb = out
+        self._i = 0
+
+    def reset_state(self, r: Any = None) -> None:
+        """Set the network state r for the next step: zeros (the default), an (n,) array for
+        every seed or an (S, n) array per seed. Rule state (traces...) is left as it is."""
+        S, n = self.net.seeds, self.net.n
+        if r is None:
+            self.r = torch.zeros_like(self.r)
+            return
+        try:
+            tensor = torch.as_tensor(r, dtype=torch.float64)
+        except (TypeError, ValueError, RuntimeError):
+            raise ConfigError("r", f"got {str(r)[:100]!r}; allowed: a numeric array "
+                                   f"({n},) or ({S}, {n})") from None
+        if tensor.dim() == 1 and tensor.shape[0] == n:
+            tensor = tensor.expand(S, n)
+        if tuple(tensor.shape) != (S, n):
+            raise ConfigError("r", f"got shape {tuple(tensor.shape)}; expected ({n},) or ({S}, {n})")
+        self.r = tensor.to(self.dtype).to(self.device).clone()
+
     # ---- the step loop ----------------------------------------------------------------------
     def _data(self, k: int) -> tuple[Tensor, Tensor]:
         """The next k steps of task data, from a prefetched buffer on the run's device."""
@@ -193,7 +296,7 @@ class Run:
         q = torch.cat([r_new, ones], 1)
         z = matvec(net.W_out, q)
         e = error_signal(self.task.loss, z, y)
-        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
+        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic, lr=self.lr)
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
@@ -202,12 +305,9 @@ class Run:
         pops = self._pops
         for name, update in out.updates.items():
             lr = self.lr[name]
-            if name not in plastic or not lr:
+            if name not in plastic or not lr or name in out.applied:
                 continue
-            if isinstance(update, Rank1):
-                pops[name].addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1), value=-lr)
-            else:
-                pops[name].add_(update.grad, alpha=-lr)
+            apply_update(pops[name], update, lr)
         return r_new, V, z, out.signal, out.diagnostics
 
     @torch.no_grad()

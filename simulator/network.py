@@ -87,18 +87,24 @@ class Network:
 
     @staticmethod
     def init(n: int, n_in: int, n_out: int, alpha: float, seeds: Sequence[int],
-             dtype: torch.dtype, device: str | torch.device) -> tuple[Network, Tensor]:
+             dtype: torch.dtype, device: str | torch.device, w_rec_init: str = "qr",
+             init_state: str = "zeros") -> tuple[Network, Tensor]:
         """MODEL.md defaults, one generator per seed (drawn in float64, then cast, so a
-        float32 and a float64 run start from the same weights). Returns (net, r(0))."""
+        float32 and a float64 run start from the same weights). Returns (net, r(0)).
+
+        w_rec_init: "qr" (the authors': Q of a Gaussian's QR as it comes) or "haar" (signs
+        fixed); init_state: "zeros" or "tanh-normal" (tanh of N(0, 1)). Both choices use the
+        same draws, so they change only what they name."""
         Ws, W_outs, r0s = [], [], []
         for seed in seeds:
             gen = seed_generator("network", seed)
-            W_rec = orthogonal(n, gen)
+            W_rec = orthogonal(n, gen, haar=w_rec_init == "haar")
             W_in = torch.randn(n, n_in, generator=gen, dtype=torch.float64) / n_in**0.5
             W_out = torch.randn(n_out, n, generator=gen, dtype=torch.float64) / n**0.5
             Ws.append(torch.cat([W_rec, W_in, torch.zeros(n, 1, dtype=torch.float64)], 1))
             W_outs.append(torch.cat([W_out, torch.zeros(n_out, 1, dtype=torch.float64)], 1))
-            r0s.append(torch.tanh(torch.randn(n, generator=gen, dtype=torch.float64)))
+            r0 = torch.tanh(torch.randn(n, generator=gen, dtype=torch.float64))
+            r0s.append(r0 if init_state == "tanh-normal" else torch.zeros_like(r0))
         to = {"dtype": dtype, "device": device}
         net = Network(torch.stack(Ws).to(**to), torch.stack(W_outs).to(**to), alpha)
         return net, torch.stack(r0s).to(**to)

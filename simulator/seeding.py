@@ -25,7 +25,9 @@ def seed_generator(*parts: Any) -> torch.Generator:
     return gen
 
 
-def orthogonal(n: int, gen: torch.Generator) -> Tensor:
-    """A uniformly random orthogonal matrix: QR of a Gaussian, signs fixed by diag(R)."""
+def orthogonal(n: int, gen: torch.Generator, haar: bool = True) -> Tensor:
+    """An orthogonal matrix from the QR of a Gaussian. haar: signs fixed by diag(R), which
+    makes it uniformly (Haar) distributed; otherwise Q as LAPACK returns it (the authors'
+    convention: not Haar-uniform; determinant (-1)^n in practice, fewer eigenvalues near +1)."""
     q, r = torch.linalg.qr(torch.randn(n, n, generator=gen, dtype=torch.float64))
-    return q * torch.sign(torch.diagonal(r)).unsqueeze(0)
+    return q * torch.sign(torch.diagonal(r)).unsqueeze(0) if haar else q

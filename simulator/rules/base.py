@@ -14,6 +14,7 @@ A new rule is one module with a Rule subclass plus one line in ``simulator/rules
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -54,13 +55,23 @@ class Dense:
 Update = Rank1 | Dense
 
 
+def apply_update(target: Tensor, update: Update, lr: float) -> None:
+    """target <- target - lr G, in place (the plain-SGD step every population takes)."""
+    if isinstance(update, Rank1):
+        target.addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1), value=-lr)
+    else:
+        target.add_(update.grad, alpha=-lr)
+
+
 @dataclass
 class StepContext:
     """Everything a rule may read at step t (shapes: S seeds, n units).
 
     p = [r(t-1); x(t); 1] (S, n + n_in + 1), V(t), h = tanh(V), gain = dr/dV = alpha tanh'(V),
     r(t) and r(t-1), target y(t), readout z(t), error e(t) = dL/dz, credit c(t) = W_out^T e(t)
-    (the immediate dL(t)/dr(t)); ``plastic`` is the set of populations learning this step.
+    (the immediate dL(t)/dr(t)); ``plastic`` is the set of populations learning this step;
+    ``lr`` the learning rates by population (set by the engine; None where a rule is stepped
+    by hand: then :meth:`Rule.apply_now` applies nothing).
     """
 
     t: int
@@ -76,6 +87,7 @@ class StepContext:
     e: Tensor
     plastic: frozenset[str]
     _credit: Tensor | None = None
+    lr: Mapping[str, float] | None = None
 
     @property
     def credit(self) -> Tensor:
@@ -89,6 +101,9 @@ class RuleOutput:
     updates: dict[str, Update] = field(default_factory=dict)
     signal: Tensor | None = None  # per-unit learning signal (S, n), shown as U
     diagnostics: dict[str, Tensor] = field(default_factory=dict)  # name -> (S,)
+    #: populations the rule already updated during its step (Rule.apply_now: the authors'
+    #: sequential order); the engine does not apply them again
+    applied: set[str] = field(default_factory=set)
 
 
 class Rule(ABC):
@@ -117,6 +132,29 @@ class Rule(ABC):
     def populations(self) -> dict[str, Tensor]:
         """The weight tensors of the populations this rule owns (updated in place)."""
         return {}
+
+    def arrays(self) -> dict[str, Tensor]:
+        """The rule's tensors a user may set (Run.load_arrays) and read (Run.state_arrays), by
+        name, each (S, ...) in the conventional per-seed shape (views, written in place):
+        the populations it owns, and state such as a fixed feedback matrix or the starting
+        factors of an influence estimate."""
+        return self.populations()
+
+    def arrays_loaded(self, names: set[str]) -> None:  # noqa: B027 - optional hook
+        """Called after Run.load_arrays set ``names`` (keep derived copies in step)."""
+
+    def apply_now(self, ctx: StepContext, out: RuleOutput, name: str, update: Update) -> None:
+        """Record ``update`` for population ``name`` and apply it at once, inside the step,
+        with the engine's learning rate and phase gating (the authors' sequential order:
+        later parts of the step read the updated weights). Stepped by hand (ctx.lr None),
+        the update is only recorded and the engine-less caller applies it."""
+        out.updates[name] = update
+        if ctx.lr is None:
+            return
+        out.applied.add(name)
+        lr = ctx.lr.get(name, 0.0)
+        if name in ctx.plastic and lr:
+            apply_update(self.populations()[name], update, lr)
 
     def learning_rates(self) -> dict[str, float]:
         return {pop: float(self.args[key]) for pop, key in self.own_populations.items()}

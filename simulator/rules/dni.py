@@ -10,7 +10,13 @@ estimating the credit dL_future/dr(t). Three local rules, one per sub-population
   apical  dA    = -eta_A (A a~(t-1) - target) a~(t-1)^T,     target = B e(t-1) + J~^T g(U_frozen(t))
   J~      dJ~   = -eta_J (J~ r(t-1) - r(t)) r(t-1)^T      (only with jacobian=learned; J~(0) = W_rec)
 
-U_frozen uses a copy of the apical weights refreshed every ``refresh`` steps. The three
+U_frozen uses a copy of the apical weights refreshed every ``refresh`` steps. Order within a
+step (``order=sequential``, the authors' code, omarschall/vanilla-rtrl): the J~ update, then
+the apical target with the updated J~ and the apical update, then U(t) from the updated A
+and the basal update, then the readout; at the first step the apical rule runs with
+a~(-1) = [r(-1); y(0); 1] and q(-1) = 0, and q(t-1) = B e(t-1) uses the readout from before
+step t-1's readout update. ``order=simultaneous`` computes every update from the state
+before the step. The three
 choices that make DNI local are separate settings: feedback B (symmetric W_out^T or a fixed
 random N(0, 1/n_out) matrix), Jacobian (the exact J(t) or the learned J~), label squashing g
 (identity or tanh). DNI-b, the paper's rule, is random / learned / tanh.
@@ -38,6 +44,11 @@ SETTINGS = (
     Setting("lr_jacobian", 0.01, "J~ learning rate eta_J (MODEL.md: 0.01 for alpha=1 on Add)",
             float, 0.0, 10.0),
     Setting("refresh", 5, "steps between refreshes of the frozen apical copy", int, 1, 100_000),
+    Setting("order", "sequential",
+            "order of the updates within a step: sequential (the authors': J~ first, then the "
+            "apical target and A, then the basal update from the updated A; the apical rule "
+            "runs at the first step too) or simultaneous (every update from the state before "
+            "the step)", str, choices=("sequential", "simultaneous")),
 )
 
 
@@ -84,14 +95,24 @@ class DNI(Rule):
         else:
             self.B = None
         self.tanh_label = args["label"] == "tanh"
-        self.a_prev: Tensor | None = None
-        self.e_prev: Tensor | None = None
+        self.a_prev: Tensor | None = None  # a~(t-1) = [r(t-1); y(t-1); 1]
+        self.q_prev: Tensor | None = None  # q(t-1) = B e(t-1), B as it was at step t-1
 
     def populations(self) -> dict[str, Tensor]:
         pops = {"apical": self.A}
         if self.J is not None:
             pops["jacobian"] = self.J
         return pops
+
+    def arrays(self) -> dict[str, Tensor]:
+        named = self.populations()
+        if self.B is not None:
+            named["feedback"] = self.B.mT  # (n_out, n), the authors' W_FB
+        return named
+
+    def arrays_loaded(self, names: set[str]) -> None:
+        if "apical" in names:  # the frozen copy starts equal to A, as at construction
+            self.A_frozen.copy_(self.A)
 
     def learning_rates(self) -> dict[str, float]:
         rates = {"apical": float(self.args["lr_apical"])}
@@ -110,34 +131,49 @@ class DNI(Rule):
         return vecmat(e, net.readout) if self.B is None else matvec(self.B, e)
 
     def step(self, ctx: StepContext) -> RuleOutput:
-        net = ctx.net
-        a = torch.cat([ctx.r, ctx.y, ctx.r.new_ones(ctx.r.shape[0], 1)], 1)  # a~(t)
-        U = matvec(self.A, a)
-        updates: dict = {"basal": Rank1(basal_signal(U, ctx.gain), ctx.p)}
-        diagnostics: dict[str, Tensor] = {}
-        if self.a_prev is not None:
-            g = matvec(self.A_frozen, a)
-            if self.tanh_label:
-                g = torch.tanh(g)
-            back = net.jacobian_t_times(g, ctx.gain) if self.J is None else vecmat(g, self.J)
-            # U(t-1) under the current A: the gradient of 0.5 ||A a~(t-1) - target||^2
-            U_prev = matvec(self.A, self.a_prev)
-            residual = U_prev - apical_target(self.feedback(self.e_prev, net), back)
-            updates["apical"] = Rank1(residual, self.a_prev)
-            diagnostics["apical_loss"] = residual.square().mean(1)
-        if self.J is not None:
+        net, out = ctx.net, RuleOutput()
+        sequential = self.args["order"] == "sequential"
+        ones = ctx.r.new_ones(ctx.r.shape[0], 1)
+        a = torch.cat([ctx.r, ctx.y, ones], 1)  # a~(t)
+        if self.a_prev is None:  # the first step: r(t-1) as it is, the label y(0), q(t-1) = 0
+            a_prev = torch.cat([ctx.r_prev, ctx.y, ones], 1)
+            q_prev = torch.zeros_like(ctx.r)
+        else:
+            a_prev, q_prev = self.a_prev, self.q_prev
+        U_seen = None if sequential else matvec(self.A, a)  # simultaneous: A before the step
+        if self.J is not None:  # (2) J~ delta rule: (J~ r(t-1) - r(t)) r(t-1)^T
             j_residual = matvec(self.J, ctx.r_prev).sub_(ctx.r)
-            updates["jacobian"] = Rank1(j_residual, ctx.r_prev)
-            diagnostics["jacobian_loss"] = j_residual.square().mean(1)
-        self.a_prev, self.e_prev = a, ctx.e
-        return RuleOutput(updates=updates, signal=U, diagnostics=diagnostics)
+            j_update = Rank1(j_residual, ctx.r_prev)
+            if sequential:  # the target below reads the updated J~
+                self.apply_now(ctx, out, "jacobian", j_update)
+            else:
+                out.updates["jacobian"] = j_update
+            out.diagnostics["jacobian_loss"] = j_residual.square().mean(1)
+        # (3) apical delta rule toward the bootstrapped target q(t-1) + J^T g(A_frozen a~(t))
+        g = matvec(self.A_frozen, a)
+        if self.tanh_label:
+            g = torch.tanh(g)
+        back = net.jacobian_t_times(g, ctx.gain) if self.J is None else vecmat(g, self.J)
+        residual = matvec(self.A, a_prev) - apical_target(q_prev, back)  # U(t-1) - target
+        if sequential:  # the basal signal below reads the updated A
+            self.apply_now(ctx, out, "apical", Rank1(residual, a_prev))
+        else:
+            out.updates["apical"] = Rank1(residual, a_prev)
+        out.diagnostics["apical_loss"] = residual.square().mean(1)
+        # (4) the apical voltage U(t) and the basal three-factor update
+        U = matvec(self.A, a) if U_seen is None else U_seen
+        out.updates["basal"] = Rank1(basal_signal(U, ctx.gain), ctx.p)
+        out.signal = U
+        # q(t) = B e(t) with the readout before this step's readout update
+        self.a_prev, self.q_prev = a, self.feedback(ctx.e, net)
+        return out
 
     def after_update(self, t: int) -> None:
         if (t + 1) % self.args["refresh"] == 0:
             self.A_frozen.copy_(self.A)
 
     def state_dict(self) -> dict:
-        keep = ("A", "A_frozen", "J", "B", "a_prev", "e_prev")
+        keep = ("A", "A_frozen", "J", "B", "a_prev", "q_prev")
         return {k: None if getattr(self, k) is None else getattr(self, k).clone() for k in keep}
 
     def load_state_dict(self, state: dict) -> None:

@@ -36,6 +36,22 @@ FEEDBACK = Setting("feedback", "symmetric",
                    "random N(0, 1/n_out) matrix (feedback alignment)",
                    str, choices=("symmetric", "random"))
 
+START = Setting("start", "normal",
+                "starting influence factors: normal (i.i.d. N(0, 1), the authors') or zeros",
+                str, choices=("normal", "zeros"))
+
+
+def start_factors(kind: str, purpose: str, seeds: Sequence[int], shapes: Sequence[tuple[int, ...]],
+                  like: Tensor) -> list[Tensor]:
+    """The starting factors of a stochastic influence estimate, (S, *shape) each: zeros, or
+    N(0, 1) drawn per seed from its own generator (in float64, then cast)."""
+    if kind == "zeros":
+        return [like.new_zeros(len(seeds), *shape) for shape in shapes]
+    gens = [seed_generator(purpose, "start", s) for s in seeds]
+    return [torch.stack([torch.randn(shape, generator=g, dtype=torch.float64) for g in gens]).to(like)
+            for shape in shapes]
+
+
 #: keeps the norm ratios of the stochastic rules finite when a factor is exactly zero
 #: (at the start); it enters only the rescalings rho, which never bias the estimate
 EPS = 1e-12
@@ -71,6 +87,17 @@ class NoiseStream:
         self.block = max(1, min(1024, _BLOCK_NUMBERS // max(width, 1)))
         self.dtype, self.device = like.dtype, like.device
         self.buffer = like.new_empty(0, len(self.generators), width)
+        self.i = 0
+
+    def feed(self, values: Tensor) -> None:
+        """Use ``values`` (T, S, width) for the next T draws, then continue the random stream
+        (a seam to replay another code's random numbers, e.g. in the golden tests)."""
+        values = torch.as_tensor(values).to(dtype=self.dtype, device=self.device)
+        expected = (len(self.generators), self.width)
+        if values.dim() != 3 or tuple(values.shape[1:]) != expected:
+            raise ValueError(f"noise values: got shape {tuple(values.shape)}; expected "
+                             f"(T, {expected[0]}, {expected[1]})")
+        self.buffer = torch.cat([values, self.buffer[self.i :]])
         self.i = 0
 
     def next(self) -> Tensor:
@@ -132,12 +159,17 @@ class StatefulRule(Rule):
     streams; checkpoints restore both, so a continued run is bit-identical."""
 
     state_keys: ClassVar[tuple[str, ...]] = ()
+    #: state tensors (S, ...) a user may set with Run.load_arrays, beside the populations
+    loadable: ClassVar[tuple[str, ...]] = ()
     #: settings that shape the rule's state and cannot change mid-run
     fixed_args: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, net: Network, n_out: int, args: dict[str, Any], seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
         self.dtype, self.device = net.W.dtype, net.W.device
+
+    def arrays(self) -> dict[str, Tensor]:
+        return {**self.populations(), **{k: getattr(self, k) for k in self.loadable}}
 
     def set_args(self, **changes: Any) -> None:
         for key in changes:

@@ -25,22 +25,32 @@ from torch import Tensor
 
 from simulator.network import Network, vecmat
 from simulator.rules.base import Rank1, RuleOutput, StepContext
-from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_matmul, norm
+from simulator.rules.family import (
+    SIGNS,
+    START,
+    NoiseStream,
+    StatefulRule,
+    balance,
+    jacobian_matmul,
+    norm,
+    start_factors,
+)
 
 
 class KFRTRL(StatefulRule):
     name = "kf-rtrl"
     summary = "Kronecker-factored RTRL: influence as u (x) A with two random signs (n^3)"
-    settings = (SIGNS,)
+    settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)
-    fixed_args = ("signs",)
+    fixed_args = ("signs", "start")
     state_keys = ("u", "A")
+    loadable = state_keys  # the starting factors (Run.load_arrays)
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
-        S, n, m = net.seeds, net.n, net.W.shape[2]
-        self.u = net.W.new_zeros(S, m)
-        self.A = net.W.new_zeros(S, n, n)
+        n, m = net.n, net.W.shape[2]
+        self.u, self.A = start_factors(args["start"], "kf-rtrl", seeds,
+                        [(m,), (n, n)], net.W)
         self.c = NoiseStream("kf-rtrl", seeds, 2, args["signs"], net.W)
 
     def influence(self) -> Tensor:

@@ -24,22 +24,32 @@ from torch import Tensor
 
 from simulator.network import Network, vecmat
 from simulator.rules.base import Rank1, RuleOutput, StepContext
-from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_matmul, norm
+from simulator.rules.family import (
+    SIGNS,
+    START,
+    NoiseStream,
+    StatefulRule,
+    balance,
+    jacobian_matmul,
+    norm,
+    start_factors,
+)
 
 
 class RKFRTRL(StatefulRule):
     name = "r-kf-rtrl"
     summary = "reverse Kronecker-factored RTRL: influence as A (x) B over (post, unit x pre)"
-    settings = (SIGNS,)
+    settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)
-    fixed_args = ("signs",)
+    fixed_args = ("signs", "start")
     state_keys = ("A", "B")
+    loadable = state_keys  # the starting factors (Run.load_arrays)
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
-        S, n, m = net.seeds, net.n, net.W.shape[2]
-        self.A = net.W.new_zeros(S, n)
-        self.B = net.W.new_zeros(S, n, m)
+        n, m = net.n, net.W.shape[2]
+        self.A, self.B = start_factors(args["start"], "r-kf-rtrl", seeds,
+                        [(n,), (n, m)], net.W)
         self.nu = NoiseStream("r-kf-rtrl", seeds, n, args["signs"], net.W)
 
     def influence(self) -> Tensor:

@@ -35,6 +35,9 @@ class RFLO(StatefulRule):
         self.B: Tensor | None = random_feedback(seeds, net.n, n_out, net.W) if random else None
         self.trace: Tensor | None = None if net.alpha == 1.0 else net.W.new_zeros(net.W.shape)
 
+    def arrays(self) -> dict[str, Tensor]:
+        return {} if self.B is None else {"feedback": self.B.mT}  # (n_out, n)
+
     def step(self, ctx: StepContext) -> RuleOutput:
         q = feedback_credit(self.B, ctx.e, ctx.net)
         if self.trace is None:  # alpha = 1: P(t) = gain (x) p

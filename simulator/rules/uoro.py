@@ -26,22 +26,32 @@ from torch import Tensor
 
 from simulator.network import Network
 from simulator.rules.base import Dense, RuleOutput, StepContext
-from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_times, norm
+from simulator.rules.family import (
+    SIGNS,
+    START,
+    NoiseStream,
+    StatefulRule,
+    balance,
+    jacobian_times,
+    norm,
+    start_factors,
+)
 
 
 class UORO(StatefulRule):
     name = "uoro"
     summary = "unbiased online recurrent optimization: rank-one influence with random signs"
-    settings = (SIGNS,)
+    settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)
-    fixed_args = ("signs",)
+    fixed_args = ("signs", "start")
     state_keys = ("s_tilde", "theta_tilde")
+    loadable = state_keys  # the starting factors (Run.load_arrays)
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
-        S, n, m = net.seeds, net.n, net.W.shape[2]
-        self.s_tilde = net.W.new_zeros(S, n)
-        self.theta_tilde = net.W.new_zeros(S, n, m)
+        n, m = net.n, net.W.shape[2]
+        self.s_tilde, self.theta_tilde = start_factors(args["start"], "uoro", seeds,
+                        [(n,), (n, m)], net.W)
         self.nu = NoiseStream("uoro", seeds, n, args["signs"], net.W)
 
     def influence(self) -> Tensor:
