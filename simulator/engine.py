@@ -186,8 +186,9 @@ class Run:
         conventional shapes: W_rec (n, n), W_in (n, n_in), b_rec (n,), W_out (n_out, n),
         b_out (n_out,), plus the rule's own arrays (``state_arrays`` lists every name; for
         dni/dni-b: apical (n, n + n_out + 1) acting on [r; y*; 1], jacobian (n, n),
-        feedback (n_out, n)). Names not given keep their values; nothing changes unless every
-        array is valid."""
+        feedback (n_out, n)). Names not given keep their values (except that before the first
+        step a learned J~ follows a new W_rec, as it starts at W_rec); nothing changes unless
+        every array is valid."""
         s = self._seed_index(seed_index)
         if not isinstance(arrays, dict):
             raise ConfigError("arrays", "must be a mapping of names to arrays")
@@ -211,7 +212,7 @@ class Run:
             staged[name] = tensor
         for name, tensor in staged.items():
             named[name][s].copy_(tensor)
-        self.rule.arrays_loaded(set(staged))
+        self.rule.arrays_loaded(set(staged), self.net)
 
     def state_arrays(self, seed_index: int = 0) -> dict[str, Any]:
         """The arrays ``load_arrays`` takes, for seed ``seed_index``, as float64 NumPy copies."""

@@ -140,8 +140,9 @@ class Rule(ABC):
         factors of an influence estimate."""
         return self.populations()
 
-    def arrays_loaded(self, names: set[str]) -> None:  # noqa: B027 - optional hook
-        """Called after Run.load_arrays set ``names`` (keep derived copies in step)."""
+    def arrays_loaded(self, names: set[str], net: Network) -> None:  # noqa: B027 - optional hook
+        """Called after Run.load_arrays set ``names`` (network and rule arrays alike), so a
+        rule keeps derived copies in step."""
 
     def apply_now(self, ctx: StepContext, out: RuleOutput, name: str, update: Update) -> None:
         """Record ``update`` for population ``name`` and apply it at once, inside the step,

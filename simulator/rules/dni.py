@@ -110,9 +110,12 @@ class DNI(Rule):
             named["feedback"] = self.B.mT  # (n_out, n), the authors' W_FB
         return named
 
-    def arrays_loaded(self, names: set[str]) -> None:
+    def arrays_loaded(self, names: set[str], net: Network) -> None:
         if "apical" in names:  # the frozen copy starts equal to A, as at construction
             self.A_frozen.copy_(self.A)
+        if self.J is not None and self.a_prev is None and "W_rec" in names and \
+                "jacobian" not in names:  # before the first step, J~ starts at the new W_rec
+            self.J.copy_(net.W_rec)
 
     def learning_rates(self) -> dict[str, float]:
         rates = {"apical": float(self.args["lr_apical"])}

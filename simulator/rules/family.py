@@ -150,8 +150,11 @@ def norm(x: Tensor) -> Tensor:
 
 
 def balance(numerator: Tensor, denominator: Tensor) -> Tensor:
-    """sqrt(numerator / denominator), guarded: the rescaling rho that balances two factors."""
-    return ((numerator + EPS) / (denominator + EPS)).sqrt_()
+    """sqrt(numerator / denominator), the rescaling rho that balances two factors; guarded
+    by EPS only where a factor is exactly zero (a zero start), exact elsewhere."""
+    exact = (numerator > 0) & (denominator > 0)
+    return torch.where(exact, numerator / denominator.clamp(min=EPS),
+                       (numerator + EPS) / (denominator + EPS)).sqrt_()
 
 
 class StatefulRule(Rule):
@@ -170,6 +173,14 @@ class StatefulRule(Rule):
 
     def arrays(self) -> dict[str, Tensor]:
         return {**self.populations(), **{k: getattr(self, k) for k in self.loadable}}
+
+    def feed_noise(self, values: Tensor) -> None:
+        """Replay given random numbers (T, S, width) as the rule's next T draws (its signs
+        nu, or KeRNL's perturbations zeta in units of sigma), then continue its own stream."""
+        streams = [v for v in vars(self).values() if isinstance(v, NoiseStream)]
+        if len(streams) != 1:
+            raise ConfigError("noise", f"rule {self.name!r} draws no random numbers")
+        streams[0].feed(values)
 
     def set_args(self, **changes: Any) -> None:
         for key in changes:
