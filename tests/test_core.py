@@ -113,35 +113,46 @@ def test_bootstrapped_apical_target_reproduces_true_credit():
                                    rtol=1e-10, atol=1e-12)
 
 
-def test_dni_b_updates_equal_their_local_formulas_term_by_term():
-    run = Run(small("dni-b", alpha=0.8, rule_args={"refresh": 3}))
+@pytest.mark.parametrize("order", ["sequential", "simultaneous"])
+def test_dni_b_updates_equal_their_local_formulas_term_by_term(order):
+    """sequential (the authors'): J~ first, the apical target with the updated J~, then A,
+    then U(t) and the basal update with the updated A; simultaneous: all from before."""
+    run = Run(small("dni-b", alpha=0.8, rule_args={"refresh": 3, "order": order}))
     run.advance(7)  # past a frozen-copy refresh, so A_frozen != A
     rule = run.rule
     A, A_fr, J, B = (rule.A.clone(), rule.A_frozen.clone(), rule.J.clone(), rule.B.clone())
-    a_prev, e_prev, r_prev = rule.a_prev.clone(), rule.e_prev.clone(), run.r.clone()
+    a_prev, q_prev, r_prev = rule.a_prev.clone(), rule.q_prev.clone(), run.r.clone()
     assert not torch.equal(A, A_fr)
     tel = run.advance(1, record_updates=True)
     x, y, V, r = tel.x[0], tel.y[0], tel.V[0], tel.r[0]
     gain = 0.8 * (1 - torch.tanh(V) ** 2)
     a_now = torch.cat([r, y, torch.ones(1, 1, dtype=r.dtype)], 1)
-    U = torch.einsum("sij,sj->si", A, a_now)
+    # J~ delta rule: (J~ r(t-1) - r(t)) r(t-1)^T
+    j_resid = torch.einsum("sij,sj->si", J, r_prev) - r
+    torch.testing.assert_close(tel.estimates["jacobian"][0],
+                               j_resid[:, :, None] * r_prev[:, None, :], rtol=1e-12, atol=1e-14)
+    J_used = J - 0.01 * j_resid[:, :, None] * r_prev[:, None, :] if order == "sequential" else J
+    # apical delta rule toward q(t-1) + J~^T tanh(A_frozen a~(t)), q(t-1) = B e(t-1)
+    g = torch.tanh(torch.einsum("sij,sj->si", A_fr, a_now))
+    target = q_prev + torch.einsum("sji,sj->si", J_used, g)
+    resid = torch.einsum("sij,sj->si", A, a_prev) - target
+    torch.testing.assert_close(tel.estimates["apical"][0], resid[:, :, None] * a_prev[:, None, :],
+                               rtol=1e-12, atol=1e-14)
+    A_used = A - 0.05 * resid[:, :, None] * a_prev[:, None, :] if order == "sequential" else A
+    U = torch.einsum("sij,sj->si", A_used, a_now)
     torch.testing.assert_close(tel.U[0], U, rtol=1e-12, atol=1e-14)
     # basal: apical voltage x somatic gain x presynaptic rate
     p = torch.cat([r_prev, x, torch.ones(1, 1, dtype=r.dtype)], 1)
     expect = (U * gain)[:, :, None] * p[:, None, :]
     torch.testing.assert_close(tel.estimates["basal"][0], expect, rtol=1e-12, atol=1e-14)
-    # apical delta rule toward B e(t-1) + J~^T tanh(A_frozen a~(t))
-    g = torch.tanh(torch.einsum("sij,sj->si", A_fr, a_now))
-    target = torch.einsum("sij,sj->si", B, e_prev) + torch.einsum("sji,sj->si", J, g)
-    resid = torch.einsum("sij,sj->si", A, a_prev) - target
-    torch.testing.assert_close(tel.estimates["apical"][0], resid[:, :, None] * a_prev[:, None, :],
-                               rtol=1e-12, atol=1e-14)
-    # J~ delta rule: (J~ r(t-1) - r(t)) r(t-1)^T
-    j_resid = torch.einsum("sij,sj->si", J, r_prev) - r
-    torch.testing.assert_close(tel.estimates["jacobian"][0],
-                               j_resid[:, :, None] * r_prev[:, None, :], rtol=1e-12, atol=1e-14)
     # and the weights moved by exactly -lr times those estimates
     torch.testing.assert_close(rule.A - A, -0.05 * tel.estimates["apical"][0], rtol=1e-12,
+                               atol=1e-15)
+    torch.testing.assert_close(rule.J - J, -0.01 * tel.estimates["jacobian"][0], rtol=1e-12,
+                               atol=1e-15)
+    # q(t) = B e(t) for the next step
+    e = error_signal(run.task.loss, tel.z[0], y)
+    torch.testing.assert_close(rule.q_prev, torch.einsum("sij,sj->si", B, e), rtol=1e-12,
                                atol=1e-15)
     assert tel.diagnostics["apical_loss"][0, 0] == pytest.approx(float(resid.square().mean()))
 

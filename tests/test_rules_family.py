@@ -92,7 +92,8 @@ def test_stochastic_influence_is_unbiased_and_error_shrinks_as_one_over_sqrt_dra
     n, n_in, n_out, alpha, steps = 5, 2, 2, 0.8, 6
     many, r_many = random_network(n, n_in, n_out, alpha, DRAWS)
     one, r_one = random_network(n, n_in, n_out, alpha, 1)
-    rule = RULES[name](many, n_out, {"signs": signs}, list(range(DRAWS)))  # one draw per seed
+    rule = RULES[name](many, n_out, {"signs": signs, "start": "zeros"},
+                       list(range(DRAWS)))  # one draw per seed
     exact = RTRL(one, n_out, {}, [0])
     drive([rule], many, r_many, steps)
     drive([exact], one, r_one, steps)
@@ -118,7 +119,7 @@ def test_stochastic_influence_is_unbiased_and_error_shrinks_as_one_over_sqrt_dra
 @pytest.mark.parametrize("name", ["uoro", "kf-rtrl", "r-kf-rtrl"])
 def test_stochastic_gradient_is_credit_times_the_influence_estimate(name):
     net, r = random_network(5, 2, 2, 0.7, 3)
-    rule = RULES[name](net, 2, {"signs": "rademacher"}, [0, 1, 2])
+    rule = RULES[name](net, 2, {"signs": "rademacher", "start": "normal"}, [0, 1, 2])
 
     def check(t, ctx, outs):
         expected = torch.einsum("sk,skij->sij", ctx.credit, rule.influence())
@@ -202,15 +203,18 @@ def test_rflo_is_rtrl_when_the_only_memory_is_the_leak():
 # ---- KeRNL -------------------------------------------------------------------------------------
 
 def test_kernl_trace_and_kernel_updates_match_their_formulas():
+    """Hand-driven (nothing applied inside the step): the noise drawn at step t - 1 enters the
+    perturbed copy before step t, kernels are max(0, 1 - gamma), gamma is not clamped."""
     alpha, sigma, lr = 0.7, 1e-3, 0.05
     net, r = random_network(6, 2, 3, alpha, 3)
     seeds = [0, 1, 2]
-    rule = KeRNL(net, 3, {"feedback": "symmetric", "sigma": sigma, "lr_kernel": lr}, seeds)
+    rule = KeRNL(net, 3, {"feedback": "symmetric", "sigma": sigma, "lr_kernel": lr,
+                          "gamma0": alpha, "order": "sequential", "perturb": "before"}, seeds)
     n = net.n
     noise = NoiseStream("kernl", seeds, n, "gaussian", net.W)  # an independent replica
     assert torch.equal(rule.beta, torch.eye(n, dtype=F64).expand(3, n, n))
     assert torch.equal(rule.gamma, torch.full((3, n), alpha, dtype=F64))
-    state = {"r_pert": None, "Omega": torch.zeros(3, n, dtype=F64),
+    state = {"r_pert": None, "zeta": noise.next(), "Omega": torch.zeros(3, n, dtype=F64),
              "Gamma": torch.zeros(3, n, dtype=F64), "e": torch.zeros_like(net.W)}
 
     def snapshot():
@@ -218,13 +222,13 @@ def test_kernl_trace_and_kernel_updates_match_their_formulas():
 
     def check(t, ctx, outs):
         beta, gamma = state["beta"], state["gamma"]
-        kappa = 1 - gamma
+        kappa = (1 - gamma).clamp(min=0)
+        r_prev = ctx.r_prev if state["r_pert"] is None else state["r_pert"]
+        s = r_prev + sigma * state["zeta"]  # the previous step's noise, before the step
+        pre = torch.cat([s, ctx.x, torch.ones(3, 1, dtype=F64)], 1)
+        r_pert = (1 - alpha) * s + alpha * torch.tanh(torch.einsum("sij,sj->si", net.W, pre))
         zeta = noise.next()
         assert torch.equal(rule.zeta, zeta)
-        r_prev = ctx.r_prev if state["r_pert"] is None else state["r_pert"]
-        pre = torch.cat([r_prev, ctx.x, torch.ones(3, 1, dtype=F64)], 1)
-        r_pert = (1 - alpha) * r_prev + alpha * torch.tanh(
-            torch.einsum("sij,sj->si", net.W, pre)) + sigma * zeta
         Gamma = kappa * state["Gamma"] - state["Omega"]
         Omega = kappa * state["Omega"] + zeta
         eps = torch.einsum("ski,si->sk", beta, Omega) - (r_pert - ctx.r) / sigma
@@ -244,11 +248,11 @@ def test_kernl_trace_and_kernel_updates_match_their_formulas():
         torch.testing.assert_close(out.signal, credit, **tight)
         torch.testing.assert_close(out.diagnostics["perturbation_loss"], eps.square().mean(1),
                                    **tight)
-        state.update(r_pert=r_pert, Omega=Omega, Gamma=Gamma, e=e)
-        # the engine's step: K <- K - lr G, then the rule clamps gamma into [0, 1]
+        state.update(r_pert=r_pert, Omega=Omega, Gamma=Gamma, e=e, zeta=zeta)
+        # the engine's step: K <- K - lr G (gamma unclamped, as the authors')
         rule.K.add_(out.updates["jacobian"].dense(), alpha=-lr)
         rule.after_update(t)
-        torch.testing.assert_close(rule.gamma, (gamma - lr * d_gamma).clamp(0, 1), **tight)
+        torch.testing.assert_close(rule.gamma, gamma - lr * d_gamma, **tight)
         snapshot()
 
     snapshot()
@@ -261,7 +265,8 @@ def test_kernl_decay_gradient_is_the_derivative_of_the_prediction_loss():
     1/2 ||beta Omega(gamma) - deviation||^2, with gamma held fixed (lr_kernel = 0)."""
     alpha, sigma, steps = 0.5, 1e-3, 12
     net, r = random_network(4, 2, 2, alpha, 1)
-    rule = KeRNL(net, 2, {"feedback": "symmetric", "sigma": sigma, "lr_kernel": 0.0}, [3])
+    rule = KeRNL(net, 2, {"feedback": "symmetric", "sigma": sigma, "lr_kernel": 0.0,
+                          "gamma0": 0.8, "order": "sequential", "perturb": "after"}, [3])
     with torch.no_grad():  # a non-trivial kernel model to differentiate through
         rule.K[:, :, :4] += 0.3 * torch.randn(1, 4, 4, generator=torch.Generator().manual_seed(0),
                                               dtype=F64)
@@ -292,7 +297,7 @@ def test_kernl_decay_gradient_is_the_derivative_of_the_prediction_loss():
 def test_kernl_with_frozen_kernels_is_rflo():
     """beta = I and gamma = alpha at the start: with lr_kernel = 0 KeRNL stays RFLO."""
     cfg = {"alpha": 0.6, "seeds": [0, 1], "lr": 0.01}
-    a = Run(small("kernl", rule_args={"lr_kernel": 0.0}, **cfg))
+    a = Run(small("kernl", rule_args={"lr_kernel": 0.0, "gamma0": 0.6}, **cfg))
     b = Run(small("rflo", rule_args={"feedback": "symmetric"}, **cfg))
     ta, tb = a.advance(200, record_updates=True), b.advance(200, record_updates=True)
     torch.testing.assert_close(ta.estimates["basal"], tb.estimates["basal"], rtol=1e-11,
@@ -301,9 +306,11 @@ def test_kernl_with_frozen_kernels_is_rflo():
 
 def test_kernl_learns_the_true_kernel_where_one_exists():
     """With W_rec = 0 a perturbation decays exactly as (1 - alpha)^lag on its own unit:
-    beta = I, gamma = alpha is the exact model. From a wrong start, learning finds it."""
+    beta = I, gamma = alpha is the exact model. From a wrong start, learning finds it
+    (with the noise added after the step, perturb=after: the authors' timing is biased)."""
     n, alpha = 8, 0.5
-    run = Run(small("kernl", alpha=alpha, lr=0.0, n=n, rule_args={"lr_kernel": 0.01}))
+    run = Run(small("kernl", alpha=alpha, lr=0.0, n=n,
+                    rule_args={"lr_kernel": 0.01, "perturb": "after"}))
     run.net.W[:, :, :n] = 0.0
     g = torch.Generator().manual_seed(0)
     run.rule.K[:, :, :n] = 0.5 * torch.eye(n, dtype=F64) + 0.1 * torch.randn(n, n, generator=g,
@@ -367,7 +374,9 @@ def test_settings_that_shape_the_state_cannot_change_mid_run():
 # ---- alignment -------------------------------------------------------------------------------
 
 def test_rtrl_against_itself_is_1():
-    tel = Run(small("rtrl", seeds=[0, 1], lr=0.01), align="rtrl").advance(200)
+    # from a non-zero state: at r(-1) = 0 the first W_rec gradient is zero (alignment 0)
+    tel = Run(small("rtrl", seeds=[0, 1], lr=0.01, init_state="tanh-normal"),
+              align="rtrl").advance(200)
     torch.testing.assert_close(tel.alignment, torch.ones_like(tel.alignment), rtol=0, atol=1e-12)
     torch.testing.assert_close(tel.norm_ratio, torch.ones_like(tel.norm_ratio), rtol=0,
                                atol=1e-10)
@@ -382,7 +391,7 @@ def test_output_only_against_anything_is_0():
 
 def test_bptt_shadow_and_rtrl_agree_within_the_window_and_truncation_shows():
     steps = 30
-    full = Run(small("rtrl", lr=0.0), align="bptt:64").advance(steps)
+    full = Run(small("rtrl", lr=0.0, init_state="tanh-normal"), align="bptt:64").advance(steps)
     torch.testing.assert_close(full.alignment, torch.ones_like(full.alignment), rtol=0, atol=1e-10)
     short = Run(small("bptt", lr=0.0, rule_args={"T": 1}), align="rtrl").advance(steps)
     assert float(short.alignment[5:].max()) < 0.9999  # the measure sees the truncation
@@ -428,7 +437,7 @@ def test_compare_rank_one_and_dense_agree():
 
 
 def test_pairwise_alignment_of_identical_and_empty_rules():
-    cfg = small("rtrl", seeds=[0, 1], lr=0.01)
+    cfg = small("rtrl", seeds=[0, 1], lr=0.01, init_state="tanh-normal")
     pairs = pairwise_alignment(cfg, ["rtrl", "rtrl", "output-only"], 40)
     assert set(pairs) == {("rtrl[0]", "rtrl[1]"), ("rtrl[0]", "output-only"),
                           ("rtrl[1]", "output-only")}

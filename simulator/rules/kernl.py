@@ -13,14 +13,19 @@ with a local eligibility trace filtered by each unit's own kernel,
 
 beta and gamma are learned online by predicting the effect of perturbations. A perturbed
 copy of the network, driven by the same input and weights, receives noise sigma zeta,
-zeta ~ N(0, I). As in the authors' code, the noise drawn at step t - 1 is added to the
-copy's state before step t (the first noise is drawn before the first step):
+zeta ~ N(0, I). As in the authors' code (perturb=before), the noise drawn at step t - 1 is
+added to the copy's state before step t (the first noise is drawn before the first step):
 
     r~(t)    = (1 - alpha) s + alpha tanh(W [s; x(t); 1]),   s = r~(t-1) + sigma zeta(t-1)
     Gamma(t) = kappa * Gamma(t-1) - Omega(t-1)                dOmega/dgamma
     Omega(t) = kappa * Omega(t-1) + zeta(t)                   filtered noise (units of sigma)
     eps(t)   = beta Omega(t) - (r~(t) - r(t)) / sigma          prediction error of the effect
     loss = 1/2 ||eps||^2:   dbeta = eps Omega^T,   dgamma = (beta^T eps) * Gamma
+
+Then Omega(t) holds a draw whose effect r~(t) does not show yet, so even where an exact
+model exists (W_rec = 0: beta = I, gamma = alpha) the fit is biased (beta -> kappa^2 I
+from the exact start). perturb=after adds sigma zeta(t) after the step instead, and the
+exact model is then a zero-loss fixed point.
 
 Measuring in units of sigma keeps the learning rate of (beta, gamma) independent of the
 perturbation size: the authors' rate eta on raw quantities is eta sigma^2 here (their 5 at
@@ -60,10 +65,14 @@ class KeRNL(StatefulRule):
         Setting("order", "sequential", "sequential (the authors': the basal update reads beta "
                 "after this step's kernel update) or simultaneous (from before the step)",
                 str, choices=("sequential", "simultaneous")),
+        Setting("perturb", "before", "when the perturbed copy gets each noise draw: before (the "
+                "authors': step t-1's draw is added to its state before step t, while Omega(t) "
+                "already holds step t's) or after (added after the step, the draw Omega(t) "
+                "holds: the exact model where one exists)", str, choices=("before", "after")),
     )
     own_populations: ClassVar[dict[str, str]] = {"jacobian": "lr_kernel"}
     diagnostic_names = ("perturbation_loss", "kernel_decay")
-    fixed_args = ("feedback", "sigma", "gamma0")
+    fixed_args = ("feedback", "sigma", "gamma0", "perturb")
     state_keys = ("K", "e", "Omega", "Gamma", "r_pert", "zeta", "B")
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
@@ -97,11 +106,11 @@ class KeRNL(StatefulRule):
             named["feedback"] = self.B.mT  # (n_out, n)
         return named
 
-    def perturbed_step(self, ctx: StepContext, zeta: Tensor) -> Tensor:
+    def perturbed_step(self, ctx: StepContext, zeta: Tensor | None) -> Tensor:
         """r~(t) = (1 - alpha) s + alpha tanh(W [s; x; 1]) with s = r~(t-1) + sigma zeta."""
         net = ctx.net
         r_prev = ctx.r_prev if self.r_pert is None else self.r_pert
-        s = r_prev + self.args["sigma"] * zeta
+        s = r_prev if zeta is None else r_prev + self.args["sigma"] * zeta
         p = torch.cat([s, ctx.x, ctx.x.new_ones(ctx.x.shape[0], 1)], 1)
         h = torch.tanh(matvec(net.W, p))
         return h if net.alpha == 1.0 else torch.lerp(s, h, net.alpha)
@@ -109,10 +118,14 @@ class KeRNL(StatefulRule):
     def step(self, ctx: StepContext) -> RuleOutput:
         beta, kappa = self.beta, (1.0 - self.gamma).clamp_(min=0.0)
         # learning beta, gamma: predict the perturbed copy's deviation from filtered noise
-        if self.zeta is None:  # the noise added before the first step
-            self.zeta = self.noise.next()
-        self.r_pert = self.perturbed_step(ctx, self.zeta)
-        zeta = self.noise.next()
+        if self.args["perturb"] == "before":
+            if self.zeta is None:  # the noise added before the first step
+                self.zeta = self.noise.next()
+            self.r_pert = self.perturbed_step(ctx, self.zeta)
+            zeta = self.noise.next()
+        else:
+            zeta = self.noise.next()
+            self.r_pert = self.perturbed_step(ctx, None).add_(zeta, alpha=self.args["sigma"])
         self.Gamma = self.Gamma.mul_(kappa).sub_(self.Omega)
         self.Omega = self.Omega.mul_(kappa).add_(zeta)
         eps = matvec(beta, self.Omega).sub_((self.r_pert - ctx.r).div_(self.args["sigma"]))
