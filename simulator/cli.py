@@ -42,6 +42,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seeds", default="0", help="e.g. 0, 0-4, 0,3,7")
     run.add_argument("--device", default="cpu")
     run.add_argument("--dtype", default="float32")
+    run.add_argument("--w-rec-init", default="qr",
+                     help="initial W_rec: qr (the authors', default) or haar")
+    run.add_argument("--init-state", default="zeros",
+                     help="initial state: zeros (the authors', default) or tanh-normal")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     run.add_argument("--compile", action="store_true",
                      help="capture the step with torch.compile (dni, dni-b, output-only): "
@@ -69,7 +73,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         rule=args.rule, rule_args=parse_key_values(args.rule_arg, "rule_args"),
         n=args.n, alpha=args.alpha, lr=args.lr, phases=args.phases, seeds=args.seeds,
         steps=args.steps, test_steps=args.test_steps, device=args.device, dtype=args.dtype,
-        align=args.align,
+        w_rec_init=args.w_rec_init, init_state=args.init_state, align=args.align,
     ).validated()
 
 
