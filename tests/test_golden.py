@@ -25,6 +25,9 @@ sigma times the rows of ``noise`` (41 x n standard normal: one at construction, 
 ``uoro``: ``UORO`` started at A = ``init_s_tilde``, B = ``init_theta_tilde`` (N(0, 1)), its
 sign vectors nu taken from the rows of ``signs`` (+-1). ``kf-rtrl``: ``KF_RTRL`` started at
 A = ``init_u``, B = ``init_A`` (N(0, 1)), its sign pairs taken from ``signs``.
+``r-kf-rtrl``: ``Reverse_KF_RTRL`` started at A = ``init_A``, B = ``init_B``, signs from
+``signs``. ``rtrl``: ``RTRL`` (influence from zero). (bptt is not comparable: the authors'
+truncated BPTT variants are future-facing or windowed, ours past-facing.)
 
 Here the same arrays go into a Run (``load_arrays``, ``reset_state``, ``feed`` and the rule's
 ``feed_noise`` seam) at the rules' default settings, and every step's weights must agree to
@@ -46,7 +49,7 @@ GOLDEN = Path(__file__).parent / "golden"
 TOL = 1e-12
 #: rule -> settings that differ from the rule's defaults in the golden case
 CASES: dict[str, dict[str, Any]] = {
-    "dni": {}, "dni-b": {}, "rflo": {}, "uoro": {}, "kf-rtrl": {},
+    "dni": {}, "dni-b": {}, "rflo": {}, "uoro": {}, "kf-rtrl": {}, "r-kf-rtrl": {}, "rtrl": {},
     "kernl": {"feedback": "random"},
 }
 
