@@ -178,3 +178,13 @@ def test_cli_takes_the_initialisation_settings():
                            text=True, check=True).stdout
     assert "order=sequential (one of sequential, simultaneous)" in rules
     assert "the authors'" in rules and "start=normal" in rules and "gamma0=0.8" in rules
+
+
+def test_the_initialisation_settings_reach_the_api_schema_and_config():
+    from app.api import _config_schema
+
+    props = _config_schema()["properties"]
+    assert props["w_rec_init"] == {"type": "string", "enum": ["qr", "haar"], "default": "qr"}
+    assert props["init_state"]["enum"] == ["zeros", "tanh-normal"]
+    config = RunConfig.from_dict({"w_rec_init": "haar", "init_state": "tanh-normal"})
+    assert (config.w_rec_init, config.init_state) == ("haar", "tanh-normal")

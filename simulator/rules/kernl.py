@@ -23,9 +23,9 @@ added to the copy's state before step t (the first noise is drawn before the fir
     loss = 1/2 ||eps||^2:   dbeta = eps Omega^T,   dgamma = (beta^T eps) * Gamma
 
 Then Omega(t) holds a draw whose effect r~(t) does not show yet, so even where an exact
-model exists (W_rec = 0: beta = I, gamma = alpha) the fit is biased (beta -> kappa^2 I
-from the exact start). perturb=after adds sigma zeta(t) after the step instead, and the
-exact model is then a zero-loss fixed point.
+model exists (W_rec = 0: beta = I, gamma = alpha) it is not a zero-loss fixed point and the
+fit is biased. perturb=after adds sigma zeta(t) after the step instead, and the exact model
+is then a zero-loss fixed point (tests/test_rules_family.py learns it).
 
 Measuring in units of sigma keeps the learning rate of (beta, gamma) independent of the
 perturbation size: the authors' rate eta on raw quantities is eta sigma^2 here (their 5 at
