@@ -164,18 +164,19 @@ def test_stochastic_rules_start_from_normal_factors_by_default_or_zeros(name, ke
         assert bool((getattr(zeros, key) == 0).all())
 
 
-def test_cli_takes_the_initialisation_settings():
+def test_cli_takes_the_initialisation_settings(capsys):
     out = subprocess.run([sys.executable, "-m", "simulator", "run", "--rule", "output-only",
                           "--steps", "20", "--test-steps", "10", "--n", "4", "--json",
                           "--no-progress", "--w-rec-init", "haar", "--init-state",
                           "tanh-normal"], capture_output=True, text=True, check=True)
     config = json.loads(out.stdout.strip().splitlines()[-1])["config"]
     assert config["w_rec_init"] == "haar" and config["init_state"] == "tanh-normal"
-    bad = subprocess.run([sys.executable, "-m", "simulator", "run", "--w-rec-init", "eye"],
-                         capture_output=True, text=True)
-    assert bad.returncode == 2 and "w_rec_init: got 'eye'; allowed: one of qr, haar" in bad.stderr
-    rules = subprocess.run([sys.executable, "-m", "simulator", "rules"], capture_output=True,
-                           text=True, check=True).stdout
+    from simulator.cli import main  # the same entry point, in-process (no second start-up)
+
+    assert main(["run", "--w-rec-init", "eye"]) == 2
+    assert "w_rec_init: got 'eye'; allowed: one of qr, haar" in capsys.readouterr().err
+    assert main(["rules"]) == 0
+    rules = capsys.readouterr().out
     assert "order=sequential (one of sequential, simultaneous)" in rules
     assert "the authors'" in rules and "start=normal" in rules and "gamma0=0.8" in rules
 
