@@ -187,13 +187,16 @@ class Run:
         V = matvec(net.W, p)
         h = torch.tanh(V)
         r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+        if self.rule.perturbs_state:  # node perturbation: noise on the state itself
+            r_new = self.rule.perturb_state(r_new)
         gain = torch.addcmul(ones, h, h, value=-1.0)
         if alpha != 1.0:
             gain = gain * alpha
         q = torch.cat([r_new, ones], 1)
         z = matvec(net.W_out, q)
         e = error_signal(self.task.loss, z, y)
-        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic)
+        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic,
+                          loss_kind=self.task.loss)
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
