@@ -1,7 +1,8 @@
 """The run configuration: typed, validated settings with limits.
 
 ``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
-rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, align) and refuses
+rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, align, compare)
+and refuses
 bad input with a :class:`ConfigError` naming the field and what is allowed.
 """
 
@@ -77,6 +78,10 @@ class RunConfig:
     dtype: str = "float32"
     #: shadow exact gradient for alignment: None (off), "auto", "rtrl" or "bptt:T"
     align: str | None = None
+    #: comparison rules measured passively on this run's network (JMLR protocol): a list of
+    #: rule names or "rflo,kernl,dni-b" text; each computes its update every step without
+    #: applying it (simulator.alignment.Passive); needs an exact gradient (align, else auto)
+    compare: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
@@ -111,11 +116,14 @@ class RunConfig:
             from simulator.alignment import parse_align
 
             parse_align(align, int(values["n"]))  # refuses a bad spec, naming "align"
+        from simulator.alignment import parse_compare
+
+        compare = parse_compare(self.compare)
         if values["device"] == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda is not available on this machine; allowed: cpu")
         return dataclasses.replace(
             self, **values, task_args=dict(task.args), rule_args=rule_args,
-            seeds=parse_seeds(self.seeds), align=align,
+            seeds=parse_seeds(self.seeds), align=align, compare=compare,
         )
 
     def replace(self, **changes: Any) -> RunConfig:
