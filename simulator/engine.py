@@ -364,6 +364,10 @@ class Run:
             "rule_name": self.config.rule, "rule": {k: v.cpu() if isinstance(v, Tensor) else v
                                                     for k, v in self.rule.state_dict().items()},
             "stream": self.stream.state_dict(),
+            "shadow": None if self.shadow is None else {
+                "spec": self.shadow.spec, "exact": {
+                    k: v.cpu() if isinstance(v, Tensor) else v
+                    for k, v in self.shadow.exact.state_dict().items()}},
             "compare": {} if self.passive is None else {
                 name: {k: v.cpu() if isinstance(v, Tensor) else v for k, v in rs.items()}
                 for name, rs in self.passive.state_dict().items()},
@@ -391,6 +395,9 @@ class Run:
         continuing = config is None or config == RunConfig(**state["config"]).validated()
         if state["rule_name"] == run.config.rule:
             run.rule.load_state_dict(state["rule"])
+        shadow = state.get("shadow")
+        if run.shadow is not None and shadow and shadow["spec"] == run.shadow.spec:
+            run.shadow.exact.load_state_dict(shadow["exact"])  # alignment continues exactly
         if run.passive is not None:
             run.passive.load_state_dict(state.get("compare") or {})
         if continuing:  # keep rates changed mid-run; a branch takes its config's rates

@@ -1,0 +1,213 @@
+"""Passive alignment, the JMLR protocol (RunConfig.compare / --compare): comparison rules step
+on the run's own network every step without applying their updates; their cosine with the
+exact gradient reaches telemetry, frames, the history, the CSV, the CLI summary and the REST
+API of a real ``python -m app serve``."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import free_port, wait_for
+from test_api import _http
+
+from simulator import ConfigError, Run, RunConfig
+from simulator.alignment import pairwise_alignment
+from simulator.cli import main as cli_main
+from simulator.framebuffer import FrameBuffer, strip_frame
+from simulator.telemetry import make_frame, scalar_history
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small(**kw) -> RunConfig:
+    base = {"task": "add", "task_args": {"t1": 2, "t2": 4}, "rule": "dni-b", "n": 6,
+            "seeds": [0, 1], "dtype": "float64", "lr": 0.05}
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_comparison_rules_never_change_the_run():
+    plain = Run(small(align="rtrl"))
+    watched = Run(small(align="rtrl", compare=["rflo", "dni", "kernl", "snap-1", "uoro"]))
+    a, b = plain.advance(80), watched.advance(80)
+    assert torch.equal(a.loss, b.loss) and torch.equal(a.alignment, b.alignment)
+    assert torch.equal(plain.net.W, watched.net.W)
+    assert torch.equal(plain.net.W_out, watched.net.W_out)
+    for name, pop in plain.rule.populations().items():
+        assert torch.equal(pop, watched.rule.populations()[name])
+    assert set(b.compare) == {"rflo", "dni", "kernl", "snap-1", "uoro"}
+    assert all(v.shape == (80, 2) and torch.isfinite(v).all() for v in b.compare.values())
+
+
+def test_passive_cosine_is_the_rules_update_against_the_exact_gradient_on_the_drivers_path():
+    """Against pairwise_alignment with a driver (each rule in its own Run, following the
+    driver's weights): the cosine of rflo with rtrl there equals rflo's passive alignment."""
+    config = small(lr=0.02)
+    pairs = pairwise_alignment(config, ["dni-b", "rflo", "rtrl"], 40, driver=0)
+    run = Run(config.replace(align="rtrl", compare=["rflo", "rtrl"]))
+    tel = run.advance(40, record="scalars")
+    torch.testing.assert_close(tel.compare["rflo"], pairs[("rflo", "rtrl")], rtol=1e-10,
+                               atol=1e-12)
+    torch.testing.assert_close(tel.compare["rtrl"], torch.ones(40, 2, dtype=torch.float64),
+                               rtol=0, atol=1e-12)
+    assert float((tel.compare["rflo"] - 1).abs().max()) > 1e-3  # a real measurement
+
+
+def test_comparison_rules_own_populations_learn_and_checkpoints_continue_them():
+    run = Run(small(align="rtrl", compare=["dni", "kernl"]))
+    apical = run.passive.rules["dni"].populations()["apical"].clone()
+    run.advance(50)
+    assert not torch.equal(apical, run.passive.rules["dni"].populations()["apical"])
+    copy = Run.from_state(run.state_dict())
+    a, b = run.advance(30, record="scalars"), copy.advance(30, record="scalars")
+    for name in ("dni", "kernl"):
+        assert torch.equal(a.compare[name], b.compare[name])
+
+
+def test_alignment_continues_exactly_from_a_checkpoint():
+    """The shadow's exact gradient (RTRL's influence, BPTT's window) is part of the
+    checkpoint: it used to restart from zero, so alignment after a resume was wrong for a
+    while (0.47 off at the first step here)."""
+    for align in ("rtrl", "bptt:4"):
+        run = Run(small(align=align))
+        run.advance(50)
+        copy = Run.from_state(run.state_dict())
+        a, b = run.advance(20, record="scalars"), copy.advance(20, record="scalars")
+        assert torch.equal(a.alignment, b.alignment) and torch.equal(a.norm_ratio, b.norm_ratio)
+
+
+@pytest.mark.parametrize("value,message", [
+    ("rflo,nope", "compare: got 'nope'; allowed: rule names from: bptt, rtrl"),
+    (["rflo", "rflo"], "compare: got ['rflo', 'rflo']; allowed: at most 8 rule names"),
+    ("output-only", "compare: got 'output-only' (it makes no basal update)"),
+    ("node-perturbation", "compare: got 'node-perturbation' (its noise must drive the network"),
+    (5, "compare: got 5; allowed: a list of rule names or text like 'rflo,kernl,dni-b'"),
+    ("x" * 500, "compare: got 'xxxxxxxx"),
+])
+def test_bad_compare_lists_are_refused_naming_the_field(value, message):
+    with pytest.raises(ConfigError) as err:
+        RunConfig(compare=value).validated()
+    assert str(err.value).startswith(message)
+    assert len(str(err.value)) < 400
+    assert RunConfig(compare=" rflo, kernl ,dni-b").validated().compare == ["rflo", "kernl", "dni-b"]
+    assert RunConfig().validated().compare == []
+
+
+def test_frames_history_and_csv_carry_each_comparison_rule():
+    run = Run(small(compare=["rflo", "snap-1"]))
+    assert run.shadow is not None and run.shadow.spec == "rtrl"  # compare implies align auto
+    buffer = FrameBuffer(live_frames=8, detail_frames=1)
+    for _ in range(3):
+        tel = run.advance(40)
+        frame = make_frame(tel, run, max_points=20)
+        buffer.push(frame)
+    compared = frame["alignment"]["compare"]
+    assert list(compared) == ["rflo", "snap-1"]
+    expected = tel.compare["rflo"][-2:].mean()  # the last bin: steps 118 and 119
+    assert compared["rflo"]["step"][-1] == 119
+    assert compared["rflo"]["mean"][-1] == pytest.approx(float(expected), rel=1e-4)
+    stripped = strip_frame(frame)
+    assert set(stripped["alignment"]["compare"]) == {"rflo", "snap-1"}
+    assert "compare" in frame["alignment"] and len(frame["alignment"]["step"]) == 20
+    history = buffer.history(max_points=10)
+    assert set(history["alignment"]["compare"]) == {"rflo", "snap-1"}
+    restored = FrameBuffer.restore(buffer.snapshot())
+    assert restored.history(max_points=10)["alignment"]["compare"]["rflo"] == \
+        history["alignment"]["compare"]["rflo"]
+    cols, rows = scalar_history(tel, run.seeds)
+    assert cols[-2:] == ["alignment_rflo", "alignment_snap-1"]
+    np.testing.assert_array_equal(rows[:, -1], tel.compare["snap-1"].reshape(-1).numpy())
+
+
+def test_the_worker_keeps_alignment_when_it_merges_a_chunk():
+    """A live chunk longer than the traced tail is two advance() calls merged into one
+    Telemetry; the merge used to drop alignment (and so the frame's alignment panel data)."""
+    from app.service.worker import _merge
+
+    run = Run(small(align="rtrl"))
+    head, tail = run.advance(7, record="scalars"), run.advance(5)
+    merged = _merge(head, tail)
+    assert merged.alignment is not None and merged.alignment.shape == (12, 2)
+    torch.testing.assert_close(merged.alignment, torch.cat([head.alignment, tail.alignment]))
+    torch.testing.assert_close(merged.norm_ratio, torch.cat([head.norm_ratio, tail.norm_ratio]))
+
+
+def test_the_worker_keeps_comparison_rules_when_it_merges_a_chunk():
+    from app.service.worker import _merge
+
+    run = Run(small(compare=["rflo"]))
+    head, tail = run.advance(7, record="scalars"), run.advance(5)
+    merged = _merge(head, tail)
+    torch.testing.assert_close(merged.compare["rflo"],
+                               torch.cat([head.compare["rflo"], tail.compare["rflo"]]))
+
+
+def test_cli_compare_prints_the_protocol_and_a_mean_per_rule(tmp_path, capsys):
+    code = cli_main(["run", "--rule", "dni-b", "--compare", "rflo,snap-1", "--n", "6",
+                     "--steps", "300", "--test-steps", "50", "--seeds", "0-1", "--json",
+                     "--no-progress", "--out", str(tmp_path)])
+    assert code == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["compare_protocol"] == "passive on dni-b's network, steps 0-299"
+    assert set(summary["mean_alignment_compare"]) == {"rflo", "snap-1"}
+    with open(tmp_path / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 600
+    mean = sum(float(r["alignment_rflo"]) for r in rows if r["seed"] == "1.0") / 300
+    assert summary["mean_alignment_compare"]["rflo"][1] == pytest.approx(mean, rel=1e-9)
+
+
+def test_real_server_streams_and_exports_passive_alignment(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
+                             "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}/api"
+    try:
+        def up() -> bool:
+            assert proc.poll() is None, "server exited"
+            with contextlib.suppress(OSError):
+                return _http(f"{base}/openapi.json")[0] == 200
+            return False
+
+        wait_for(up, timeout=60, what="server up")
+        bad = _http(f"{base}/runs", {"compare": "rflo,bogus"})
+        assert bad[0] == 422 and bad[1]["field"] == "compare"
+        status, created = _http(f"{base}/runs", {"task": "add", "rule": "dni-b", "n": 8,
+                                                 "steps": 800, "test_steps": 100,
+                                                 "compare": "rflo,kernl"})
+        assert status == 201, created
+        rid = created["id"]
+        assert created["run"]["config"]["compare"] == ["rflo", "kernl"]
+
+        def compared() -> dict | None:
+            frames = _http(f"{base}/runs/{rid}/frames?after=-1")[1]["frames"]
+            found = [f["alignment"]["compare"] for f in frames if f.get("alignment")]
+            return found[-1] if found else None
+
+        live = wait_for(compared, timeout=60, what="a frame with passive alignment")
+        assert set(live) == {"rflo", "kernl"}
+        wait_for(lambda: _http(f"{base}/runs/{rid}")[1]["status"] == "finished", timeout=120,
+                 what="the run to finish")
+        history = _http(f"{base}/runs/{rid}/history?max_points=20")[1]
+        assert set(history["alignment"]["compare"]) == {"rflo", "kernl"}
+        with urllib.request.urlopen(f"{base}/runs/{rid}/export.csv", timeout=10) as answer:
+            rows = list(csv.DictReader(io.StringIO(answer.read().decode())))
+        assert len(rows) == 800
+        assert all(r["alignment_rflo"] not in ("", "nan") for r in rows)
+        assert -1 <= float(rows[-1]["alignment_kernl"]) <= 1
+    finally:
+        proc.terminate()
+        proc.wait(15)
