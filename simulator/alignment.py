@@ -129,11 +129,19 @@ class Shadow:
 MAX_COMPARE = 8
 
 
+def comparable_rules() -> list[str]:
+    """Rules that can ride along passively: they make a basal update and do not need
+    their own noise in the network's forward pass (node perturbation does)."""
+    from simulator.rules import RULES
+
+    return [n for n, c in RULES.items() if c.trains_basal and not c.perturbs_state]
+
+
 def parse_compare(value: Any) -> list[str]:
     """Comparison rule names from a list or "rflo,kernl,dni-b" text (None/"" -> [])."""
     from simulator.rules import RULES
 
-    allowed = ", ".join(n for n, c in RULES.items() if c.trains_basal and not c.perturbs_state)
+    allowed = ", ".join(comparable_rules())
     shown = repr(value)
     shown = shown if len(shown) <= 100 else shown[:97] + "..."
     if value is None:

@@ -111,14 +111,16 @@ class RunConfig:
         task = make_task(self.task, self.task_args)
         rule_args = make_rule_args(self.rule, self.rule_args)
         parse_schedule(self.phases)
+        from simulator.alignment import parse_compare
+
+        compare = parse_compare(self.compare)
         align = None if self.align in (None, "", "off", "none") else self.align
+        if align is None and compare:
+            align = "auto"  # comparison rules are measured against the exact gradient
         if align is not None:
             from simulator.alignment import parse_align
 
             parse_align(align, int(values["n"]))  # refuses a bad spec, naming "align"
-        from simulator.alignment import parse_compare
-
-        compare = parse_compare(self.compare)
         if values["device"] == "cuda" and not torch.cuda.is_available():
             raise ConfigError("device", "cuda is not available on this machine; allowed: cpu")
         return dataclasses.replace(

@@ -100,9 +100,7 @@ class Run:
         self.stream = self.task.stream(config.seeds, "train")
         # align: an exact gradient computed beside the run (simulator.alignment), read-only;
         # the argument overrides config.align
-        align = align if align is not None else config.align
-        if align is None and config.compare:
-            align = "auto"  # comparison rules are measured against an exact gradient
+        align = align if align is not None else config.align  # compare sets config.align
         self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
                                                          config.seeds)
         # compare: rules measured passively on this network (JMLR protocol), never applied

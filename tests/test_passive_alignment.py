@@ -211,3 +211,76 @@ def test_real_server_streams_and_exports_passive_alignment(tmp_path: Path) -> No
     finally:
         proc.terminate()
         proc.wait(15)
+
+
+# ---- the dashboard's alignment panel and controls (pure parts) ------------------------------
+
+def _compare_view(status: str = "running"):
+    from test_figures import RID, info, view
+
+    from app.dashboard import figures
+
+    run_info = info()
+    run_info["status"] = status
+    run_info["config"].update(compare=["rflo", "kernl"], align="auto")
+    rv = figures.make_run_view(run_info, "#0072B2", alignment=True)
+    return RID, rv, view(rv)
+
+
+def test_alignment_panel_draws_each_comparison_rule_in_its_colour_and_names_the_protocol():
+    from app.dashboard import figures
+
+    rid, rv, v = _compare_view(status="finished")
+    assert figures.alignment_slots(v)[:3] == [f"align:{rid}", f"cmp:{rid}:rflo",
+                                              f"cmp:{rid}:kernl"]
+    steps = [99, 199]
+    hist = {"step": steps, "alignment": {
+        "mean": [0.2, 0.3], "min": [0.1, 0.2], "max": [0.3, 0.4],
+        "compare": {"rflo": {"mean": [0.6, 0.7]}, "kernl": {"mean": [0.5, 0.55]}}}}
+    fig = figures.alignment_figure(v, {rid: hist})
+    by_name = {t["name"]: t for t in fig["data"]}
+    assert by_name["rflo (passive)"]["line"]["color"] == figures.RULE_COLORS["rflo"]
+    assert by_name["kernl (passive)"]["line"]["color"] == figures.RULE_COLORS["kernl"]
+    assert by_name["rflo (passive)"]["x"] == steps and by_name["rflo (passive)"]["y"][0] == 0.6
+    notes = [a["text"] for a in fig["layout"]["annotations"] if a.get("name") == "protocol"]
+    assert notes == [f"{rv['label']}: own training · rflo, kernl: passive on dni-b's network, "
+                     "steps 0–199"]
+    live = figures.alignment_protocol({**rv, "status": "running"}, steps)
+    assert live.endswith("passive on dni-b's network, steps 0–now")
+    own_only = figures.alignment_protocol({**rv, "compare": []}, steps)
+    assert own_only == f"{rv['label']}: own training"
+
+
+def test_alignment_ticks_extend_each_comparison_rule():
+    from test_figures import frame
+
+    from app.dashboard import figures
+
+    rid, _rv, v = _compare_view()
+    _, carry = figures.build_figures(v)
+    f = frame(0, align=0.3)
+    f["alignment"]["compare"] = {"rflo": {"step": f["alignment"]["step"], "mean": [0.8] * 10},
+                                 "kernl": {"step": f["alignment"]["step"], "mean": [0.4] * 10}}
+    ops, _ = figures.tick_ops(v, {rid: [f]}, carry)
+    ext = ops["alignment-graph"]["extend"]
+    slots = figures.alignment_slots(v)
+    last = {slots[i]: y[-1] for i, y in zip(ext["idx"], ext["y"], strict=True)}
+    assert last[f"cmp:{rid}:rflo"] == pytest.approx(0.8)
+    assert last[f"cmp:{rid}:kernl"] == pytest.approx(0.4)
+    assert last[f"align:{rid}"] == pytest.approx(0.3)
+
+
+def test_compare_travels_through_the_url_into_each_run_config():
+    from app.dashboard import urlstate
+
+    setup = {**urlstate.default_setup(), "rules": ["dni", "dni-b"], "compare": ["rflo", "snap-1"]}
+    query = urlstate.encode(setup)
+    assert "compare=rflo,snap-1" in query
+    decoded, _ = urlstate.decode(query)
+    assert decoded["compare"] == ["rflo", "snap-1"]
+    configs = urlstate.validated_configs(decoded)
+    assert [c["config"]["compare"] for c in configs] == [["rflo", "snap-1"]] * 2
+    assert all(c["config"]["align"] == "auto" for c in configs)
+    assert urlstate.validate({**decoded, "compare": ["nope"]})["compare"].startswith("got 'nope'")
+    assert urlstate.setup_from_config(configs[0]["config"])["compare"] == ["rflo", "snap-1"]
+    assert "compare" in urlstate.restart_fields({**decoded, "compare": []}, configs[0]["config"])
