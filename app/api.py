@@ -249,7 +249,7 @@ def _config_schema() -> dict[str, Any]:
                                        "(align, else auto)",
                         "oneOf": [{"type": "array", "items": {"type": "string",
                                                               "enum": sorted(RULES)},
-                                   "maxItems": 8}, {"type": "string"}],
+                                   "uniqueItems": True}, {"type": "string"}],
                         "default": []}
     for s in SCALARS:
         if s.choices:

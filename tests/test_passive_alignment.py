@@ -89,7 +89,7 @@ def test_alignment_continues_exactly_from_a_checkpoint():
 
 @pytest.mark.parametrize("value,message", [
     ("rflo,nope", "compare: got 'nope'; allowed: rule names from: bptt, rtrl"),
-    (["rflo", "rflo"], "compare: got ['rflo', 'rflo']; allowed: at most 8 rule names"),
+    (["rflo", "rflo"], "compare: got ['rflo', 'rflo']; allowed: each rule name at most once"),
     ("output-only", "compare: got 'output-only' (it makes no basal update)"),
     ("node-perturbation", "compare: got 'node-perturbation' (its noise must drive the network"),
     (5, "compare: got 5; allowed: a list of rule names or text like 'rflo,kernl,dni-b'"),

@@ -175,7 +175,7 @@ def decode(query: str) -> tuple[dict[str, Any], list[str]]:
         elif key == "align":
             setup["align"] = _flag(value)
         elif key == "compare":
-            setup["compare"] = [r for r in (v.strip() for v in value.split(",")) if r][:8]
+            setup["compare"] = [r for r in (v.strip() for v in value.split(",")) if r]
         elif key == "units":
             setup["units"] = _ints(value)[:4]
         elif key == "seed_index":
