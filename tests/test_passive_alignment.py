@@ -284,3 +284,28 @@ def test_compare_travels_through_the_url_into_each_run_config():
     assert urlstate.validate({**decoded, "compare": ["nope"]})["compare"].startswith("got 'nope'")
     assert urlstate.setup_from_config(configs[0]["config"])["compare"] == ["rflo", "snap-1"]
     assert "compare" in urlstate.restart_fields({**decoded, "compare": []}, configs[0]["config"])
+
+
+def test_fast_forward_keeps_alignment_in_the_history(tmp_path: Path) -> None:
+    """A fast-forward sends scalar summaries, not frames; they used to leave alignment out,
+    so the history (and the dashboard's back-filled alignment panel) had a hole there."""
+    from app.server import create_server
+
+    app = create_server(data_dir=tmp_path / "data", max_runs=2, eval_every=0,
+                        checkpoint_every=10**6, frame_rate=20.0)
+    client = app.test_client()
+    try:
+        rid = client.post("/api/runs", json={"task": "add", "rule": "rflo", "n": 8,
+                                             "steps": 10**6, "align": "rtrl",
+                                             "start": False}).json["id"]
+        assert client.post(f"/api/runs/{rid}/control",
+                           json={"action": "fast_forward", "to": 3000}).status_code == 200
+        wait_for(lambda: client.get(f"/api/runs/{rid}").json["step"] >= 3000, timeout=60,
+                 what="the fast-forward")
+        client.post(f"/api/runs/{rid}/control", json={"action": "pause"})
+        history = client.get(f"/api/runs/{rid}/history?max_points=30&stop=2999").json
+        assert history["alignment"] is not None
+        means = history["alignment"]["mean"]
+        assert len(means) >= 10 and all(m is not None and -1 <= m <= 1 for m in means)
+    finally:
+        app.extensions["plasticity_backend"].shutdown()
