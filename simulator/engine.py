@@ -359,16 +359,12 @@ class Run:
             "config": self.config.to_dict(), "t": self.t, "status": self.status,
             "r": self.r.cpu().clone(), "W": self.net.W.cpu().clone(),
             "W_out": self.net.W_out.cpu().clone(), "lr": dict(self.lr),
-            "rule_name": self.config.rule, "rule": {k: v.cpu() if isinstance(v, Tensor) else v
-                                                    for k, v in self.rule.state_dict().items()},
+            "rule_name": self.config.rule, "rule": _cpu(self.rule.state_dict()),
             "stream": self.stream.state_dict(),
             "shadow": None if self.shadow is None else {
-                "spec": self.shadow.spec, "exact": {
-                    k: v.cpu() if isinstance(v, Tensor) else v
-                    for k, v in self.shadow.exact.state_dict().items()}},
+                "spec": self.shadow.spec, "exact": _cpu(self.shadow.exact.state_dict())},
             "compare": {} if self.passive is None else {
-                name: {k: v.cpu() if isinstance(v, Tensor) else v for k, v in rs.items()}
-                for name, rs in self.passive.state_dict().items()},
+                name: _cpu(rule_state) for name, rule_state in self.passive.state_dict().items()},
             "prefetch": (self._xb[self._i :].cpu().clone(), self._yb[self._i :].cpu().clone()),
         }
 
@@ -404,3 +400,8 @@ class Run:
         run.status = status if status.startswith("diverged") else (
             "ready" if run.t == 0 else "running")
         return run
+
+
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """A rule's state dict with its tensors on the CPU (checkpoints are device-free)."""
+    return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in state.items()}
