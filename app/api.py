@@ -243,6 +243,14 @@ def _config_schema() -> dict[str, Any]:
     props["align"] = {"type": "string", "nullable": True, "default": None,
                       "description": "shadow exact gradient for alignment: auto, rtrl or bptt:T "
                                      "(omit or null: off)"}
+    props["compare"] = {"description": "comparison rules measured passively on this run's "
+                                       "network (JMLR protocol): a list of rule names or text "
+                                       "like 'rflo,kernl,dni-b'; needs an exact gradient "
+                                       "(align, else auto)",
+                        "oneOf": [{"type": "array", "items": {"type": "string",
+                                                              "enum": sorted(RULES)},
+                                   "uniqueItems": True}, {"type": "string"}],
+                        "default": []}
     for s in SCALARS:
         if s.choices:
             props[s.name] = {"type": "string", "enum": list(s.choices), "default": s.default}

@@ -3,15 +3,16 @@ the task's reference levels, and (with --align) the mean alignment of each rule'
 update with the exact gradient (a shadow RTRL for n <= 64, truncated BPTT beyond).
 
     python bench/learning.py                       # the "core" grid (issue 2)
-    python bench/learning.py --grid jmlr --align   # all ten rules on the JMLR grid (issue 3)
+    python bench/learning.py --grid jmlr --align   # every rule on the JMLR grid (issue 3)
     python bench/learning.py --grid jmlr --steps 2000 --seeds 0-1     # a quick smoke run
     python bench/learning.py --grid jmlr --rules rflo,kernl --lr 3e-4 --json-out out.json
+    python bench/learning.py --grid jmlr --align passive --driver rtrl --window 50000-99999
 
 Grids (network lr 1e-3, n = 32, plain SGD, one update per step, 100,000 steps, seeds 0-4
 batched in one run, 5,000 held-out steps with learning frozen):
 
   core  Add(5,9), alpha = 1; rules bptt (T = 10), rtrl, dni, dni-b, output-only
-  jmlr  all ten rules on Add(5,9) alpha = 1; Add(2,4) tau_task = 2, alpha = 0.5;
+  jmlr  all fourteen rules on Add(5,9) alpha = 1; Add(2,4) tau_task = 2, alpha = 0.5;
         Mimic (n_in = n_out = 32, teacher of the same alpha) with alpha = 1 and 0.5
 
 Columns: mean / min / max final test loss over seeds; align = mean over steps and seeds
@@ -19,6 +20,15 @@ of the cosine with the exact gradient; ratio = mean ||G_rule|| / ||G_exact||; st
 status (finished, or where it diverged). DNI's apical and J~ rates follow MODEL.md
 (0.05 / 0.01 on Add with alpha = 1, 1e-3 elsewhere). Progress goes to stderr (tqdm), the
 tables to stdout. A benchmark, not a test: it prints figures and judges nothing.
+
+--align passive is the JMLR protocol instead: per setting, ONE run (seeds batched) whose
+network is trained by --driver (default rtrl); every rule of the grid that makes a basal
+update rides along as a comparison rule (RunConfig.compare), computing its update on that
+same network every step without applying it (its own populations learn, with its default
+settings). The table gives each rule's cosine with the exact gradient averaged over the
+steps of --window (default: the second half of the run) and over seeds (min / max over
+seeds beside it): how well each rule's update points on one trajectory, not how well it
+trains its own network (what the default --align measures).
 """
 
 from __future__ import annotations
@@ -39,7 +49,7 @@ from tqdm import tqdm
 if importlib.util.find_spec("simulator") is None:  # a checkout without `pip install -e .`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from simulator.alignment import AlignmentMeans
+from simulator.alignment import AlignmentMeans, comparable_rules
 from simulator.config import RunConfig, parse_seeds
 from simulator.engine import Run
 from simulator.rules import RULES
@@ -69,8 +79,8 @@ def mimic(alpha: float) -> Setting:
     return Setting(f"Mimic(32), alpha={alpha:g}", "mimic", args, alpha, (1e-3, 1e-3))
 
 
-EXACT_FIRST = ("rtrl", "bptt", "uoro", "kf-rtrl", "r-kf-rtrl", "rflo", "kernl", "dni", "dni-b",
-               "output-only")
+EXACT_FIRST = ("rtrl", "bptt", "f-bptt", "e-bptt", "uoro", "kf-rtrl", "r-kf-rtrl", "snap-1", "rflo",
+               "kernl", "dni", "dni-b", "node-perturbation", "output-only")
 GRIDS: dict[str, tuple[tuple[Setting, ...], tuple[str, ...]]] = {
     "core": ((ADD_59,), ("bptt", "rtrl", "dni", "dni-b", "output-only")),
     "jmlr": ((ADD_59, ADD_24, mimic(1.0), mimic(0.5)), EXACT_FIRST),
@@ -138,6 +148,75 @@ def run_one(grid: str, setting: Setting, rule: str, opts: argparse.Namespace,
                   alignment, ratio)
 
 
+@dataclass
+class PassiveResult:
+    setting: str
+    driver: str
+    exact: str
+    window: tuple[int, int]
+    seeds: list[int]
+    alignment: dict[str, list[float]]  # rule -> mean over the window, per seed
+    status: str
+    seconds: float
+
+
+def run_passive(setting: Setting, rules: list[str], opts: argparse.Namespace,
+                bar: tqdm) -> PassiveResult:
+    """The JMLR protocol: one run trained by opts.driver, the rules measured passively."""
+    compare = [r for r in rules if r in comparable_rules()]
+    config = RunConfig(task=setting.task, task_args=setting.task_args, rule=opts.driver,
+                       rule_args=rule_args(opts.driver, setting), n=opts.n,
+                       alpha=setting.alpha, lr=opts.lr, seeds=parse_seeds(opts.seeds),
+                       dtype=opts.dtype, align=opts.exact or "auto", compare=compare)
+    lo, hi = _window(opts)
+    run = Run(config)
+    means = {name: AlignmentMeans() for name in compare}
+    start = time.perf_counter()
+    done = 0
+    while done < opts.steps:
+        k = min(opts.chunk, opts.steps - done)
+        telemetry = run.advance(k, record="scalars")
+        inside = slice(max(lo - done, 0), max(min(hi + 1 - done, k), 0))
+        if inside.stop > inside.start:
+            for name, cosine in telemetry.compare.items():
+                means[name].add(cosine[inside], cosine[inside])
+        done += k
+        bar.update(k)
+        if telemetry.diverged_at is not None:
+            bar.update(opts.steps - done)
+            break
+    return PassiveResult(setting.label, opts.driver, run.shadow.spec if run.shadow else "-",
+                         (lo, min(hi, done - 1)), run.seeds,
+                         {name: m.means()[0] for name, m in means.items()},
+                         "finished" if not run.status.startswith("diverged") else run.status,
+                         time.perf_counter() - start)
+
+
+def _window(opts: argparse.Namespace) -> tuple[int, int]:
+    """The steps [lo, hi] averaged over (--window A-B; default the second half)."""
+    if opts.window:
+        lo, _, hi = opts.window.partition("-")
+        return int(lo), int(hi)
+    return opts.steps // 2, opts.steps - 1
+
+
+def passive_table(results: list[PassiveResult]) -> str:
+    """One block per setting: each rule's mean alignment over the window, best first."""
+    lines: list[str] = []
+    for r in results:
+        lines += ["", f"== {r.setting}: passive on {r.driver}'s network, steps "
+                      f"{r.window[0]:,}-{r.window[1]:,}, exact gradient {r.exact}, seeds "
+                      f"{r.seeds} ({r.status}, {r.seconds:.0f} s)"]
+        head = f"{'rule':<12} {'align':>7} {'min':>7} {'max':>7}"
+        lines += [head, "-" * len(head)]
+        for name in sorted(r.alignment, key=lambda name: -_mean(r.alignment[name])):
+            values = [v for v in r.alignment[name] if math.isfinite(v)]
+            stats = (f"{_mean(values):>7.3f} {min(values):>7.3f} {max(values):>7.3f}" if values
+                     else f"{'-':>7} {'-':>7} {'-':>7}")
+            lines.append(f"{name:<12} {stats}")
+    return "\n".join(lines)
+
+
 def _mean(values: list[float]) -> float:
     finite = [v for v in values if math.isfinite(v)]
     return sum(finite) / len(finite) if finite else math.nan
@@ -192,7 +271,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=32, help="recurrent units")
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     p.add_argument("--align", nargs="?", const="auto", default=None, metavar="EXACT",
-                   help="shadow exact gradient: auto (default), rtrl or bptt:T")
+                   help="shadow exact gradient: auto (default), rtrl or bptt:T; or 'passive' "
+                        "for the JMLR protocol (every rule measured on --driver's network)")
+    p.add_argument("--driver", default="rtrl",
+                   help="with --align passive: the rule that trains the network")
+    p.add_argument("--exact", default=None, metavar="EXACT",
+                   help="with --align passive: the exact gradient (auto, rtrl, bptt:T)")
+    p.add_argument("--window", default=None, metavar="A-B",
+                   help="with --align passive: the steps averaged (default: second half)")
     p.add_argument("--chunk", type=int, default=1000, help="steps per advance() call")
     p.add_argument("--json-out", default=None, metavar="FILE", help="write every result as JSON")
     return p.parse_args(argv)
@@ -209,6 +295,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: unknown rule {rule!r}; allowed: {', '.join(RULES)}", file=sys.stderr)
                 return 2
         rules = wanted
+    if opts.align == "passive":
+        if opts.driver not in RULES:
+            print(f"error: driver: unknown rule {opts.driver!r}; allowed: {', '.join(RULES)}",
+                  file=sys.stderr)
+            return 2
+        passive: list[PassiveResult] = []
+        with tqdm(total=len(settings) * opts.steps, unit="step", file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            for setting in settings:
+                bar.set_description(f"{setting.label} / passive on {opts.driver}")
+                try:
+                    passive.append(run_passive(setting, rules, opts, bar))
+                except (ConfigError, ValueError) as err:
+                    print(f"error: {err}", file=sys.stderr)
+                    return 2
+        print(passive_table(passive))
+        if opts.json_out:
+            Path(opts.json_out).write_text(json.dumps(_jsonable([asdict(r) for r in passive]),
+                                                      indent=1))
+        return 0
     results: list[Result] = []
     total = len(settings) * len(rules) * opts.steps
     with tqdm(total=total, unit="step", file=sys.stderr, dynamic_ncols=True) as bar:

@@ -16,12 +16,18 @@ update (output-only) has alignment 0 by definition and norm_ratio NaN; an update
 exactly zero has alignment 0 and norm_ratio 0; where the exact gradient is zero, alignment
 is 0 and norm_ratio NaN.
 
+A :class:`Passive` set (``RunConfig.compare``, the JMLR protocol) rides along the same way:
+each comparison rule steps on the run's own context every step, on the network the run's
+rule trains, and its basal update is compared with the same exact gradient but never
+applied (its own populations, e.g. DNI's apical weights, do learn, by its own rates).
+
 :func:`pairwise_alignment` runs several rules in lockstep on the same input stream, seeds
 and initial weights and returns the per-step cosine between each pair's W_rec updates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from itertools import combinations
 from typing import TYPE_CHECKING, Any
@@ -30,7 +36,7 @@ import torch
 from torch import Tensor
 
 from simulator.network import Network, vecmat
-from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext, Update
+from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext, Update, apply_update
 from simulator.rules.bptt import BPTT
 from simulator.rules.rtrl import RTRL
 from simulator.settings import ConfigError
@@ -99,6 +105,7 @@ class Shadow:
         self.exact: Rule = (RTRL(net, n_out, {}, seeds) if kind == "rtrl"
                             else BPTT(net, n_out, {"T": window}, seeds))
         self.alignment = self.norm_ratio = net.W.new_empty(0, net.seeds)
+        self.exact_block: Tensor | None = None  # this step's exact W_rec gradient
 
     def begin(self, k: int, like: Tensor) -> None:
         """Make room for the next k steps (NaN until measured)."""
@@ -110,10 +117,97 @@ class Shadow:
         """Step the exact rule on the run's context and compare; call after the run's rule
         stepped and before the updates are applied (the exact rule reads W at step t)."""
         exact = self.exact.step(ctx).updates["basal"].dense()[:, :, : ctx.net.n]
+        self.exact_block = exact
         self.alignment[i], self.norm_ratio[i] = compare(out.updates.get("basal"), exact)
 
     def finish(self) -> tuple[Tensor, Tensor]:
         return self.alignment, self.norm_ratio
+
+
+# ---- passive comparison rules (the JMLR protocol) ----------------------------------------
+
+def comparable_rules() -> list[str]:
+    """Rules that can ride along passively: they make a basal update and do not need
+    their own noise in the network's forward pass (node perturbation does)."""
+    from simulator.rules import RULES
+
+    return [n for n, c in RULES.items() if c.trains_basal and not c.perturbs_state]
+
+
+def parse_compare(value: Any) -> list[str]:
+    """Comparison rule names from a list or "rflo,kernl,dni-b" text (None/"" -> [])."""
+    from simulator.rules import RULES
+
+    allowed = ", ".join(comparable_rules())
+    shown = repr(value)
+    shown = shown if len(shown) <= 100 else shown[:97] + "..."
+    if value is None:
+        return []
+    if isinstance(value, str):
+        names = [part.strip() for part in value.split(",") if part.strip()]
+    elif isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        names = [v.strip() for v in value]
+    else:
+        raise ConfigError("compare", f"got {shown}; allowed: a list of rule names or text "
+                                     f"like 'rflo,kernl,dni-b' from: {allowed}")
+    for name in names:
+        cls = RULES.get(name)
+        if cls is None or not cls.trains_basal or cls.perturbs_state:
+            why = ("" if cls is None else " (it makes no basal update)" if not cls.trains_basal
+                   else " (its noise must drive the network, so it cannot ride along)")
+            got = name if len(name) <= 100 else name[:97] + "..."
+            raise ConfigError("compare", f"got {got!r}{why}; allowed: rule names from: {allowed}")
+    if len(set(names)) != len(names):
+        raise ConfigError("compare", f"got {shown}; allowed: each rule name at most once")
+    return names
+
+
+class Passive:
+    """Comparison rules measured on a run's network without changing it (module doc).
+
+    Per step and seed: the cosine of each rule's W_rec update with the shadow's exact
+    gradient, and its norm ratio. Each rule starts with its default settings.
+    """
+
+    def __init__(self, names: Sequence[str], net: Network, n_out: int, seeds: list[int]) -> None:
+        from simulator.rules import make_rule
+
+        self.rules = {name: make_rule(name, net, n_out, {}, seeds) for name in names}
+        self.lr = {name: rule.learning_rates() for name, rule in self.rules.items()}
+        self.alignment: dict[str, Tensor] = {}
+        self.norm_ratio: dict[str, Tensor] = {}
+
+    def begin(self, k: int, like: Tensor) -> None:
+        S = like.shape[1]
+        self.alignment = {name: like.new_full((k, S), float("nan")) for name in self.rules}
+        self.norm_ratio = {name: like.new_full((k, S), float("nan")) for name in self.rules}
+
+    def step(self, i: int, ctx: StepContext, exact: Tensor) -> None:
+        """Step every comparison rule on the run's context; compare its basal update with
+        ``exact`` (S, n, n); apply only its own populations' updates (phase-gated), at its own
+        rates, inside the step where the rule's order asks for that (Rule.apply_now)."""
+        for name, rule in self.rules.items():
+            own = rule.populations()
+            rates = self.lr[name]
+            out = rule.step(dataclasses.replace(ctx, lr=rates))
+            self.alignment[name][i], self.norm_ratio[name][i] = compare(
+                out.updates.get("basal"), exact)
+            for pop, update in out.updates.items():
+                lr = rates.get(pop, 0.0)
+                if pop in own and pop not in out.applied and pop in ctx.plastic and lr:
+                    apply_update(own[pop], update, lr)
+
+    def after_update(self, t: int) -> None:
+        for rule in self.rules.values():
+            rule.after_update(t)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {name: rule.state_dict() for name, rule in self.rules.items()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for name, rule_state in state.items():
+            if name in self.rules:
+                self.rules[name].load_state_dict(rule_state)
 
 
 # ---- pairwise alignment between rules ------------------------------------------------------

@@ -59,6 +59,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--align", nargs="?", const="auto", default=None, metavar="EXACT",
                      help="shadow exact gradient: rtrl, bptt:T or auto (the default); adds "
                           "mean_alignment and mean_norm_ratio (per seed) to the summary")
+    run.add_argument("--compare", default=None, metavar="RULES",
+                     help="comparison rules measured passively on this run's network, e.g. "
+                          "rflo,kernl,dni-b (the JMLR protocol; implies --align auto): each "
+                          "computes its update every step without applying it; adds "
+                          "mean_alignment_compare (rule -> per seed) to the summary and "
+                          "alignment_RULE columns to history.csv")
     run.add_argument("--no-progress", action="store_true")
     sub.add_parser("rules", help="list learning rules and their settings")
     sub.add_parser("tasks", help="list tasks and their settings")
@@ -74,6 +80,7 @@ def _config_from_args(args: argparse.Namespace) -> Any:
         n=args.n, alpha=args.alpha, lr=args.lr, phases=args.phases, seeds=args.seeds,
         steps=args.steps, test_steps=args.test_steps, device=args.device, dtype=args.dtype,
         w_rec_init=args.w_rec_init, init_state=args.init_state, align=args.align,
+        compare=args.compare or [],
     ).validated()
 
 
@@ -97,6 +104,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     config = _config_from_args(args)
     run = Run(config, threads=args.threads, compile=args.compile, cuda_graph=args.cuda_graph)
     align_means = AlignmentMeans()
+    compare_means = {name: AlignmentMeans() for name in config.compare}
     out_dir = Path(args.out) if args.out else None
     writer = handle = None
     if out_dir:
@@ -116,6 +124,8 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
             tel = run.advance(k, record="scalars")
             if tel.alignment is not None:
                 align_means.add(tel.alignment, tel.norm_ratio)
+            for name, cosine in tel.compare.items():
+                compare_means[name].add(cosine, cosine)
             overlap = max(0, done + k - (config.steps - tail))
             if overlap:
                 sums = tel.loss[-overlap:].double().sum(0).tolist()
@@ -150,6 +160,11 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         alignment, ratio = align_means.means()
         summary.update(align=run.shadow.spec, mean_alignment=_nan_to_none(alignment),
                        mean_norm_ratio=_nan_to_none(ratio))
+    if compare_means:
+        summary.update(
+            compare_protocol=f"passive on {config.rule}'s network, steps 0-{done - 1}",
+            mean_alignment_compare={name: _nan_to_none(m.means()[0])
+                                    for name, m in compare_means.items()})
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

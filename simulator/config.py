@@ -2,7 +2,7 @@
 
 ``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
 rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, w_rec_init,
-init_state, align) and refuses
+init_state, align, compare) and refuses
 bad input with a :class:`ConfigError` naming the field and what is allowed.
 """
 
@@ -86,6 +86,10 @@ class RunConfig:
     init_state: str = "zeros"
     #: shadow exact gradient for alignment: None (off), "auto", "rtrl" or "bptt:T"
     align: str | None = None
+    #: comparison rules measured passively on this run's network (JMLR protocol): a list of
+    #: rule names or "rflo,kernl,dni-b" text; each computes its update every step without
+    #: applying it (simulator.alignment.Passive); needs an exact gradient (align, else auto)
+    compare: list[str] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: Any) -> RunConfig:
@@ -115,7 +119,12 @@ class RunConfig:
         task = make_task(self.task, self.task_args)
         rule_args = make_rule_args(self.rule, self.rule_args)
         parse_schedule(self.phases)
+        from simulator.alignment import parse_compare
+
+        compare = parse_compare(self.compare)
         align = None if self.align in (None, "", "off", "none") else self.align
+        if align is None and compare:
+            align = "auto"  # comparison rules are measured against the exact gradient
         if align is not None:
             from simulator.alignment import parse_align
 
@@ -124,7 +133,7 @@ class RunConfig:
             raise ConfigError("device", "cuda is not available on this machine; allowed: cpu")
         return dataclasses.replace(
             self, **values, task_args=dict(task.args), rule_args=rule_args,
-            seeds=parse_seeds(self.seeds), align=align,
+            seeds=parse_seeds(self.seeds), align=align, compare=compare,
         )
 
     def replace(self, **changes: Any) -> RunConfig:

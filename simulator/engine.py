@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from simulator.alignment import Shadow
+from simulator.alignment import Passive, Shadow
 from simulator.config import RunConfig
 from simulator.cuda_graph import StepGraphs
 from simulator.losses import error_signal, loss_value
@@ -67,6 +67,8 @@ class Telemetry:
     diverged_at: int | None = None
     alignment: Tensor | None = None  # (k, S) cosine with the exact gradient (Run(align=...))
     norm_ratio: Tensor | None = None  # (k, S) ||G_rule|| / ||G_exact||, W_rec block
+    #: comparison rule -> (k, S) cosine of its passive update with the exact gradient
+    compare: dict[str, Tensor] = field(default_factory=dict)
 
     @property
     def steps(self) -> int:
@@ -99,9 +101,12 @@ class Run:
         self.stream = self.task.stream(config.seeds, "train")
         # align: an exact gradient computed beside the run (simulator.alignment), read-only;
         # the argument overrides config.align
-        align = align if align is not None else config.align
+        align = align if align is not None else config.align  # compare sets config.align
         self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
                                                          config.seeds)
+        # compare: rules measured passively on this network (JMLR protocol), never applied
+        self.passive = (Passive(config.compare, self.net, self.task.n_out, config.seeds)
+                        if config.compare else None)
         # compile: the step captured by torch.compile (inductor, C++ wrapper), ~2x faster
         # for small networks, where per-op overhead dominates; the first steps compile (s)
         self._compiled_step = None
@@ -291,13 +296,16 @@ class Run:
         V = matvec(net.W, p)
         h = torch.tanh(V)
         r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+        if self.rule.perturbs_state:  # node perturbation: noise on the state itself
+            r_new = self.rule.perturb_state(r_new)
         gain = torch.addcmul(ones, h, h, value=-1.0)
         if alpha != 1.0:
             gain = gain * alpha
         q = torch.cat([r_new, ones], 1)
         z = matvec(net.W_out, q)
         e = error_signal(self.task.loss, z, y)
-        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic, lr=self.lr)
+        ctx = StepContext(t, net, p, V, gain, r, r_new, x, y, z, e, plastic, lr=self.lr,
+                          loss_kind=self.task.loss)
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
@@ -338,13 +346,17 @@ class Run:
             upd_rec = {name: xs.new_zeros(k, *w.shape) for name, w in pops.items()}
             norm_rec = {name: xs.new_zeros(k, S) for name in pops}
         ones = xs.new_ones(S, 1)
-        shadow = self.shadow
+        shadow, passive = self.shadow, self.passive
         if shadow is not None:
             shadow.begin(k, xs)
+        if passive is not None:
+            passive.begin(k, xs)
         def observe(i: int, ctx: StepContext, out: RuleOutput) -> None:
             """Sees each step's context and rule output before the weights change."""
             if shadow is not None:  # the exact gradient reads W(t)
                 shadow.step(i, ctx, out)
+                if passive is not None and shadow.exact_block is not None:
+                    passive.step(i, ctx, shadow.exact_block)
             if record_updates:
                 upd_rec["readout"][i] = ctx.e.unsqueeze(2) * with_one(ctx.r).unsqueeze(1)
                 for name, update in out.updates.items():
@@ -369,6 +381,8 @@ class Run:
                 r_new, V, z, signal, diagnostics = self._learn_step(r, xs[i], ys[i], plastic, ones,
                                                                     t, i, hook)
             rule.after_update(t)
+            if passive is not None:
+                passive.after_update(t)
             zs[i] = z
             if traces:
                 Vs[i] = V
@@ -397,6 +411,8 @@ class Run:
         )
         if shadow is not None:
             telemetry.alignment, telemetry.norm_ratio = shadow.finish()
+        if passive is not None:
+            telemetry.compare = passive.alignment
         if traces:
             telemetry.V, telemetry.U, telemetry.r = Vs, Us, rs
             telemetry.x, telemetry.y, telemetry.z = xs, ys, zs
@@ -444,9 +460,12 @@ class Run:
             "config": self.config.to_dict(), "t": self.t, "status": self.status,
             "r": self.r.cpu().clone(), "W": self.net.W.cpu().clone(),
             "W_out": self.net.W_out.cpu().clone(), "lr": dict(self.lr),
-            "rule_name": self.config.rule, "rule": {k: v.cpu() if isinstance(v, Tensor) else v
-                                                    for k, v in self.rule.state_dict().items()},
+            "rule_name": self.config.rule, "rule": _cpu(self.rule.state_dict()),
             "stream": self.stream.state_dict(),
+            "shadow": None if self.shadow is None else {
+                "spec": self.shadow.spec, "exact": _cpu(self.shadow.exact.state_dict())},
+            "compare": {} if self.passive is None else {
+                name: _cpu(rule_state) for name, rule_state in self.passive.state_dict().items()},
             "prefetch": (self._xb[self._i :].cpu().clone(), self._yb[self._i :].cpu().clone()),
         }
 
@@ -471,9 +490,19 @@ class Run:
         continuing = config is None or config == RunConfig(**state["config"]).validated()
         if state["rule_name"] == run.config.rule:
             run.rule.load_state_dict(state["rule"])
+        shadow = state.get("shadow")
+        if run.shadow is not None and shadow and shadow["spec"] == run.shadow.spec:
+            run.shadow.exact.load_state_dict(shadow["exact"])  # alignment continues exactly
+        if run.passive is not None:
+            run.passive.load_state_dict(state.get("compare") or {})
         if continuing:  # keep rates changed mid-run; a branch takes its config's rates
             run.lr.update({k: v for k, v in state["lr"].items() if k in run.lr})
         status = str(state.get("status", ""))
         run.status = status if status.startswith("diverged") else (
             "ready" if run.t == 0 else "running")
         return run
+
+
+def _cpu(state: dict[str, Any]) -> dict[str, Any]:
+    """A rule's state dict with its tensors on the CPU (checkpoints are device-free)."""
+    return {k: v.cpu() if isinstance(v, Tensor) else v for k, v in state.items()}

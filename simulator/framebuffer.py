@@ -37,6 +37,9 @@ STRIPPED_BINS = 16  # bins per series kept in frames older than the detail windo
 MAX_TEST_POINTS = 4096
 MAX_SPANS = 4096
 
+#: history series name prefix of a comparison rule's alignment
+COMPARE = "alignment.compare."
+
 # Columns of a level row: first step, last step, then per series: weighted sum, weight, min, max.
 _FIRST, _LAST, _HEAD = 0, 1, 2
 
@@ -168,6 +171,7 @@ class FrameBuffer:
 
     def _init_series(self, frame: dict[str, Any]) -> None:
         names = ["loss", *sorted(frame.get("diagnostics") or {}), "alignment"]
+        names += [f"{COMPARE}{rule}" for rule in _compared(frame)]
         names += [f"weight_norm.{p}" for p in sorted(frame.get("weight_norm") or {})]
         self.series = names
         width = _HEAD + 4 * len(names)
@@ -189,6 +193,9 @@ class FrameBuffer:
                 binned = frame["loss"]
             elif name == "alignment":
                 binned = frame.get("alignment")
+            elif name.startswith(COMPARE):
+                binned = ((frame.get("alignment") or {}).get("compare") or {}).get(
+                    name[len(COMPARE):])
             elif name.startswith("weight_norm."):
                 value = (frame.get("weight_norm") or {}).get(name[12:])
                 binned = None
@@ -325,6 +332,9 @@ class FrameBuffer:
                 out["loss"] = env
             elif name == "alignment":
                 out["alignment"] = env if (weight > 0).any() else None
+            elif name.startswith(COMPARE):
+                if out["alignment"] is not None and (weight > 0).any():
+                    out["alignment"].setdefault("compare", {})[name[len(COMPARE):]] = env
             elif name.startswith("weight_norm."):
                 out["weight_norm"][name[12:]] = env
             else:
@@ -393,6 +403,10 @@ def strip_frame(frame: dict[str, Any]) -> dict[str, Any]:
     for key in ("loss", "alignment"):
         if isinstance(out.get(key), dict):
             out[key] = _coarsen(out[key], t0)
+    compared = _compared(frame)
+    if compared and isinstance(out.get("alignment"), dict):
+        out["alignment"] = {**out["alignment"], "compare": {
+            rule: _coarsen(binned, t0) for rule, binned in frame["alignment"]["compare"].items()}}
     if isinstance(out.get("diagnostics"), dict):
         out["diagnostics"] = {k: _coarsen(v, t0) for k, v in out["diagnostics"].items()}
     changes = frame.get("weight_change")
@@ -423,6 +437,13 @@ def _coarsen(binned: Any, t0: int) -> Any:
                 "max": _json(np.fmax.reduceat(_as_array(binned["max"]), idx))}
     except (KeyError, TypeError, ValueError):
         return binned
+
+
+def _compared(frame: dict[str, Any]) -> list[str]:
+    """The comparison rules of a frame's alignment (RunConfig.compare), in order."""
+    alignment = frame.get("alignment")
+    compared = alignment.get("compare") if isinstance(alignment, dict) else None
+    return list(compared) if isinstance(compared, dict) else []
 
 
 def _json(a: np.ndarray) -> list[float | None]:

@@ -10,7 +10,9 @@ size does not grow with the number of steps it covers:
                         seeds and steps, min/max envelope (a spike is never averaged away)
     loss_seeds          mean train loss of each seed over the frame
     diagnostics         name -> binned series like ``loss`` (apical_loss, jacobian_loss, ...)
-    alignment           binned cosine with the exact gradient (or None)
+    alignment           binned cosine with the exact gradient (or None); with comparison
+                        rules (RunConfig.compare) also "compare": rule -> binned cosine of
+                        that rule's passive update on this run's network
     traces              {"seed", "units", "step", "V", "U", "r"}: the last ``max_trace_points``
                         steps of the chosen units of one seed (one list per unit)
     task                {"seed", "step", "x", "y", "pred"}: the same window of inputs, targets and
@@ -116,6 +118,10 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
     alignment = getattr(tel, "alignment", None)
     if alignment is not None:
         frame["alignment"] = binned(alignment, t0, max_points)
+        compared = getattr(tel, "compare", None)
+        if compared:
+            frame["alignment"]["compare"] = {name: binned(v, t0, max_points)
+                                             for name, v in compared.items()}
     if tel.V is not None and k:
         w = min(k, max_trace_points)
         window = slice(k - w, k)
@@ -153,7 +159,8 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
 
 def scalar_history(tel: Telemetry, seeds: list[int]) -> tuple[list[str], np.ndarray]:
     """Full-resolution per-step scalars as (columns, rows): step, seed, train_loss, then
-    each diagnostic (and alignment, norm_ratio when present). For export to disk/CSV."""
+    each diagnostic (and alignment, norm_ratio when present, then alignment_RULE for each
+    comparison rule). For export to disk/CSV."""
     k, S = tel.loss.shape
     cols = ["step", "seed", "train_loss", *tel.diagnostics]
     parts = [np.repeat(np.arange(tel.start, tel.start + k), S).astype(np.float64),
@@ -165,4 +172,7 @@ def scalar_history(tel: Telemetry, seeds: list[int]) -> tuple[list[str], np.ndar
         if value is not None:
             cols.append(extra)
             parts.append(value.double().cpu().reshape(-1).numpy())
+    for name, value in (getattr(tel, "compare", None) or {}).items():
+        cols.append(f"alignment_{name}")
+        parts.append(value.double().cpu().reshape(-1).numpy())
     return cols, np.stack(parts, 1)

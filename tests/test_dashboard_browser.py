@@ -391,3 +391,45 @@ def test_preset_screenshot(page: Any, server: str) -> None:
     if os.environ.get("PLASTICITY_UPDATE_DOCS"):  # refresh the README's picture on request
         shutil.copyfile(shot, ROOT / "docs" / "dashboard.png")
     assert not page.errors, page.errors
+
+
+def test_passive_comparison_rules_stream_into_the_alignment_graph(page: Any, server: str) -> None:
+    """Comparison rules (one from the URL, one picked in the multi-select) each get a line of
+    their own colour in the alignment panel, which says which protocol each line shows."""
+    from app.dashboard.figures import RULE_COLORS
+
+    _open(page, server, "?rules=dni-b&compare=rflo&steps=200000&n=16")
+    assert page.inner_text("#compare-value").split() == ["rflo"]
+    page.click("#compare")
+    page.click(".dash-dropdown-content label.dash-dropdown-option:has(input[value='kernl'])")
+    page.keyboard.press("Escape")
+    _wait_until(lambda: "compare=rflo,kernl" in _href(page), 10, "the URL to carry both",
+                page=page)
+    _speed(page, "300/s")
+    page.click("#btn-play")
+
+    def lines() -> dict[str, dict[str, Any]]:
+        return page.evaluate("""() => {
+          const gd = document.querySelector('#alignment-graph .js-plotly-plot');
+          const out = {};
+          for (const t of gd.data.filter((t) => !t.yaxis || t.yaxis === 'y'))
+            out[t.name] = {color: t.line.color,
+                           y: (t.y || []).filter((v) => v !== null)};
+          return out;
+        }""")
+
+    names = ("rflo (passive)", "kernl (passive)")
+    _wait_until(lambda: all(len(lines().get(n, {}).get("y", [])) > 5 for n in names), 60,
+                "passive alignment lines", page=page)
+    drawn = lines()
+    assert drawn["rflo (passive)"]["color"] == RULE_COLORS["rflo"]
+    assert drawn["kernl (passive)"]["color"] == RULE_COLORS["kernl"]
+    assert all(-1.0 <= v <= 1.0 for n in names for v in drawn[n]["y"])
+    protocol = page.evaluate("""() => document.querySelector('#alignment-graph .js-plotly-plot')
+        .layout.annotations.filter((a) => a.name === 'protocol').map((a) => a.text)""")
+    assert len(protocol) == 1 and "own training" in protocol[0]
+    assert "rflo, kernl: passive on dni-b's network, steps 0–" in protocol[0]
+    runs = [r for r in _api(server, "/api/runs")["runs"] if r["status"] == "running"]
+    assert [(r["config"]["compare"], r["config"]["align"]) for r in runs] == [
+        (["rflo", "kernl"], "auto")]
+    assert not page.errors, page.errors

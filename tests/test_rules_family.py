@@ -326,8 +326,9 @@ def test_kernl_learns_the_true_kernel_where_one_exists():
 
 # ---- the family behind the rule interface --------------------------------------------------
 
-def test_all_ten_rules_are_registered():
-    assert set(RULES) == {"bptt", "rtrl", "dni", "dni-b", "output-only", *FAMILY}
+def test_all_rules_are_registered():
+    assert set(RULES) == {"bptt", "rtrl", "dni", "dni-b", "output-only", *FAMILY, "f-bptt",
+                          "e-bptt", "snap-1", "node-perturbation"}
 
 
 @pytest.mark.parametrize("name", FAMILY)

@@ -342,6 +342,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Output("live-store", "data", allow_duplicate=True),
         Output("autostart", "data"),
         Output("transport-msg", "children", allow_duplicate=True),
+        Output("compare", "value"),
         Input("url", "search"),
         Input({"type": "preset", "id": ALL}, "n_clicks"),
         Input("phase-preset", "value"),
@@ -405,6 +406,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
             ["on"] if setup.get("log_y", True) else [],
             bool(setup.get("present")), setup.get("focus", "loss"),
             live_out, autostart, message,
+            list(setup.get("compare") or []),
         )
 
     @app.callback(
@@ -439,10 +441,12 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Input("seed-index", "value"),
         Input("panels", "value"), Input("log-y", "value"),
         Input("present-store", "data"), Input("focus-store", "data"),
+        Input("compare", "value"),
     )
     def collect(task: str, rules: list[str], values: list, names: list, steps: list, pops: list,
                 count: int, race: list, align: list, units: list, seed_index: int | None,
-                panels: list, log_y: list, present: bool, focus: str) -> tuple:
+                panels: list, log_y: list, present: bool, focus: str,
+                compare: list | None = None) -> tuple:
         field_ids = _ids_of(ctx.inputs_list[2])
         base = {**urlstate.default_setup(), "task": task, "rules": list(rules or [])}
         count = max(1, min(int(count or 1), layout.MAX_PHASE_ROWS))
@@ -455,7 +459,8 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                      units=sorted(int(u) for u in (units or [0]))[:4],
                      seed_index=int(seed_index or 0),
                      panels=[p for p in urlstate.PANELS if p in (panels or [])],
-                     log_y=bool(log_y), present=bool(present), focus=focus or "loss")
+                     log_y=bool(log_y), present=bool(present), focus=focus or "loss",
+                     compare=list(compare or []))
         errors = {field_for(k, task): v for k, v in urlstate.validate(setup).items()}
         msg_keys = _ids_of(ctx.outputs_list[1])
         messages = [errors.get(k, "") for k in msg_keys]

@@ -97,6 +97,7 @@ class RunView(TypedDict):
     diagnostics: list[str]
     alignment: bool
     status: str
+    compare: list[str]  # comparison rules measured passively on this run's network
 
 
 class View(TypedDict, total=False):
@@ -132,6 +133,26 @@ def assign_colors(rules: Sequence[str]) -> list[str]:
         used.add(color)
         out.append(color)
     return out
+
+
+def compare_color(rule: str) -> str:
+    """A comparison rule's line colour: its rule colour, else a fixed extra one."""
+    if rule in RULE_COLORS:
+        return RULE_COLORS[rule]
+    spare = [c for c in EXTRA_COLORS if c not in RULE_COLORS.values()]
+    return spare[sum(map(ord, rule)) % len(spare)]
+
+
+def alignment_protocol(run: RunView, steps: Sequence[int]) -> str:
+    """What the alignment panel shows for a run: its own training, and, for comparison
+    rules, a passive measurement on its network over the steps shown."""
+    text = f"{run['label']}: own training"
+    if run.get("compare"):
+        live = run["status"] in ("ready", "running", "paused") or not steps
+        span = "now" if live else f"{steps[-1]:,}"
+        text += (f" · {', '.join(run['compare'])}: passive on {run['rule']}'s network, "
+                 f"steps 0–{span}")
+    return text
 
 
 def loss_stride(target_steps: int | None) -> int:
@@ -187,7 +208,7 @@ def make_run_view(info: Mapping[str, Any], color: str, *, variant: str = "",
         n=int(config.get("n", 0) or 0), seeds=[int(s) for s in config.get("seeds") or [0]],
         pops=ordered_pops(pops or guess_populations(rule, config.get("rule_args"))),
         diagnostics=list(diagnostics), alignment=bool(alignment),
-        status=str(info.get("status", "")),
+        status=str(info.get("status", "")), compare=[str(r) for r in config.get("compare") or []],
     )
 
 
@@ -290,6 +311,8 @@ def weight_slots(view: View) -> list[str]:
 
 def alignment_slots(view: View) -> list[str]:
     slots = [f"align:{run['id']}" for run in view["runs"]]
+    for run in view["runs"]:
+        slots += [f"cmp:{run['id']}:{rule}" for rule in run.get("compare") or []]
     for run in view["runs"]:
         slots += [f"diag:{run['id']}:{name}" for name in run["diagnostics"]]
     return slots
@@ -760,6 +783,17 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
             data.append(_line(run["label"], run["color"], width=2.4, x=steps if sm else [], y=sm,
                               group=run["id"],
                               hovertemplate="cos %{y:.3f}<extra>" + run["label"] + "</extra>"))
+        elif parts[0] == "cmp":
+            rule = parts[2]
+            series = ((hist.get("alignment") or {}).get("compare") or {}).get(rule) or {}
+            cmp_state = state.setdefault("cmp", {}).setdefault(rule, new_series_carry())
+            sm = smooth_history(steps, _finite(series.get("mean") or []), run["tau"],
+                                cmp_state) if series else []
+            name = (f"{rule} (passive)" if len(view["runs"]) == 1
+                    else f"{rule} (passive on {run['label']})")
+            data.append(_line(name, compare_color(rule), width=1.8, dash="dot",
+                              x=steps if sm else [], y=sm, group=run["id"],
+                              hovertemplate="cos %{y:.3f}<extra>" + name + "</extra>"))
         else:
             name = parts[2]
             series = (hist.get("diagnostics") or {}).get(name) or {}
@@ -798,6 +832,13 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
             "y": sum(bottom) / 2})
     if not view["runs"]:
         layout["annotations"].append(_empty_note(view, "alignment appears when a run steps"))
+    protocols = [alignment_protocol(run, list((histories.get(run["id"]) or {}).get("step") or []))
+                 for run in view["runs"] if run["alignment"]]
+    if protocols:
+        layout["annotations"].append({
+            "xref": "paper", "yref": "paper", "x": 0.0, "y": top[1], "xanchor": "left",
+            "yanchor": "bottom", "showarrow": False, "align": "left", "name": "protocol",
+            "text": "<br>".join(protocols), "font": {**_font(view, 11), "color": MUTED}})
     layout["annotations"] += _phase_legend(view)
     return {"data": data, "layout": layout}
 
@@ -887,7 +928,8 @@ def build_figures(view: View, histories: Mapping[str, Mapping[str, Any]] | None 
     for run in view["runs"]:
         for key in ("loss", "align"):
             _close_block(carry[run["id"]][key])
-        for state in carry[run["id"]]["diag"].values():
+        for state in [*carry[run["id"]]["diag"].values(),
+                      *carry[run["id"]].get("cmp", {}).values()]:
             _close_block(state)
     return figs, carry
 
@@ -1101,6 +1143,14 @@ def tick_ops(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]
             xs, _raw, smooth, tail = fold(pts, run["stride"], run["tau"], state["align"])
             ext["alignment-graph"].add_tail(f"align:{rid}", xs, smooth,
                                             tail and (tail[0], tail[2]), MAX_POINTS)
+            for rule in run.get("compare") or []:
+                pts = [p for f in frames
+                       for p in bin_points(((f.get("alignment") or {}).get("compare") or {})
+                                           .get(rule), int(f.get("t0", 0)))]
+                cstate = state.setdefault("cmp", {}).setdefault(rule, new_series_carry())
+                xs, _raw, smooth, tail = fold(pts, run["stride"], run["tau"], cstate)
+                ext["alignment-graph"].add_tail(f"cmp:{rid}:{rule}", xs, smooth,
+                                                tail and (tail[0], tail[2]), MAX_POINTS)
             for name in run["diagnostics"]:
                 pts = [p for f in frames
                        for p in bin_points((f.get("diagnostics") or {}).get(name),

@@ -16,6 +16,7 @@ from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
+from simulator.alignment import comparable_rules
 from simulator.phases import POPULATIONS
 from simulator.phases import PRESETS as PHASE_PRESETS
 from simulator.rules import RULES
@@ -225,6 +226,13 @@ def network_section(align_supported: bool) -> html.Details:
                               "value": "on", "disabled": not align_supported}],
         value=[], className="check"), title=align_hint if align_supported else
         "the run service does not offer alignment yet"))
+    compare_hint = ("the JMLR protocol: each chosen rule computes its update on the same "
+                    "network every step without applying it; the alignment panel shows each "
+                    "one's cosine with the exact gradient (turns alignment on; slows the run)")
+    rows.append(labelled("compare", dcc.Dropdown(
+        id="compare", multi=True, value=[], placeholder="passive comparison rules…",
+        options=[{"label": name, "value": name} for name in comparable_rules()],
+        className="compare-select"), "compare", compare_hint))
     rows.append(html.Div(id="restart-hint", className="restart-hint"))
     return section("Network", rows, "network")
 

@@ -45,6 +45,7 @@ DEFAULT_SETUP: dict[str, Any] = {
     "phases": "all",
     "phase_race": False,
     "align": False,
+    "compare": [],  # comparison rules measured passively on each run's network
     "units": [0, 1, 2],
     "seed_index": 0,  # which seed of the ensemble the voltage and task panels show
     "panels": list(PANELS),
@@ -113,6 +114,8 @@ def encode(setup: Mapping[str, Any], runs: Sequence[str] = ()) -> str:
         items.append(("race_phases", "1"))
     if setup.get("align"):
         items.append(("align", "1"))
+    if setup.get("compare"):
+        items.append(("compare", ",".join(setup["compare"])))
     units = [int(u) for u in setup.get("units") or []]
     if units != DEFAULT_SETUP["units"]:
         items.append(("units", ",".join(map(str, units))))
@@ -171,6 +174,8 @@ def decode(query: str) -> tuple[dict[str, Any], list[str]]:
             setup["phase_race"] = _flag(value)
         elif key == "align":
             setup["align"] = _flag(value)
+        elif key == "compare":
+            setup["compare"] = [r for r in (v.strip() for v in value.split(",")) if r]
         elif key == "units":
             setup["units"] = _ints(value)[:4]
         elif key == "seed_index":
@@ -293,6 +298,7 @@ def variants(setup: Mapping[str, Any]) -> list[dict[str, Any]]:
         "task_args": task_args_of(setup),
         **{key: str(setup.get(key, DEFAULT_SETUP[key])).strip() for key in CORE_FIELDS},
         "phases": str(setup.get("phases", "all")),
+        "compare": list(setup.get("compare") or []),
     }
     schedules = [("", base["phases"])]
     if setup.get("phase_race") and base["phases"] != "all":
@@ -325,6 +331,8 @@ def restart_fields(setup: Mapping[str, Any], config: Mapping[str, Any]) -> list[
             diff.append("seeds")
     except ConfigError:
         pass
+    if list(setup.get("compare") or []) != list(config.get("compare") or []):
+        diff.append("compare")
     return diff
 
 
@@ -345,6 +353,7 @@ def setup_from_config(config: Mapping[str, Any], base: Mapping[str, Any] | None 
     phases = str(config.get("phases", "all"))
     setup["phases"] = phases
     setup["phase_race"] = False
+    setup["compare"] = list(config.get("compare") or [])
     return setup
 
 

@@ -587,6 +587,10 @@ class Worker:
         summary: dict[str, Any] = {
             "t0": t0, "t1": t0 + tel.steps, "loss": binned(tel.loss, t0, 16),
             "diagnostics": {k: binned(v, t0, 16) for k, v in tel.diagnostics.items()},
+            "alignment": None if tel.alignment is None else {
+                **binned(tel.alignment, t0, 16),
+                **({"compare": {k: binned(v, t0, 16) for k, v in tel.compare.items()}}
+                   if tel.compare else {})},
             "phases": [list(s) for s in run.schedule.spans(t0, t0 + tel.steps)][-64:],
             "weight_norm": {name: float(w.flatten(1).norm(dim=1).mean())
                             for name, w in run.populations().items()},
@@ -660,4 +664,14 @@ def _merge(head: Any, tail: Any) -> Any:
         diagnostics={k: torch.cat([v, tail.diagnostics[k]]) for k, v in head.diagnostics.items()},
         weight_change={k: v + tail.weight_change[k] for k, v in head.weight_change.items()},
         diverged_at=tail.diverged_at,
+        alignment=_cat(head.alignment, tail.alignment),
+        norm_ratio=_cat(head.norm_ratio, tail.norm_ratio),
+        compare={k: torch.cat([v, tail.compare[k]]) for k, v in head.compare.items()},
     )
+
+
+def _cat(a: Any, b: Any) -> Any:
+    """Two steps-first tensors joined (None where either is None)."""
+    import torch
+
+    return None if a is None or b is None else torch.cat([a, b])

@@ -9,12 +9,16 @@ from simulator.rules.base import Dense, Rank1, Rule, RuleOutput, StepContext
 from simulator.rules.bptt import BPTT
 from simulator.rules.dni import DNI
 from simulator.rules.dni_b import DNIB
+from simulator.rules.e_bptt import EpochBPTT
+from simulator.rules.f_bptt import FutureBPTT
 from simulator.rules.kernl import KeRNL
 from simulator.rules.kf_rtrl import KFRTRL
+from simulator.rules.node_perturbation import NodePerturbation
 from simulator.rules.output_only import OutputOnly
 from simulator.rules.r_kf_rtrl import RKFRTRL
 from simulator.rules.rflo import RFLO
 from simulator.rules.rtrl import RTRL
+from simulator.rules.snap1 import SnAp1
 from simulator.rules.uoro import UORO
 from simulator.settings import ConfigError, resolve
 
@@ -29,6 +33,10 @@ RULES: dict[str, type[Rule]] = {
     RKFRTRL.name: RKFRTRL,
     RFLO.name: RFLO,
     KeRNL.name: KeRNL,
+    FutureBPTT.name: FutureBPTT,
+    EpochBPTT.name: EpochBPTT,
+    SnAp1.name: SnAp1,
+    NodePerturbation.name: NodePerturbation,
 }
 
 

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from simulator.losses import loss_value
 from simulator.network import Network
 from simulator.settings import Setting
 
@@ -72,6 +73,7 @@ class StepContext:
     (the immediate dL(t)/dr(t)); ``plastic`` is the set of populations learning this step;
     ``lr`` the learning rates by population (set by the engine; None where a rule is stepped
     by hand: then :meth:`Rule.apply_now` applies nothing).
+    ``loss_kind`` names the task's loss (simulator.losses), so a rule can read L(t) itself.
     """
 
     t: int
@@ -88,12 +90,20 @@ class StepContext:
     plastic: frozenset[str]
     _credit: Tensor | None = None
     lr: Mapping[str, float] | None = None
+    loss_kind: str | None = None
 
     @property
     def credit(self) -> Tensor:
         if self._credit is None:
             self._credit = torch.bmm(self.e.unsqueeze(1), self.net.readout).squeeze(1)
         return self._credit
+
+    @property
+    def loss(self) -> Tensor:
+        """L(t) per seed (S,), from the readout z(t) and the target y(t)."""
+        if self.loss_kind is None:
+            raise ValueError("StepContext.loss needs loss_kind (the engine sets it)")
+        return loss_value(self.loss_kind, self.z, self.y)
 
 
 @dataclass
@@ -121,6 +131,9 @@ class Rule(ABC):
     #: the step can be captured by torch.compile (Run(compile=True)): its state is tensors
     #: only, no Python counter that changes every step
     compilable: ClassVar[bool] = False
+    #: the rule injects noise into the network's state in the forward pass (node
+    #: perturbation): the engine passes r(t) through perturb_state before the readout
+    perturbs_state: ClassVar[bool] = False
 
     def __init__(self, net: Network, n_out: int, args: dict[str, Any], seeds: list[int]) -> None:
         self.args = dict(args)
@@ -128,6 +141,10 @@ class Rule(ABC):
 
     @abstractmethod
     def step(self, ctx: StepContext) -> RuleOutput: ...
+
+    def perturb_state(self, r: Tensor) -> Tensor:
+        """r(t) as the network continues with it (only called where perturbs_state)."""
+        return r
 
     def populations(self) -> dict[str, Tensor]:
         """The weight tensors of the populations this rule owns (updated in place)."""
