@@ -175,6 +175,7 @@ class Guard:
         if not parts or parts[0] != "v":
             return (), frozenset()
         shares = [s for s in (self.store.share(i) for i in parts[1:]) if s]  # revoked: gone now
+        g.plab_revoked = not shares
         return tuple(s["id"] for s in shares), frozenset(r for s in shares for r in s["runs"])
 
     def _session_name(self) -> str | None:
@@ -227,6 +228,8 @@ class Guard:
         if who is None:
             if request.path in PUBLIC_PATHS or request.path.startswith(VIEW_PREFIX):
                 return None
+            if g.get("plab_revoked"):
+                return self.revoked()
             if request.path.startswith("/api/") or request.path == "/api":
                 return _json_error(401, "auth: sign in first: send 'Authorization: Bearer "
                                         "<token>' (the token serve printed, or a user's)", "auth")
@@ -237,6 +240,14 @@ class Guard:
                 return _json_error(403, f"csrf: the {CSRF_HEADER} header must repeat the "
                                         f"{CSRF_COOKIE} cookie (reload the page)", "csrf")
         return None
+
+    @staticmethod
+    def revoked() -> Response:
+        if request.path.startswith("/api/"):
+            return _json_error(403, "auth: this viewer link was revoked by its owner; ask for a "
+                                    "new one, or sign in", "auth")
+        return _page(403, "Plasticity Lab: link revoked", "<p>This viewer link was revoked by "
+                     "its owner. Ask for a new one, or <a href='/?token='>sign in</a>.</p>")
 
     def sign_in(self) -> Response:
         """GET ?token=...: set the session cookie, then redirect to the same URL without it."""
@@ -268,7 +279,7 @@ class Guard:
             dash_app = self.server.extensions.get("plasticity_dashboard")
             hashes = " ".join(dash_app.csp_hashes()) if dash_app else ""  # quoted already
             policy = ("default-src 'self'; "
-                      f"script-src 'self' 'unsafe-eval' {hashes}".rstrip() + "; "
+                      f"script-src 'self' {hashes}".rstrip() + "; "
                       "style-src 'self' 'unsafe-inline'; img-src 'self' data: blob:; "
                       "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; "
                       "object-src 'none'; base-uri 'none'; form-action 'self'; "
