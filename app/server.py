@@ -92,7 +92,7 @@ def wsgi_app() -> Flask:
     if os.environ.get("PLASTICITY_DASHBOARD", "1") not in ("0", "false", "no"):
         from app.__main__ import attach_dashboard
 
-        attach_dashboard(server, backend)
+        attach_dashboard(server, server.extensions[BACKEND_KEY])  # the guarded one
     return server
 
 

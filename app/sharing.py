@@ -61,10 +61,10 @@ def qr_svg(url: str) -> str:
     """The link as a QR code, an SVG drawn locally (segno), scaled by the page."""
     import segno
 
-    out = io.StringIO()
+    out = io.BytesIO()
     segno.make(url, error="m").save(out, kind="svg", scale=10, border=2, xmldecl=False,
                                     svgns=True, omitsize=True)
-    return out.getvalue()
+    return out.getvalue().decode()
 
 
 @sharing.post("/runs/<run_id>/share")

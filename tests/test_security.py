@@ -318,12 +318,13 @@ def test_a_page_on_another_origin_creates_nothing(which: str, browser: Any,
         assert outcomes[:3] == ["sent"] * 3 and outcomes[3] == "blocked", outcomes
         with page.expect_navigation(url=f"{server.base}/api/runs"):
             page.evaluate("document.getElementById('f').submit()")
-        assert "content-type" in page.content()  # the lab answered the form: 415
+        answered = page.content()
     finally:
         context.close()
         evil.shutdown()
         evil.server_close()
-    assert server.run_ids() == before
+    assert server.run_ids() == before  # (the old code created runs here)
+    assert "content-type: got 'text/plain'" in answered  # the lab answered the form: 415
 
 
 # ---- the dashboard in Chromium ---------------------------------------------------------------
@@ -466,4 +467,55 @@ def test_a_race_link_shows_every_run_of_the_race(lab: Lab) -> None:
         seen = lab.call("GET", "/api/runs", cookies=opened.cookies).body["runs"]
         assert sorted(r["id"] for r in seen) == sorted(runs)
     finally:
+        lab.stop_all()
+
+
+@pytest.mark.browser
+def test_share_with_class_shows_a_qr_link_that_opens_a_live_read_only_view(lab: Lab,
+                                                                           browser: Any) -> None:
+    owner = browser.new_context(viewport={"width": 1600, "height": 1200})
+    guest = browser.new_context(viewport={"width": 1600, "height": 1200})
+    problems: list[str] = []
+    try:
+        page = owner.new_page()
+        page.goto(lab.url.replace("?token=", "?steps=2000000&token="))
+        page.wait_for_selector("#loss-graph .js-plotly-plot")
+        before = lab.run_ids()
+        page.click("#btn-play")
+        rid = next(iter(wait_for(lambda: lab.run_ids() - before, 60, "a run from the dashboard")))
+        wait_for(lambda: "step" in page.inner_text("#live-status"), 60, "the run on screen")
+        page.click("#btn-share")
+        page.wait_for_selector("#share-qr")
+        url = page.inner_text("#share-url").strip()
+        assert url.startswith(f"{lab.base}/view/")
+        size = page.evaluate("(() => { const i = document.getElementById('share-qr');"
+                             " return [i.naturalWidth, i.getBoundingClientRect().width]; })()")
+        assert size[0] > 0 and size[1] >= 500, size  # drawn (CSP allows it), and big
+        share_id = lab.admin("GET", "/api/shares")["shares"][0]["id"]
+
+        view = guest.new_page()
+        view.on("console", lambda m: problems.append(m.text) if m.type == "error"
+                and not KNOWN_PLOTLY_NOISE.search(m.text) else None)
+        view.on("pageerror", lambda e: problems.append(str(e)))
+        view.add_init_script(CSP_WATCH)
+        view.goto(url)
+        assert view.url == f"{lab.base}/?run={rid}&viewer=1"
+        view.wait_for_selector("#viewer-banner")
+        assert not view.is_visible("#controls") and not view.is_visible("#btn-play")
+        points = "(() => { const gd = document.querySelector('#loss-graph .js-plotly-plot');" \
+                 " return gd && gd.data ? gd.data.reduce((n, t) => n + (t.x || []).length, 0) : 0 })()"
+        wait_for(lambda: view.evaluate(points) > 0, 60, "the shared run's loss to stream in")
+        first = view.evaluate(points)
+        wait_for(lambda: view.evaluate(points) > first, 60, "more points (live)")
+        view.click("#btn-own-copy")
+        wait_for(lambda: "sign in" in view.inner_text("#own-copy-msg"), 20, "the copy refusal")
+        assert lab.admin("GET", f"/api/runs/{rid}")["status"] == "running"
+        assert view.evaluate("window.cspViolations") == [] and not problems, problems
+
+        lab.admin("DELETE", f"/api/shares/{share_id}")
+        answer = view.goto(f"{lab.base}/")
+        assert answer is not None and answer.status == 403 and "revoked" in view.content()
+    finally:
+        owner.close()
+        guest.close()
         lab.stop_all()
