@@ -116,3 +116,65 @@ def copy_run(run_id: str) -> Response:
     result = _guarded().copy(run_id, **params)
     return _json_response({**result, "owner": _store().owner(result["id"])
                            if result.get("id") else ADMIN}, 201)
+
+
+def add_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (app.api's OpenAPI) with the bearer scheme, the share and copy endpoints,
+    the 401/403/415 answers of the request guard and RunInfo.owner."""
+    err = {"description": "error naming the field",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    share_schema = {"type": "object", "properties": {
+        "id": {"type": "string"}, "owner": {"type": "string"}, "created": {"type": "number"},
+        "runs": {"type": "array", "items": {"type": "string"}},
+        "token": {"type": "string", "description": "only in the answer that made it"},
+        "url": {"type": "string", "description": "the viewer link: /view/{token}"}}}
+
+    def body(props: dict[str, Any]) -> dict[str, Any]:
+        return {"required": False, "content": {"application/json": {"schema": {
+            "type": "object", "properties": props, "additionalProperties": False}}}}
+
+    def ok(schema: dict[str, Any], text: str = "OK") -> dict[str, Any]:
+        return {"description": text, "content": {"application/json": {"schema": schema}}}
+
+    paths = document["paths"]
+    paths["/api/runs/{run_id}/share"] = {"parameters": [run_id], "post": {
+        "summary": "A read-only viewer link to this run (or a race: runs)",
+        "operationId": "shareRun",
+        "requestBody": body({"runs": {"type": "array", "items": {"type": "string"},
+                                      "minItems": 1, "maxItems": MAX_SHARED_RUNS}}),
+        "responses": {"201": ok(share_schema, "created"), "403": err, "404": err, "422": err}}}
+    paths["/api/shares"] = {"get": {
+        "summary": "The caller's viewer links (the admin: all), without tokens",
+        "operationId": "listShares",
+        "responses": {"200": ok({"type": "object", "properties": {
+            "shares": {"type": "array", "items": share_schema}}}), "403": err}}}
+    paths["/api/shares/{token}"] = {"parameters": [{
+        "name": "token", "in": "path", "required": True, "schema": {"type": "string"},
+        "description": "the link's token or its id"}], "delete": {
+        "summary": "Revoke a viewer link (at once)", "operationId": "revokeShare",
+        "responses": {"200": ok({"type": "object"}), "403": err, "404": err}}}
+    paths["/api/runs/{run_id}/copy"] = {"parameters": [run_id], "post": {
+        "summary": "Branch a run you can see into your own runs (counts in your quota)",
+        "operationId": "copyRun",
+        "requestBody": body({"changes": {"type": "object", "additionalProperties": True},
+                             "checkpoint": {"type": "string"}}),
+        "responses": {"201": ok({"type": "object", "properties": {
+            "id": {"type": "string"}, "owner": {"type": "string"}}}, "created"),
+            "403": err, "404": err, "409": err, "422": err}}}
+    for path, item in paths.items():
+        for method, operation in item.items():
+            if method == "parameters" or path == "/api/openapi.json":
+                continue
+            operation["responses"].setdefault("401", err)
+            operation["responses"].setdefault("403", err)
+            if method in ("post", "put", "patch"):
+                operation["responses"].setdefault("415", err)
+    paths["/api/openapi.json"]["get"]["security"] = []  # public
+    document["components"]["schemas"]["RunInfo"]["properties"]["owner"] = {
+        "type": "string", "description": "who created it: 'admin' (the serve token) or a user"}
+    document["components"]["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "the token serve printed (admin) or one from 'plasticity-lab users add'"}}
+    document["security"] = [{"bearer": []}]
+    return document
