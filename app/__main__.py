@@ -225,6 +225,9 @@ def serve(args: argparse.Namespace) -> int:
     from app.security import AUTH_KEY, banner
 
     print(banner(_url(args), server.extensions[AUTH_KEY]), flush=True)
+    if args.host in WILDCARD_HOSTS and not args.allowed_host:
+        print("Note: other machines reach this server only by a name given with "
+              "--allowed-host NAME (Host allow-list against DNS rebinding)", flush=True)
     try:
         server.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     finally:

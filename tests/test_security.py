@@ -332,6 +332,9 @@ def test_a_page_on_another_origin_creates_nothing(which: str, browser: Any,
 CSP_WATCH = """window.cspViolations = [];
 document.addEventListener('securitypolicyviolation',
     (e) => window.cspViolations.push(e.violatedDirective + ' ' + e.blockedURI));"""
+#: points drawn in the loss graph
+LOSS_POINTS = ("(() => { const gd = document.querySelector('#loss-graph .js-plotly-plot');"
+               " return gd && gd.data ? gd.data.reduce((n, t) => n + (t.x || []).length, 0) : 0 })()")
 #: Plotly's console noise on an empty axis, also on the old code (a30448e): not ours
 KNOWN_PLOTLY_NOISE = re.compile(r'^Error: <path> attribute d: Expected number, "MNaN')
 
@@ -358,7 +361,8 @@ def test_the_printed_url_signs_chromium_in_and_the_controls_start_a_run(lab: Lab
         assert run["owner"] == "admin"
         wait_for(lambda: lab.admin("GET", f"/api/runs/{run['id']}")["step"] > 0, 60,
                  "the run to step")
-        page.wait_for_timeout(1000)  # let the live loop (POST _plab/tick) run a few times
+        # the live loop (POST _plab/tick, with the anti-forgery header) draws the loss
+        wait_for(lambda: page.evaluate(LOSS_POINTS) > 0, 60, "the loss graph to fill")
         assert page.evaluate("window.cspViolations") == []
         assert not problems, problems  # no CSP report, no refused request, no script error
     finally:
@@ -502,11 +506,9 @@ def test_share_with_class_shows_a_qr_link_that_opens_a_live_read_only_view(lab: 
         assert view.url == f"{lab.base}/?run={rid}&viewer=1"
         view.wait_for_selector("#viewer-banner")
         assert not view.is_visible("#controls") and not view.is_visible("#btn-play")
-        points = "(() => { const gd = document.querySelector('#loss-graph .js-plotly-plot');" \
-                 " return gd && gd.data ? gd.data.reduce((n, t) => n + (t.x || []).length, 0) : 0 })()"
-        wait_for(lambda: view.evaluate(points) > 0, 60, "the shared run's loss to stream in")
-        first = view.evaluate(points)
-        wait_for(lambda: view.evaluate(points) > first, 60, "more points (live)")
+        wait_for(lambda: view.evaluate(LOSS_POINTS) > 0, 60, "the shared run's loss to stream in")
+        first = view.evaluate(LOSS_POINTS)
+        wait_for(lambda: view.evaluate(LOSS_POINTS) > first, 60, "more points (live)")
         view.click("#btn-own-copy")
         wait_for(lambda: "sign in" in view.inner_text("#own-copy-msg"), 20, "the copy refusal")
         assert lab.admin("GET", f"/api/runs/{rid}")["status"] == "running"
