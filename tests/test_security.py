@@ -151,7 +151,7 @@ def _stop(lab: Lab) -> None:
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     tmp = tmp_path_factory.mktemp("lab")
     alice = _add_user(tmp / "data", "alice")
-    server = _start(tmp, "--max-user-runs", "1")
+    server = _start(tmp, "--max-user-runs", "1", "--allowed-host", "lab.example")
     banner = wait_for(lambda: re.search(r"open (http://\S+\?token=(\S+))", server.log.read_text()),
                       10, "the sign-in URL in the banner")
     server.url, server.token, server.users["alice"] = banner.group(1), banner.group(2), alice
@@ -210,6 +210,12 @@ def test_security_headers_on_every_response(lab: Lab) -> None:
         assert "frame-ancestors 'none'" in csp and "default-src 'self'" in csp
 
 
+def test_no_auth_says_so_in_its_banner_and_needs_no_token(open_lab: Lab) -> None:
+    assert "Sign-in is OFF (--no-auth)" in open_lab.log.read_text()
+    assert open_lab.call("GET", "/api/runs").status == 200
+    assert open_lab.call("GET", "/").status == 200
+
+
 # ---- defect 2: cross-site requests and DNS rebinding ---------------------------------------
 @pytest.mark.parametrize("which", ["lab", "open_lab"])
 def test_a_foreign_host_header_is_refused_for_get_and_post(which: str,
@@ -226,6 +232,8 @@ def test_a_foreign_host_header_is_refused_for_get_and_post(which: str,
     assert server.run_ids() == before
     for host in (f"localhost:{server.port}", f"[::1]:{server.port}", "127.0.0.1"):
         assert server.call("GET", "/api/runs", token=token, host=host).status == 200, host
+    named = server.call("GET", "/api/runs", token=token, host=f"lab.example:{server.port}")
+    assert named.status == (200 if which == "lab" else 400)  # only lab has --allowed-host
 
 
 @pytest.mark.parametrize("which", ["lab", "open_lab"])
