@@ -26,6 +26,8 @@ from typing import Any
 import pytest
 from helpers import free_port, wait_for
 
+from app.service.base import ACTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -194,7 +196,13 @@ def test_the_printed_url_sets_a_strict_http_only_cookie_and_drops_the_token(lab:
     forged = lab.call("POST", "/api/runs", SMALL, cookies={**cookies, "_csrf_token": "x"},
                       csrf=False)
     assert forged.status == 403
+    callback = lab.call("POST", "/_dash-update-component", {"output": "x"}, cookies=cookies,
+                        csrf=False)
+    assert callback.status == 403 and callback.body["field"] == "csrf"  # Dash's POSTs too
     assert lab.call("GET", "/?token=wrong").status == 401
+    issued, sig = cookies["plab_session"].split("|")[2:]
+    for tampered in (f"s|alice|{issued}|{sig}", f"s|admin|{int(issued) + 1}|{sig}", "s|admin"):
+        assert lab.call("GET", "/api/runs", cookies={"plab_session": tampered}).status == 401
 
 
 def test_security_headers_on_every_response(lab: Lab) -> None:
@@ -391,9 +399,12 @@ def test_users_add_list_remove_through_the_cli(lab: Lab) -> None:
     assert again.returncode == 2 and "exists" in again.stderr
     reserved = _cli("users", "add", "admin", "--data-dir", str(lab.data_dir))
     assert reserved.returncode == 2 and reserved.stderr.startswith("name:")
+    signed_in = lab.call("GET", f"/?token={bob}").cookies
+    assert lab.call("GET", "/api/runs", cookies=signed_in).status == 200
     removed = _cli("users", "remove", "bob", "--data-dir", str(lab.data_dir))
     assert removed.returncode == 0
     assert lab.call("GET", "/api/runs", token=bob).status == 401
+    assert lab.call("GET", "/api/runs", cookies=signed_in).status == 401  # the session ends too
     assert "bob" not in _cli("users", "list", "--data-dir", str(lab.data_dir)).stdout.split()
     assert _cli("users", "remove", "bob", "--data-dir", str(lab.data_dir)).returncode == 1
 
@@ -419,7 +430,7 @@ def test_viewer_links_copies_and_per_user_quota(lab: Lab) -> None:
         assert lab.call("GET", f"/api/runs/{other}", cookies=viewer).status == 404
         # ... and changes nothing
         for method, path, body in (
-                ("POST", f"/api/runs/{shared}/control", {"action": "resume"}),
+                *(("POST", f"/api/runs/{shared}/control", {"action": a}) for a in ACTIONS),
                 ("POST", f"/api/runs/{shared}/control", {"action": "view", "units": [1]}),
                 ("DELETE", f"/api/runs/{shared}", None), ("POST", "/api/runs", SMALL),
                 ("POST", f"/api/runs/{shared}/share", {}), ("GET", f"/api/runs/{shared}/export.csv", None),
