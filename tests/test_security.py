@@ -533,6 +533,22 @@ def test_share_with_class_shows_a_qr_link_that_opens_a_live_read_only_view(lab: 
         assert lab.admin("GET", f"/api/runs/{rid}")["status"] == "running"
         assert view.evaluate("window.cspViolations") == [] and not problems, problems
 
+        # a signed-in user with the link gets a copy of their own from the same banner
+        student = browser.new_context(viewport={"width": 1600, "height": 1200})
+        try:
+            mine = student.new_page()
+            mine.goto(f"{lab.base}/?token={lab.users['alice']}")
+            mine.goto(url)
+            mine.wait_for_selector("#viewer-banner")
+            assert mine.is_visible("#btn-play")  # her own controls stay
+            mine.click("#btn-own-copy")
+            wait_for(lambda: "your copy" in mine.inner_text("#own-copy-msg"), 60, "the copy")
+            copy = mine.get_attribute("#own-copy-msg a", "href").split("run=")[1]
+            assert lab.admin("GET", f"/api/runs/{copy}")["owner"] == "alice"
+            assert lab.admin("GET", f"/api/runs/{copy}")["parent"] == rid
+        finally:
+            student.close()
+
         lab.admin("DELETE", f"/api/shares/{share_id}")
         answer = view.goto(f"{lab.base}/")
         assert answer is not None and answer.status == 403 and "revoked" in view.content()

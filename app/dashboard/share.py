@@ -29,6 +29,12 @@ def is_viewer() -> bool:
     return who is not None and who.name is None
 
 
+def watches_a_share() -> bool:
+    """A viewer link is open and the caller is not the admin (offer "Make my own copy")."""
+    who = security.current()
+    return who is not None and bool(who.viewable) and not who.admin
+
+
 def decorate(root: html.Div) -> html.Div:
     """The built layout with the Share button and overlay (and viewer mode when it applies)."""
     header = next(c for c in root.children if getattr(c, "className", "") == "header")
@@ -47,8 +53,11 @@ def decorate(root: html.Div) -> html.Div:
     extra: list[Any] = [overlay]
     if is_viewer():
         root.className = "viewer"
+    if watches_a_share():
         extra.insert(0, html.Div([
-            html.Span("Read-only view of a shared run: you watch it live; nothing here changes it."),
+            html.Span("A shared run, read-only: you watch it live; nothing here changes it."
+                      if is_viewer() else "A shared run: watch it, or make your own copy to "
+                                          "change it."),
             html.Button("Make my own copy", id="btn-own-copy", n_clicks=0, className="hbtn"),
             html.Span(id="own-copy-msg", className="own-copy-msg", role="alert"),
         ], className="viewer-banner", id="viewer-banner"))
