@@ -468,6 +468,13 @@ def test_viewer_links_copies_and_per_user_quota(lab: Lab) -> None:
                            token=alice)
         assert resumed.status in (200, 409)  # a stopped run does not resume; never over quota
         assert lab.call("GET", f"/api/runs/{other}", token=alice).status == 404  # not hers
+        # users share their own runs only, and list their own links only
+        assert lab.call("POST", f"/api/runs/{stopped}/share", {}, token=alice).status == 201
+        theirs = lab.call("POST", f"/api/runs/{shared}/share", {}, token=alice, cookies=viewer)
+        assert theirs.status == 403 and "belongs to 'admin'" in theirs.body["error"]
+        assert [s["runs"] for s in lab.call("GET", "/api/shares", token=alice).body["shares"]] == [
+            [stopped]]
+        assert len(lab.admin("GET", "/api/shares")["shares"]) == 2
 
         # revoking takes effect at once
         revoked = lab.call("DELETE", f"/api/shares/{link.body['token']}", token=lab.token, ctype=None)
