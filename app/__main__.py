@@ -35,6 +35,27 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, default=1,
                        help="--backend celery: server processes behind gunicorn (default 1: "
                             "one threaded process)")
+    serve.add_argument("--token", default=os.environ.get("PLASTICITY_TOKEN") or None,
+                       help="the sign-in token (the admin's; default: $PLASTICITY_TOKEN, else a "
+                            "new random one, printed in the sign-in URL)")
+    serve.add_argument("--no-auth", action="store_true",
+                       help="no sign-in: anyone who reaches the port is the admin (a trusted "
+                            "single-user machine only)")
+    serve.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                       help="a Host name the server answers besides localhost, 127.0.0.1 and "
+                            "[::1] (repeatable; for a lab server reached by name or address)")
+    serve.add_argument("--max-user-runs", type=int, default=None,
+                       help="active runs (ready, running, paused) per named user (default: half "
+                            "of --max-runs, at least 1; 0: no per-user limit)")
+    users = sub.add_parser("users", help="named users of a server (tokens stored hashed)")
+    users_sub = users.add_subparsers(dest="users_command", required=True)
+    for verb, text in (("add", "add a user and print their token (once)"),
+                       ("list", "list the users"), ("remove", "remove a user (their token stops "
+                                                               "working at once)")):
+        cmd = users_sub.add_parser(verb, help=text)
+        if verb != "list":
+            cmd.add_argument("name", help="user name: 1-64 of A-Z a-z 0-9 _ . -")
+        cmd.add_argument("--data-dir", default="data", help="the server's data dir (default ./data)")
     worker = sub.add_parser("worker", help="start a Celery worker that hosts runs "
                                            "(for serve --backend celery)")
     worker.add_argument("--redis-url", default=os.environ.get("PLASTICITY_REDIS_URL", REDIS_URL),
@@ -67,29 +88,88 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     from app.server import create_server, make_backend
 
     kind = getattr(args, "backend", "local")
+    auth = auth_settings(args)
     if kind == "local":
-        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs)
+        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth)
     else:
         server = create_server(make_backend(kind, redis_url=args.redis_url,
-                                            data_dir=args.data_dir, max_runs=args.max_runs))
+                                            data_dir=args.data_dir, max_runs=args.max_runs),
+                               auth=auth)
     backend = server.extensions["plasticity_backend"]
     if not args.no_dashboard:
         attach_dashboard(server, backend)
     return server, backend
 
 
+WILDCARD_HOSTS = ("0.0.0.0", "::", "")
+
+
+def auth_settings(args: argparse.Namespace) -> Any:
+    """serve's sign-in settings (a random token unless --token / $PLASTICITY_TOKEN)."""
+    from app.security import LOCAL_HOSTS, AuthSettings
+
+    hosts = list(args.allowed_host)
+    bind = args.host if ":" not in args.host else f"[{args.host}]"
+    if args.host not in WILDCARD_HOSTS and bind not in LOCAL_HOSTS:
+        hosts.append(bind)  # the address the server was asked to listen on
+    quota = args.max_user_runs
+    if quota is None:
+        quota = max(1, args.max_runs // 2)
+    extra = {"token": args.token} if args.token else {}
+    settings = AuthSettings(enabled=not args.no_auth, allowed_hosts=tuple(hosts),
+                            max_user_runs=quota or None, **extra)
+    args.token = settings.token  # the same token for gunicorn's processes
+    return settings
+
+
+def _url(args: argparse.Namespace) -> str:
+    host = "127.0.0.1" if args.host in WILDCARD_HOSTS else args.host
+    return f"http://{host if ':' not in host else f'[{host}]'}:{args.port}/"
+
+
+def users(args: argparse.Namespace) -> int:
+    """``plasticity-lab users add|list|remove``: named users in the data dir."""
+    from app.users import AccessStore
+
+    store = AccessStore(args.data_dir)
+    if args.users_command == "add":
+        try:
+            token = store.add_user(args.name)
+        except ValueError as err:
+            print(err, file=sys.stderr)
+            return 2
+        print(f"user {args.name!r} added; their token (shown once, stored hashed):\n{token}\n"
+              f"They sign in by opening http://HOST:PORT/?token={token} or with the header "
+              "'Authorization: Bearer <token>'.")
+        return 0
+    if args.users_command == "remove":
+        if not store.remove_user(args.name):
+            print(f"name: no user {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"user {args.name!r} removed (their token no longer works)")
+        return 0
+    for user in store.users():
+        print(user["name"])
+    return 0
+
+
 def serve_gunicorn(args: argparse.Namespace) -> int:
     """``serve --backend celery --processes N``: N server processes behind gunicorn (this
     process becomes the gunicorn master)."""
+    from app.security import banner
+
+    auth = auth_settings(args)
     env = {**os.environ, "PLASTICITY_BACKEND": args.backend, "PLASTICITY_REDIS_URL": args.redis_url,
            "PLASTICITY_DATA_DIR": str(args.data_dir), "PLASTICITY_MAX_RUNS": str(args.max_runs),
-           "PLASTICITY_DASHBOARD": "0" if args.no_dashboard else "1"}
+           "PLASTICITY_DASHBOARD": "0" if args.no_dashboard else "1",
+           "PLASTICITY_TOKEN": auth.token, "PLASTICITY_NO_AUTH": "0" if auth.enabled else "1",
+           "PLASTICITY_ALLOWED_HOSTS": ",".join(auth.allowed_hosts),
+           "PLASTICITY_MAX_USER_RUNS": str(auth.max_user_runs or "")}
     argv = [sys.executable, "-m", "gunicorn", "-w", str(args.processes), "-k", "gthread",
             "--threads", "8", "-b", f"{args.host}:{args.port}", "--graceful-timeout", "10",
             "--log-level", "debug" if args.debug else "info", "app.server:wsgi_app()"]
-    print(f"Plasticity Lab on http://{args.host}:{args.port}/ (API: /api/openapi.json), "
-          f"{args.processes} server processes, runs on Celery workers via {args.redis_url}",
-          flush=True)
+    print(f"{banner(_url(args), auth)}\n{args.processes} server processes, runs on Celery "
+          f"workers via {args.redis_url}", flush=True)
     os.execve(sys.executable, argv, env)
     return 0  # not reached
 
@@ -120,6 +200,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.max_runs < 1:
         print(f"max-runs: got {args.max_runs}; allowed: >= 1", file=sys.stderr)
         return 2
+    if args.max_user_runs is not None and args.max_user_runs < 0:
+        print(f"max-user-runs: got {args.max_user_runs}; allowed: >= 0 (0: no per-user limit)",
+              file=sys.stderr)
+        return 2
     if args.processes < 1 or (args.processes > 1 and args.backend != "celery"):
         print(f"processes: got {args.processes}; allowed: 1, or more with --backend celery",
               file=sys.stderr)
@@ -138,7 +222,12 @@ def serve(args: argparse.Namespace) -> int:
         sys.exit(0)
 
     signal.signal(signal.SIGTERM, stop)
-    print(f"Plasticity Lab on http://{args.host}:{args.port}/ (API: /api/openapi.json)", flush=True)
+    from app.security import AUTH_KEY, banner
+
+    print(banner(_url(args), server.extensions[AUTH_KEY]), flush=True)
+    if args.host in WILDCARD_HOSTS and not args.allowed_host:
+        print("Note: other machines reach this server only by a name given with "
+              "--allowed-host NAME (Host allow-list against DNS rebinding)", flush=True)
     try:
         server.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
     finally:
@@ -152,6 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         return serve(args)
     if args.command == "worker":
         return worker(args)
+    if args.command == "users":
+        return users(args)
     return 2
 
 

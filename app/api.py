@@ -436,8 +436,11 @@ def openapi_document() -> dict[str, Any]:
             "error": {"type": "string", "description": "'field: message'"},
             "field": {"type": "string", "nullable": True}}},
     }
-    return {"openapi": "3.0.3",
-            "info": {"title": "Plasticity Lab run service", "version": "0.1.0",
-                     "description": "Runs in background workers, live telemetry frames after a "
-                                    "cursor, control, persistent history."},
-            "paths": paths, "components": {"schemas": schemas}}
+    document = {"openapi": "3.0.3",
+                "info": {"title": "Plasticity Lab run service", "version": "0.1.0",
+                         "description": "Runs in background workers, live telemetry frames after "
+                                        "a cursor, control, persistent history."},
+                "paths": paths, "components": {"schemas": schemas}}
+    from app.sharing import add_openapi  # sign-in, viewer links, copies
+
+    return add_openapi(document)

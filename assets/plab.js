@@ -296,13 +296,18 @@
         return prefix.replace(/\/?$/, "/") + "_plab/tick";
     }
 
+    function csrfToken() {  // the anti-forgery cookie, repeated as a header (app/security.py)
+        const m = document.cookie.match(/(?:^|;\s*)_csrf_token=([^;]*)/);
+        return m ? decodeURIComponent(m[1]) : "";
+    }
+
     async function tickOnce() {
         const view = plab.view, state = plab.state;
         if (!view || !state || !view.runs || !view.runs.length) return false;
         if (state.epoch !== view.epoch) return false;
         const sent = Date.now();
         const res = await fetch(plab.url || (plab.url = tickUrl()), {
-            method: "POST", headers: {"Content-Type": "application/json"},
+            method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrfToken()},
             body: JSON.stringify({view: view, cursors: state.cursors, carry: state.carry}),
         });
         if (!res.ok) throw new Error("tick " + res.status);

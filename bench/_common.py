@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
+
+#: the sign-in token the benchmarks start their servers with (PLASTICITY_TOKEN) and send
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:

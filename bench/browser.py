@@ -23,7 +23,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from _common import free_port
+from _common import AUTH, TOKEN, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -40,14 +40,15 @@ PROBE_JS = """
 
 
 def start_server(data_dir: str, port: int, max_runs: int = 4) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PLASTICITY_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
                              "--data-dir", data_dir, "--max-runs", str(max_runs)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/runs", timeout=2)
+            urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/api/runs",
+                                                          headers=AUTH), timeout=2)
             return proc
         except OSError:
             if proc.poll() is not None:
@@ -110,7 +111,7 @@ def main() -> int:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
                 page = browser.new_page(viewport={"width": 1600, "height": args.height})
                 rules = "dni,dni-b" if args.race else "dni-b"
-                page.goto(f"http://127.0.0.1:{port}/?task=add&rules={rules}&steps=1000000")
+                page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}&task=add&rules={rules}&steps=1000000")
                 page.wait_for_selector("#loss-graph .js-plotly-plot")
                 page.wait_for_timeout(1500)
                 speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]

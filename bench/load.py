@@ -37,7 +37,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from _common import free_port, pct
+from _common import AUTH, TOKEN, free_port, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
@@ -64,7 +64,7 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, int]:
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": "application/json"} if data else {}
+        headers = {**AUTH, **({"Content-Type": "application/json"} if data else {})}
         try:
             self.conn.request(method, "/api" + path, body=data, headers=headers)
             answer = self.conn.getresponse()
@@ -120,7 +120,8 @@ class Stack:
         self.redis_port, self.http_port = free_port(), free_port()
         self.url = f"redis://127.0.0.1:{self.redis_port}/0"
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-        self.env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1"}
+        self.env = {**os.environ, "PYTHONPATH": path, "OMP_NUM_THREADS": "1",
+                    "PLASTICITY_TOKEN": TOKEN}
         self._start("redis", [shutil.which("redis-server") or "redis-server", "--port",
                               str(self.redis_port), "--bind", "127.0.0.1", "--dir", str(tmp),
                               "--save", "", "--appendonly", "yes"])

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import free_port, pct
+from _common import AUTH, TOKEN, free_port, pct
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
@@ -42,7 +42,7 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None) -> Any:
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": "application/json"} if data else {}
+        headers = {**AUTH, **({"Content-Type": "application/json"} if data else {})}
         for attempt in range(2):
             try:
                 self.conn.request(method, "/api" + path, body=data, headers=headers)
@@ -75,7 +75,7 @@ def rss_mb(pid: int) -> float:
 
 def start_server(data_dir: str) -> tuple[subprocess.Popen, Client]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PLASTICITY_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--no-dashboard", "--port",
                              str(port), "--data-dir", data_dir, "--max-runs", "2"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

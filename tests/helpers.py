@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from collections.abc import Callable
 from typing import Any
+
+#: the sign-in token the tests start real servers with (``PLASTICITY_TOKEN``) and send
+TOKEN = secrets.token_urlsafe(32)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 def free_port() -> int:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import free_port, wait_for
+from helpers import AUTH, TOKEN, free_port, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,7 +34,8 @@ SMALL = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**7, "test_steps": 2
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Flask]:
     app = create_server(data_dir=tmp_path / "data", max_runs=2, eval_every=500,
-                        checkpoint_every=2000, frame_rate=20.0)
+                        checkpoint_every=2000, frame_rate=20.0,
+                        auth=False)  # the test client is the admin; sign-in: test_security.py
     yield app
     app.extensions["plasticity_backend"].shutdown()
 
@@ -125,6 +126,8 @@ def test_bad_requests_name_the_field(client: FlaskClient, method: str, path: str
         kwargs = {"data": body, "content_type": "application/json"}
     elif body is not None:
         kwargs = {"json": body}
+    elif method in ("post", "put"):
+        kwargs = {"content_type": "application/json"}  # without it: 415 (test_security.py)
     answer = getattr(client, method)(path, **kwargs)
     assert answer.status_code == status, answer.json
     assert answer.json["field"] == field and answer.json["error"].startswith(field)
@@ -198,7 +201,8 @@ def _fuzz_client(factory: pytest.TempPathFactory) -> FlaskClient:
     """One server for the fuzz tests: max_runs=1 and one paused, steps-capped run holding the
     slot, so a valid generated config answers 409 instead of starting work."""
     if "server" not in _FUZZ:
-        server = create_server(data_dir=factory.mktemp("fuzz"), max_runs=1, eval_every=0)
+        server = create_server(data_dir=factory.mktemp("fuzz"), max_runs=1, eval_every=0,
+                               auth=False)
         client = server.test_client()
         rid = client.post("/api/runs", json={**SMALL, "steps": 2000, "start": False}).json["id"]
         _FUZZ.update(server=server, client=client, run=rid)
@@ -220,7 +224,9 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
     assert set(doc["paths"]) == {
         "/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/frames",
         "/api/runs/{run_id}/history", "/api/runs/{run_id}/control",
-        "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json"}
+        "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json",
+        "/api/runs/{run_id}/share", "/api/runs/{run_id}/copy", "/api/shares", "/api/shares/{token}"}
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
     assert {"RunConfig", "RunInfo", "Frame", "Frames", "Control", "Error"} <= set(schemas)
     assert "dni-b" in schemas["RunConfig"]["properties"]["rule"]["enum"]
@@ -244,7 +250,7 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
 def _http(url: str, body: Any = None) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=10) as answer:
             return answer.status, json.loads(answer.read())
@@ -262,7 +268,7 @@ def _gone(pid: int) -> bool:
 
 def test_real_server_subprocess_then_killed_run_resumes(tmp_path: Path) -> None:
     port, data = free_port(), tmp_path / "data"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PLASTICITY_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
                              "--data-dir", str(data)], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

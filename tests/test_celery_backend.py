@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port, wait_for
+from helpers import AUTH, TOKEN, free_port, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 try:
@@ -227,7 +227,7 @@ def celery_client(make_backend: Callable[..., Any]) -> Any:
     from app.server import create_server
 
     backend = make_backend(max_runs=2, eval_every=500, checkpoint_every=2000, frame_rate=20.0)
-    return create_server(backend).test_client()
+    return create_server(backend, auth=False).test_client()  # sign-in: tests/test_security.py
 
 
 def _api_suite() -> Any:
@@ -411,7 +411,7 @@ def test_redis_restart_servers_and_workers_reconnect(cluster: Cluster,
 def _http(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json"})
+                                     headers={"Content-Type": "application/json", **AUTH})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
             return answer.status, json.loads(answer.read())
@@ -421,7 +421,7 @@ def _http(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
 
 def _start_server(cluster: Cluster, tmp_path: Path, name: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PLASTICITY_TOKEN": TOKEN}
     log = open(tmp_path / f"server-{name}.log", "wb")  # noqa: SIM115 - the process owns it
     proc = subprocess.Popen(
         [sys.executable, "-m", "app", "serve", "--backend", "celery", "--redis-url",

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import free_port
+from helpers import AUTH, TOKEN, free_port
 
 pytestmark = pytest.mark.browser
 
@@ -79,7 +79,7 @@ DIGEST_JS = """
 def _api(base: str, path: str, body: dict | None = None) -> Any:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(base + path, data=data, method="POST" if body else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", **AUTH})
     with urllib.request.urlopen(req, timeout=10) as res:
         return json.loads(res.read() or b"null")
 
@@ -93,7 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         [sys.executable, "-m", "app", "serve", "--port", str(port), "--data-dir", str(data_dir),
          "--max-runs", "6"],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"})
+        env={**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "PLASTICITY_TOKEN": TOKEN})
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while True:
@@ -126,6 +126,7 @@ def browser() -> Iterator[Any]:
 def page(browser: Any, server: str) -> Iterator[Any]:
     context = browser.new_context(viewport=VIEWPORT)
     pg = context.new_page()
+    pg.goto(f"{server}/?token={TOKEN}")  # sign in, as the URL serve prints does
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
     pg.errors = errors

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import dash
 from flask_caching import Cache
 
-from app.dashboard import callbacks, layout
+from app.access import GuardedBackend
+from app.dashboard import callbacks, layout, share
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -45,7 +46,13 @@ def build_dashboard(server: Flask, backend: Backend, *, url_base_pathname: str =
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     svc = callbacks.register(app, backend, cache)
-    app.layout = lambda: layout.build_layout(svc.presets(), align_supported=svc.align is not None)
+    if isinstance(backend, GuardedBackend):  # sign-in is on the server: Share, viewer mode
+        share.register(app, backend)
+        app.layout = lambda: share.decorate(
+            layout.build_layout(svc.presets(), align_supported=svc.align is not None))
+    else:
+        app.layout = lambda: layout.build_layout(svc.presets(),
+                                                 align_supported=svc.align is not None)
     server.extensions["plasticity_dashboard"] = app
     return app
 
