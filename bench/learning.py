@@ -12,6 +12,7 @@ Grids (network lr 1e-3, n = 32, plain SGD, one update per step, 100,000 steps, s
 batched in one run, 5,000 held-out steps with learning frozen):
 
   core  Add(5,9), alpha = 1; rules bptt (T = 10), rtrl, dni, dni-b, output-only
+  add59 / add35  all fourteen rules on Add(5,9) / Add(3,5), alpha = 1
   jmlr  all fourteen rules on Add(5,9) alpha = 1; Add(2,4) tau_task = 2, alpha = 0.5;
         Mimic (n_in = n_out = 32, teacher of the same alpha) with alpha = 1 and 0.5
 
@@ -70,6 +71,7 @@ class Setting:
 
 
 ADD_59 = Setting("Add(5,9), alpha=1", "add", {"t1": 5, "t2": 9}, 1.0, (0.05, 0.01))
+ADD_35 = Setting("Add(3,5), alpha=1", "add", {"t1": 3, "t2": 5}, 1.0, (0.05, 0.01))
 ADD_24 = Setting("Add(2,4), tau_task=2, alpha=0.5", "add", {"t1": 2, "t2": 4, "tau_task": 2},
                  0.5, (1e-3, 1e-3))
 
@@ -84,6 +86,8 @@ EXACT_FIRST = ("rtrl", "bptt", "f-bptt", "e-bptt", "uoro", "kf-rtrl", "r-kf-rtrl
 GRIDS: dict[str, tuple[tuple[Setting, ...], tuple[str, ...]]] = {
     "core": ((ADD_59,), ("bptt", "rtrl", "dni", "dni-b", "output-only")),
     "jmlr": ((ADD_59, ADD_24, mimic(1.0), mimic(0.5)), EXACT_FIRST),
+    "add59": ((ADD_59,), EXACT_FIRST),   # every rule on Add(5,9) (issue 13's table)
+    "add35": ((ADD_35,), EXACT_FIRST),   # every rule on Add(3,5)
 }
 
 

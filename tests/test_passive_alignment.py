@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import free_port, wait_for
+from helpers import AUTH, TOKEN, free_port, wait_for
 from test_api import _http
 
 from simulator import ConfigError, Run, RunConfig
@@ -172,7 +172,7 @@ def test_cli_compare_prints_the_protocol_and_a_mean_per_rule(tmp_path, capsys):
 
 def test_real_server_streams_and_exports_passive_alignment(tmp_path: Path) -> None:
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PLASTICITY_TOKEN": TOKEN}
     proc = subprocess.Popen([sys.executable, "-m", "app", "serve", "--port", str(port),
                              "--data-dir", str(tmp_path / "data")], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -205,7 +205,8 @@ def test_real_server_streams_and_exports_passive_alignment(tmp_path: Path) -> No
                  what="the run to finish")
         history = _http(f"{base}/runs/{rid}/history?max_points=20")[1]
         assert set(history["alignment"]["compare"]) == {"rflo", "kernl"}
-        with urllib.request.urlopen(f"{base}/runs/{rid}/export.csv", timeout=10) as answer:
+        export = urllib.request.Request(f"{base}/runs/{rid}/export.csv", headers=AUTH)
+        with urllib.request.urlopen(export, timeout=10) as answer:
             rows = list(csv.DictReader(io.StringIO(answer.read().decode())))
         assert len(rows) == 800
         assert all(r["alignment_rflo"] not in ("", "nan") for r in rows)
@@ -294,7 +295,7 @@ def test_fast_forward_keeps_alignment_in_the_history(tmp_path: Path) -> None:
     from app.server import create_server
 
     app = create_server(data_dir=tmp_path / "data", max_runs=2, eval_every=0,
-                        checkpoint_every=10**6, frame_rate=20.0)
+                        checkpoint_every=10**6, frame_rate=20.0, auth=False)
     client = app.test_client()
     try:
         rid = client.post("/api/runs", json={"task": "add", "rule": "rflo", "n": 8,
