@@ -105,6 +105,7 @@ class CeleryBackend(Backend):
             "eval_every": self.settings.eval_every, "eval_steps": self.settings.eval_steps,
             "checkpoint_every": self.settings.checkpoint_every,
             "keep_checkpoints": self.settings.keep_checkpoints,
+            "history_budget": self.settings.history_budget,
             "frame_rate": self.settings.frame_rate, "steps_per_frame": self.settings.steps_per_frame,
             "history_bins": self.settings.history_bins,
             "stream_len": int(stream_len or self.settings.live_frames),

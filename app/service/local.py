@@ -124,6 +124,8 @@ class LocalBackend(Backend):
                               f"run.json files, nothing is written; repair: "
                               f"{repair_hint(self.settings.data_dir)}")
             log.error("%s", self.read_only)
+        elif self.store.full:
+            self._set_disk_full(self.store.full + "; restart the server once there is space")
         self._load()
         used = self.store.usage()
         self.max_disk = (self.settings.max_disk if self.settings.max_disk is not None
@@ -152,8 +154,8 @@ class LocalBackend(Backend):
                 self._runs[h.id] = h
                 continue
             adopted += bool(row.get("adopted"))
-            h.checkpoints = [c["name"] for c in (self.store.checkpoints(h.id) if
-                                                   not self.store.damaged else row["checkpoints"])]
+            h.checkpoints = [c["name"] for c in (row["checkpoints"] if "checkpoints" in row
+                                                   else self.store.checkpoints(h.id))]
             if h.status in ACTIVE_STATUSES:
                 h.status = "interrupted"
                 h.info["steps_per_second"] = 0.0
@@ -181,7 +183,7 @@ class LocalBackend(Backend):
         reason = self.store.probe()
         if reason is not None:
             self._set_disk_full(reason)
-        elif self._disk_full:
+        elif self._disk_full and not self.store.full:
             self._disk_full, self.read_only = False, None
             log.warning("the data disk takes writes again: the server is writable")
 

@@ -99,6 +99,7 @@ class Store:
         self.root = Path(data_dir)
         self.db_path = self.root / "runs.sqlite3"
         self.damaged: str | None = None   # why the index cannot be used (None: it can)
+        self.full: str | None = None      # set when the index could not open for a full disk
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
@@ -106,8 +107,9 @@ class Store:
             self._db = self._open()
         except sqlite3.DatabaseError as exc:
             if is_disk_full(exc):
-                raise DiskFull(f"{self.db_path}: {exc}") from None
-            self.damaged = f"{self.db_path} is damaged ({exc})"
+                self.full = f"{self.db_path} cannot open: {exc}"
+            else:
+                self.damaged = f"{self.db_path} is damaged ({exc})"
             self._db = None
         if self._db is not None:
             try:
@@ -165,7 +167,7 @@ class Store:
     def _exec(self, fn: Any) -> Any:
         """Run ``fn(db)`` under the lock; a full disk raises DiskFull, no index StoreDamaged."""
         if self._db is None:
-            raise StoreDamaged(self.damaged or "the index is closed")
+            raise StoreDamaged(self.damaged or self.full or "the index is closed")
         with self._lock:
             try:
                 return fn(self._db)
@@ -232,22 +234,24 @@ class Store:
         if status is not None:
             self.write_manifest(run_id)
 
-    def load_runs(self) -> list[dict[str, Any]]:
+    def load_runs(self, adopt: bool = True) -> list[dict[str, Any]]:
         """Every run, oldest first: id, created, parent, config, status, step, info; a row or
         folder that cannot be read comes back with ``unreadable`` (the reason) and config {}.
-        Folders the index lacks are indexed from their run.json (an emptied database)."""
+        Folders the index lacks are indexed from their run.json when ``adopt`` (an emptied
+        database: "adopted" is set), else come back with "indexed" False."""
         if self._db is None:
-            return [self._from_manifest(folder.name) for folder in self._folders()]
+            return [self.manifest_run(folder.name) for folder in self._folders()]
         rows = self._exec(lambda db: db.execute("SELECT * FROM runs ORDER BY created").fetchall())
         out = [_parse_row(r) for r in rows]
         known = {r["id"] for r in out}
         missing = [f.name for f in self._folders() if f.name not in known]
         for run_id in missing:
-            run = self._from_manifest(run_id)
-            if "unreadable" not in run:
+            run = self.manifest_run(run_id)
+            run["indexed"] = False
+            if "unreadable" not in run and adopt:
                 with contextlib.suppress(DiskFull):
                     self.index_from_manifest(run)
-                    run["adopted"] = True
+                    run["adopted"], run["indexed"] = True, True
             out.append(run)
         return sorted(out, key=lambda r: r["created"])
 
@@ -262,7 +266,8 @@ class Store:
             raise ValueError("run.json holds no config object")
         return data
 
-    def _from_manifest(self, run_id: str) -> dict[str, Any]:
+    def manifest_run(self, run_id: str) -> dict[str, Any]:
+        """The run as its run.json records it (``unreadable`` set when it cannot be read)."""
         folder = self.run_dir(run_id)
         try:
             data = self.read_manifest(run_id)
@@ -515,11 +520,12 @@ def default_max_disk(root: Path, used: int) -> int:
 
 
 def size_text(nbytes: float) -> str:
-    for unit in ("bytes", "KB", "MB", "GB"):
-        if abs(nbytes) < 1000 or unit == "GB":
+    """Bytes in binary units, as the CLI reads them (64M is 64 MiB)."""
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if abs(nbytes) < 1024 or unit == "GiB":
             return f"{nbytes:.0f} {unit}" if unit == "bytes" else f"{nbytes:.1f} {unit}"
-        nbytes /= 1000
-    return f"{nbytes:.1f} TB"
+        nbytes /= 1024
+    return f"{nbytes:.1f} GiB"
 
 
 def verify_checkpoint(path: Path) -> str | None:

@@ -649,13 +649,16 @@ class Worker:
         name = name or f"auto-{run.t:010d}"
         path = self.dir / "checkpoints" / f"{name}.pt"
         tmp = path.with_suffix(".tmp")
+        target = _WriteErrors(None)
         try:
-            torch.save(run.state_dict(), tmp)
+            with open(tmp, "wb") as f:
+                target.file = f
+                torch.save(run.state_dict(), target)
             os.replace(tmp, path)
         except BaseException as exc:
             tmp.unlink(missing_ok=True)
-            if isinstance(exc, RuntimeError) and "write" in str(exc):  # torch's zip writer
-                raise OSError(errno.ENOSPC, str(exc)[:200]) from None
+            if isinstance(exc, RuntimeError) and target.error is not None:
+                raise target.error from None  # torch's zip writer hides the OSError
             raise
         self.last_ckpt = run.t
         self.saved_step = run.t
@@ -665,6 +668,24 @@ class Worker:
 
 
 _TERMINATE = threading.Event()
+
+
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write (torch reports it as a
+    RuntimeError without the errno)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
 
 
 def _disk_full(exc: BaseException) -> bool:
