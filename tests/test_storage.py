@@ -170,6 +170,33 @@ def test_long_256_seed_run_keeps_its_history_under_budget(start_server: Any, tmp
     assert (covered == steps).all()  # every step of every seed is in some row
 
 
+def make_runs(data: Path) -> list[str]:
+    """Two runs: one finished, one interrupted with a few checkpoints."""
+    b = LocalBackend(settings(data))
+    try:
+        done = b.create({**SMALL, "steps": 700})
+        long = b.create(SMALL)
+        wait_for(lambda: b.get(done)["status"] == "finished" and
+                 len(b.get(long)["checkpoints"]) >= 2,
+                 what="one finished run, one with two checkpoints")
+    finally:
+        b.shutdown()
+    return [done, long]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A data directory with two runs (made once per module; tests work on copies)."""
+    data = tmp_path_factory.mktemp("made") / "data"
+    done, long = make_runs(data)
+    return data, done, long
+
+
+def copy_of(made: tuple[Path, str, str], target: Path) -> tuple[Path, str, str]:
+    shutil.copytree(made[0], target)
+    return target, made[1], made[2]
+
+
 # ---- checkpoints: pruned, and nothing left by a refused branch -------------------------------
 def test_branch_checkpoints_are_not_kept_and_a_refused_branch_writes_nothing(tmp_path: Path) -> None:
     b = LocalBackend(settings(tmp_path / "data", keep_checkpoints=2))
@@ -202,14 +229,14 @@ def test_branch_checkpoints_are_not_kept_and_a_refused_branch_writes_nothing(tmp
 
 
 # ---- a copied data directory is self-contained (defect 5) -------------------------------------
-def test_a_copied_data_dir_never_touches_the_original(tmp_path: Path) -> None:
-    original, copy = tmp_path / "original", tmp_path / "copy"
-    first = LocalBackend(settings(original, keep_checkpoints=1))
-    rid = first.create(SMALL)
-    wait_for(lambda: first.get(rid)["step"] > 1200, what="checkpoints in the original")
-    first.shutdown()  # interrupted, with a last checkpoint
+def test_a_copied_data_dir_never_touches_the_original(
+        made: tuple[Path, str, str], tmp_path: Path) -> None:
+    original, _, rid = copy_of(made, tmp_path / "original")
+    copy = tmp_path / "copy"
+    with sqlite3.connect(original / "runs.sqlite3") as db:  # as the old code stored them
+        db.execute("UPDATE checkpoints SET path = ? || '/' || path", (str(original),))
     before = files(original / "runs" / rid / "checkpoints")
-    assert before
+    assert len(before) >= 4  # checkpoints and their history snapshots
     shutil.copytree(original, copy)
     second = LocalBackend(settings(copy, keep_checkpoints=1))
     try:
@@ -227,14 +254,9 @@ def test_a_copied_data_dir_never_touches_the_original(tmp_path: Path) -> None:
 
 
 # ---- a truncated latest checkpoint (defect 10) -----------------------------------------------
-def test_a_truncated_latest_checkpoint_falls_back_to_an_intact_one(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    first = LocalBackend(settings(data, keep_checkpoints=3))
-    rid = first.create(SMALL)
-    wait_for(lambda: len(first.get(rid)["checkpoints"]) >= 2, what="two checkpoints")
-    first.shutdown()
-    store = first.store
-    del store
+def test_a_truncated_latest_checkpoint_falls_back_to_an_intact_one(
+        made: tuple[Path, str, str], tmp_path: Path) -> None:
+    data, _, rid = copy_of(made, tmp_path / "data")
     second = LocalBackend(settings(data, keep_checkpoints=3))
     try:
         cks = second.store.checkpoints(rid)
@@ -330,19 +352,6 @@ def test_max_disk_refuses_a_run_that_may_not_fit(start_server: Any, tmp_path: Pa
 
 
 # ---- a damaged index (defect 10) --------------------------------------------------------------
-def make_runs(data: Path) -> list[str]:
-    """Two runs: one finished, one interrupted with checkpoints."""
-    b = LocalBackend(settings(data))
-    try:
-        done = b.create({**SMALL, "steps": 700})
-        long = b.create(SMALL)
-        wait_for(lambda: b.get(done)["status"] == "finished" and b.get(long)["checkpoints"],
-                 what="one finished run, one with a checkpoint")
-    finally:
-        b.shutdown()
-    return [done, long]
-
-
 def damage(db: Path, how: str) -> None:
     for suffix in ("-wal", "-shm"):
         db.with_name(db.name + suffix).unlink(missing_ok=True)
@@ -357,9 +366,8 @@ def damage(db: Path, how: str) -> None:
 
 @pytest.mark.parametrize("how", ["garbage", "truncated", "empty"])
 def test_damaged_database_server_starts_lists_runs_and_names_the_repair(
-        how: str, tmp_path: Path, start_server: Any) -> None:
-    data = tmp_path / "data"
-    done, long = make_runs(data)
+        how: str, made: tuple[Path, str, str], tmp_path: Path, start_server: Any) -> None:
+    data, done, long = copy_of(made, tmp_path / "data")
     damage(data / "runs.sqlite3", how)
     server = start_server(data)
     status, listed = server("/runs")
@@ -391,9 +399,9 @@ def test_damaged_database_server_starts_lists_runs_and_names_the_repair(
         b.shutdown()
 
 
-def test_a_bad_config_row_is_listed_unreadable_not_a_500(tmp_path: Path, start_server: Any) -> None:
-    data = tmp_path / "data"
-    done, long = make_runs(data)
+def test_a_bad_config_row_is_listed_unreadable_not_a_500(
+        made: tuple[Path, str, str], tmp_path: Path, start_server: Any) -> None:
+    data, done, long = copy_of(made, tmp_path / "data")
     with sqlite3.connect(data / "runs.sqlite3") as db:
         db.execute("UPDATE runs SET config = '{\"task\": ' WHERE id = ?", (long,))
     server = start_server(data)
