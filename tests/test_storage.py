@@ -151,7 +151,7 @@ def test_long_256_seed_run_keeps_its_history_under_budget(start_server: Any, tmp
     """The issue's case: n=1, 256 seeds, output-only wrote 970 MB of CSV in 64 s."""
     budget = 2 << 20
     server = start_server(tmp_path / "data", "--history-budget", str(budget))
-    steps = 30_000
+    steps = 20_000
     status, made = server("/runs", {"task": "add", "rule": "output-only", "n": 1,
                                     "seeds": "0-255", "steps": steps, "test_steps": 10})
     assert status == 201, made
@@ -160,7 +160,7 @@ def test_long_256_seed_run_keeps_its_history_under_budget(start_server: Any, tmp
     wait_for(lambda: server(f"/runs/{rid}")[1]["status"] == "finished", timeout=240,
              what="the 256-seed run to finish")
     csv_path = tmp_path / "data" / "runs" / rid / "scalars.csv"
-    assert 0.5 * budget < csv_path.stat().st_size <= budget  # full resolution was 150 MB
+    assert 0.5 * budget < csv_path.stat().st_size <= budget  # full resolution: 100 MB
     covered = np.zeros(256, dtype=np.int64)
     with csv_path.open() as f:
         reader = csv.reader(f)
@@ -345,10 +345,17 @@ def test_full_disk_create_507_run_pauses_delete_frees_restart_read_only(
 
 def test_max_disk_refuses_a_run_that_may_not_fit(start_server: Any, tmp_path: Path) -> None:
     server = start_server(tmp_path / "data", "--max-disk", "1M", "--history-budget", "64M")
-    status, refused = server("/runs", SMALL)
-    assert status == 507 and refused["field"] == "max_disk", refused
+    status, refused = server("/runs", SMALL)  # could never fit: a setting to change
+    assert status == 422 and refused["field"] == "max_disk", refused
     assert "--max-disk" in refused["error"] and "history up to 64.0 MiB" in refused["error"]
     assert not list((tmp_path / "data" / "runs").iterdir())
+    server.stop()
+    server = start_server(tmp_path / "data", "--max-disk", "70M", "--history-budget", "40M")
+    assert server("/runs", SMALL)[0] == 201  # fits: 40 MiB of history and small checkpoints
+    status, refused = server("/runs", SMALL)  # fits alone, not beside the first one's budget
+    assert status == 507 and refused["field"] == "max_disk", refused
+    assert "reserved by live runs" in refused["error"]
+    assert len(list((tmp_path / "data" / "runs").iterdir())) == 1
 
 
 # ---- a damaged index (defect 10) --------------------------------------------------------------

@@ -201,15 +201,19 @@ class LocalBackend(Backend):
         plus this run's budget."""
         s = self.settings
         need = run_disk_need(config, s.history_budget, s.keep_checkpoints)
+        what = (f"this run may need about {size_text(need)} on disk (history up to "
+                f"{size_text(s.history_budget)}, {s.keep_checkpoints + 2} checkpoints)")
+        if need > self.max_disk:  # could never fit: a setting to change (422)
+            raise ConfigError("max_disk", f"{what}; this server allows {size_text(self.max_disk)} "
+                              "in all: lower steps, seeds or n, or raise --max-disk")
         used = self.store.usage()
         live = [h for h in self._runs.values() if h.alive()]
         reserved = sum(max(0, run_disk_need(h.config, s.history_budget, s.keep_checkpoints)
                            - self.store.usage(h.id)) for h in live)
         if used + reserved + need > self.max_disk:
             raise InsufficientStorage(
-                f"max_disk: this run may need about {size_text(need)} on disk (history up to "
-                f"{size_text(s.history_budget)}, {s.keep_checkpoints + 2} checkpoints); "
-                f"{size_text(used)} are used and {size_text(reserved)} reserved by live runs "
+                f"max_disk: {what}; {size_text(used)} are used and {size_text(reserved)} "
+                "reserved by live runs "
                 f"of the {size_text(self.max_disk)} this server allows in {s.data_dir}: "
                 "delete runs, lower steps/seeds/n, or raise --max-disk", field="max_disk")
         free = shutil.disk_usage(s.data_dir).free
