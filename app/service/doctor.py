@@ -14,7 +14,8 @@ What it checks, and what it does about it (``check_only``: nothing, it reports):
 - each run.json is rewritten from the repaired index.
 
 Run folders from before run.json existed cannot be rebuilt when the index is lost; they are
-reported and left as they are.
+reported and left as they are. Stop the server on that directory first: the doctor writes the
+index the server holds open.
 """
 
 from __future__ import annotations

@@ -11,7 +11,12 @@ A worker that crashes or is killed closes its pipe: the reader thread sees EOF a
 "failed: <reason>" (the exception the worker reported, or the signal that killed it). Nothing
 else is affected. A server restart marks runs that had a worker "interrupted"; ``resume``
 restarts them from their latest checkpoint (the CSV is cut back to that point, the decimated
-history restored from the snapshot taken with that checkpoint).
+history restored from the snapshot taken with that checkpoint; a checkpoint that does not
+verify is skipped for the one before).
+
+Storage: creates are admitted against the disk (``--max-disk`` and the live runs' budgets:
+:func:`app.service.store.run_disk_need`); a damaged index or a full disk leaves the server
+read-only (``read_only`` says why) with every run still listed and readable.
 """
 
 from __future__ import annotations

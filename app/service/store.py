@@ -198,7 +198,12 @@ class Store:
         it fails (a full disk raises DiskFull)."""
         folder = self.run_dir(run_id)
         try:
-            folder.mkdir(parents=True, exist_ok=False)
+            folder.mkdir(parents=True, exist_ok=False)  # an existing folder is never touched
+        except OSError as exc:
+            if is_disk_full(exc):
+                raise DiskFull(f"{folder}: {exc}") from None
+            raise
+        try:
             self._exec(lambda db: db.execute(
                 "INSERT INTO runs (id, created, parent, config, status, step, info, updated) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
