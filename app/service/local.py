@@ -130,7 +130,7 @@ class LocalBackend(Backend):
                               f"{repair_hint(self.settings.data_dir)}")
             log.error("%s", self.read_only)
         elif self.store.full:
-            self._set_disk_full(self.store.full + "; restart the server once there is space")
+            self._set_disk_full(self.store.full)
         self._load()
         used = self.store.usage()
         self.max_disk = (self.settings.max_disk if self.settings.max_disk is not None
@@ -188,7 +188,7 @@ class LocalBackend(Backend):
         reason = self.store.probe()
         if reason is not None:
             self._set_disk_full(reason)
-        elif self._disk_full and not self.store.full:
+        elif self._disk_full and self.store.reopen():
             self._disk_full, self.read_only = False, None
             log.warning("the data disk takes writes again: the server is writable")
 

@@ -103,14 +103,7 @@ class Store:
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
         (self.root / "runs").mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = self._open()
-        except sqlite3.DatabaseError as exc:
-            if is_disk_full(exc):
-                self.full = f"{self.db_path} cannot open: {exc}"
-            else:
-                self.damaged = f"{self.db_path} is damaged ({exc})"
-            self._db = None
+        self.reopen()
         if self._db is not None:
             try:
                 self._migrate_paths()
@@ -118,6 +111,23 @@ class Store:
                 if not is_disk_full(exc):
                     raise
                 log.warning("%s: cannot migrate old checkpoint paths now (disk full)", self.db_path)
+
+    def reopen(self) -> bool:
+        """(Re)open the index; True when it is open. A failure on a disk that takes no write
+        sets ``full`` (SQLite says "disk I/O error" when it cannot make its -shm file), any
+        other ``damaged``."""
+        if self._db is not None:
+            return True
+        try:
+            self._db = self._open()
+            self.full = self.damaged = None
+            return True
+        except sqlite3.DatabaseError as exc:
+            if is_disk_full(exc) or self.probe() is not None:
+                self.full = f"{self.db_path} cannot open ({exc})"
+            else:
+                self.damaged = f"{self.db_path} is damaged ({exc})"
+            return False
 
     def _open(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.db_path, check_same_thread=False, isolation_level=None, timeout=10)

@@ -760,17 +760,25 @@ class HistoryCSV:
                 rows[:, index[c]] if c in index else np.full(len(rows), np.nan)
                 for c in self.cols]], 1)
         k, S = tel.steps, len(seeds)
+        m = 0  # steps written at full resolution
         if self.block == 1:
             text = self._format(rows, np.ones(len(rows)) if self.blocked else None)
-            if not self.budget or self.size + len(header) + len(text) + len(self.pending) \
-                    <= self.budget // 2:
-                self._note_width(text, len(rows))
+            room = self.budget // 2 - self.size - len(header) - len(self.pending)
+            self._note_width(text, len(rows))
+            if not self.budget or len(text) <= room:
                 self._append(header + text)
                 return
-            self.row_bytes = max(self.row_bytes, len(text) / max(1, len(rows)))
-        values = rows[:, 2:].reshape(k, S, -1)
-        self._choose_block(tel.start, target, S, len(header))
-        self._accumulate(tel.start, values, seeds, header)
+            # the whole steps that still fit at full resolution, then blocks from there on
+            ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+            m = int(np.searchsorted(ends, room - 1, side="right")) // S
+            if m:
+                self._append(header + text[: ends[m * S - 1] + 1])
+                header = b""
+        values = rows[m * S:, 2:].reshape(k - m, S, -1)
+        if k - m == 0:
+            return
+        self._choose_block(tel.start + m, target, S, len(header))
+        self._accumulate(tel.start + m, values, seeds, header)
 
     def _choose_block(self, t: int, target: int, seeds: int, extra: int) -> None:
         """The smallest power-of-two block (>= 2, never smaller than before) with which the
