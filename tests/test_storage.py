@@ -124,9 +124,13 @@ def test_history_csv_block_means_are_exact_and_the_file_stays_under_budget(tmp_p
                         diagnostics={"apical_loss": torch.from_numpy(diag[t:t + k])}, weight_change={})
         writer.write(tel, seeds, steps)
         t += k
-        if t == 2500:
+        if t - k < 2500 <= t:
             writer.flush()  # a checkpoint cuts the block in progress short
             assert path.stat().st_size == writer.size
+        if t - k < 4000 <= t:  # a resume: a new writer on the same file
+            writer.close()
+            writer = HistoryCSV(path, budget)
+            assert writer.block >= 2 and writer.cols == ["train_loss", "apical_loss"]
     writer.close()
     assert path.stat().st_size <= budget and writer.dropped_steps == 0
     rows = list(csv.DictReader(path.open()))
