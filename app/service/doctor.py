@@ -33,12 +33,17 @@ def doctor(data_dir: Path | str, check_only: bool = False) -> tuple[list[str], i
     left = 0
     if not (root / "runs").is_dir() and not (root / "runs.sqlite3").exists():
         return [f"{root}: not a Plasticity Lab data directory (no runs/ and no runs.sqlite3)"], 1
-    store = Store(root) if not check_only or (root / "runs.sqlite3").exists() else None
-    if store is not None and store.damaged:
+    if check_only and not (root / "runs.sqlite3").exists():
+        legacy = _check_folders(root)
+        return [f"index: {root / 'runs.sqlite3'} is missing (the doctor rebuilds it)", *legacy], \
+            1 + len(legacy)
+    store = Store(root)
+    if store.damaged:
         lines.append(f"index: {store.damaged}")
         if check_only:
             store.close()
-            return [*lines, *_check_folders(root)], 1 + len(_check_folders(root))
+            legacy = _check_folders(root)
+            return [*lines, *legacy], 1 + len(legacy)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         for suffix in ("", "-wal", "-shm"):
             path = root / f"runs.sqlite3{suffix}"
@@ -46,7 +51,6 @@ def doctor(data_dir: Path | str, check_only: bool = False) -> tuple[list[str], i
                 path.rename(root / f"runs.sqlite3.damaged-{stamp}{suffix}")
         lines.append(f"index: moved aside to runs.sqlite3.damaged-{stamp}; rebuilding from run folders")
         store = Store(root)
-    assert store is not None
     try:
         trash = list((root / "runs").glob(f"{TRASH_PREFIX}*"))
         if trash:
