@@ -1,5 +1,6 @@
-"""Command line: ``python -m app serve`` (also the ``plasticity-lab`` console script), and
-``python -m app worker`` for the Celery mode (``serve --backend celery``).
+"""Command line: ``python -m app serve`` (also the ``plasticity-lab`` console script),
+``python -m app worker`` for the Celery mode (``serve --backend celery``), and
+``python -m app doctor --data-dir D`` to check and repair a data directory.
 
 Kept light at import time: spawned workers re-import the main module.
 """
@@ -35,6 +36,15 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, default=1,
                        help="--backend celery: server processes behind gunicorn (default 1: "
                             "one threaded process)")
+    serve.add_argument("--max-disk", type=parse_size, default=None, metavar="SIZE",
+                       help="bytes the data directory may hold in all, e.g. 20G (default: "
+                            "what it holds plus the disk's free space, minus 5%% of the disk, "
+                            "at least 256M); a run that may not fit is refused (507)")
+    serve.add_argument("--history-budget", type=parse_size, default=64 << 20, metavar="SIZE",
+                       help="per-step CSV history per run, e.g. 64M (default): full resolution "
+                            "up to half of it, then means over blocks of steps; 0: no limit")
+    serve.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
+                       help="automatic checkpoints kept per run (default 3; named ones stay)")
     serve.add_argument("--token", default=os.environ.get("PLASTICITY_TOKEN") or None,
                        help="the sign-in token (the admin's; default: $PLASTICITY_TOKEN, else a "
                             "new random one, printed in the sign-in URL)")
@@ -66,7 +76,26 @@ def _parser() -> argparse.ArgumentParser:
                         help="worker name, unique per host; the host name is appended "
                              "(default plasticity-PID)")
     worker.add_argument("--loglevel", default="INFO", help="Celery log level (default INFO)")
+    doctor = sub.add_parser("doctor", help="check a data directory and repair it (rebuild the "
+                                           "index from run folders, drop damaged checkpoints)")
+    doctor.add_argument("--data-dir", default="data", help="the data directory (default ./data)")
+    doctor.add_argument("--check", action="store_true", help="report only, change nothing")
     return parser
+
+
+def parse_size(text: str) -> int:
+    """A byte count: 123, 64K, 64M, 1.5G, 2T (powers of 1024)."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    raw = str(text).strip().upper().removesuffix("B") or "?"
+    unit = raw[-1] if raw[-1] in units and raw[-1] != "" else ""
+    try:
+        value = float(raw[:-1] if unit else raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"got {str(text)[:100]!r}; allowed: a size such as "
+                                         "500M, 20G or a number of bytes") from None
+    if not 0 <= value * units[unit] < 1 << 60:
+        raise argparse.ArgumentTypeError(f"got {str(text)[:100]!r}; allowed: 0 to 1E (exabyte)")
+    return int(value * units[unit])
 
 
 def attach_dashboard(server: Any, backend: Any) -> None:
@@ -89,11 +118,14 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
 
     kind = getattr(args, "backend", "local")
     auth = auth_settings(args)
+    disk = {"max_disk": getattr(args, "max_disk", None),
+            "history_budget": getattr(args, "history_budget", 64 << 20),
+            "keep_checkpoints": getattr(args, "keep_checkpoints", 3)}
     if kind == "local":
-        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth)
+        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth, **disk)
     else:
         server = create_server(make_backend(kind, redis_url=args.redis_url,
-                                            data_dir=args.data_dir, max_runs=args.max_runs),
+                                            data_dir=args.data_dir, max_runs=args.max_runs, **disk),
                                auth=auth)
     backend = server.extensions["plasticity_backend"]
     if not args.no_dashboard:
@@ -208,6 +240,9 @@ def serve(args: argparse.Namespace) -> int:
         print(f"processes: got {args.processes}; allowed: 1, or more with --backend celery",
               file=sys.stderr)
         return 2
+    if args.keep_checkpoints < 1:
+        print(f"keep-checkpoints: got {args.keep_checkpoints}; allowed: >= 1", file=sys.stderr)
+        return 2
     if args.processes > 1:
         return serve_gunicorn(args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -235,6 +270,16 @@ def serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def doctor(args: argparse.Namespace) -> int:
+    """``plasticity-lab doctor``: print what was found and done; 0 when nothing is left."""
+    from app.service.doctor import doctor as run_doctor
+
+    lines, left = run_doctor(args.data_dir, check_only=args.check)
+    for line in lines:
+        print(line)
+    return 1 if left else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
@@ -243,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return worker(args)
     if args.command == "users":
         return users(args)
+    if args.command == "doctor":
+        return doctor(args)
     return 2
 
 

@@ -1,7 +1,8 @@
 """The REST API: a Flask blueprint under /api over the Backend, plus its OpenAPI document.
 
 Every handler answers JSON. Bad input answers 400 (malformed body or query), 404 (unknown run
-or path), 405, 409 (state conflict, run limit) or 422 (a setting out of range), always as
+or path), 405, 409 (state conflict, run limit), 422 (a setting out of range), 503 (storage
+read-only until repaired) or 507 (the disk cannot hold the run), always as
 ``{"error": "field: message", "field": "field"}``. Every exception is caught at the blueprint
 edge and logged; only a bug in the service itself would answer 500.
 """
@@ -313,7 +314,7 @@ def openapi_document() -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "description": description,
                 "schema": {"type": "integer", "minimum": minimum}}
 
-    errors = {"400": err, "404": err, "409": err, "422": err}
+    errors = {"400": err, "404": err, "409": err, "422": err, "503": err, "507": err}
     paths = {
         "/api/runs": {
             "get": {"summary": "List every run (newest first)", "operationId": "listRuns",
@@ -357,15 +358,16 @@ def openapi_document() -> dict[str, Any]:
                      "operationId": "control",
                      "requestBody": {"required": True, "content": {"application/json": {
                          "schema": ref["Control"]}}},
-                     "responses": {"200": ok(ref["ControlResult"]), **errors,
-                                   "503": err}},
+                     "responses": {"200": ok(ref["ControlResult"]), **errors}},
         },
         "/api/runs/{run_id}/export.csv": {
             "parameters": [run_id],
-            "get": {"summary": "Full-resolution per-step scalar history as CSV",
+            "get": {"summary": "Per-step scalar history as CSV (full resolution within the "
+                               "run's history budget, then means over blocks of steps)",
                     "operationId": "exportCsv",
                     "responses": {"200": ok({"type": "string"}, "CSV: step, seed, train_loss, "
-                                            "diagnostics...", "text/csv"), "404": err}},
+                                            "diagnostics..., block (steps the row averages)",
+                                            "text/csv"), "404": err}},
         },
         "/api/runs/{run_id}/config.json": {
             "parameters": [run_id],

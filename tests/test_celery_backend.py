@@ -499,3 +499,22 @@ def test_killing_one_server_leaves_the_other_servers_clients_alone(
             store = RedisStore(cluster.redis.url)
             store.delete_run(rid)
             store.close()
+
+
+def test_a_refused_branch_writes_no_checkpoint_and_a_bad_field_lists_unreadable(
+        make_backend: Callable[..., Any]) -> None:
+    from app.service.base import Conflict, LimitReached
+
+    backend = make_backend(max_runs=1)
+    rid = backend.create(SMALL)
+    wait_for(claimed(backend, rid, 200), 30, "the run to start")
+    before = backend.store.checkpoints(rid)
+    with pytest.raises(LimitReached, match="max_runs"):
+        backend.control(rid, "branch", changes={"lr": 0.02})
+    assert backend.store.checkpoints(rid) == before  # nothing written for a refused branch
+    backend.store.r.hset(backend.store.key(rid), "config", b'{"task": ')  # a damaged field
+    listed = {r["id"]: r for r in backend.list_runs()}
+    assert listed[rid]["status"].startswith("unreadable: its field(s) config do not parse")
+    assert backend.get(rid)["status"] == listed[rid]["status"]
+    with pytest.raises(Conflict, match="unreadable"):
+        backend.control(rid, "pause")

@@ -18,6 +18,8 @@ Errors (every message names the offending field where there is one):
   ``str(err)`` is ``"field: message"``; ``err.field`` / ``err.message`` hold the parts.
 - :class:`RunNotFound` (a ``LookupError``): unknown run id.
 - :class:`LimitReached`: the concurrent-run limit is reached (``create``, ``resume``, ``branch``).
+- :class:`InsufficientStorage` (507): the disk is full or the run would not fit under the
+  server's disk budget (``create``, ``branch``, ``resume``).
 - :class:`Conflict`: the action does not apply in the run's current state (e.g. ``resume`` of a
   finished run, ``step`` of a failed one).
 
@@ -60,6 +62,7 @@ __all__ = [
     "BackendSettings",
     "ConfigError",
     "Conflict",
+    "InsufficientStorage",
     "LimitReached",
     "RunNotFound",
     "ServiceError",
@@ -159,6 +162,12 @@ class Conflict(ServiceError):
     http_status = 409
 
 
+class InsufficientStorage(ServiceError):
+    """The data disk cannot hold what was asked (full, or over --max-disk)."""
+
+    http_status = 507
+
+
 class Unavailable(ServiceError):
     """The run's worker did not answer in time (it is busy or starting); try again."""
 
@@ -190,6 +199,11 @@ class BackendSettings:
     eval_steps          held-out steps per evaluation (None: the run's test_steps)
     checkpoint_every    steps between automatic checkpoints (for resume after a restart)
     keep_checkpoints    automatic checkpoints kept per run (named ones are kept always)
+    history_budget      bytes of per-step CSV history per run: full resolution up to half of
+                        it, then block means (``app.service.worker.HistoryCSV``); 0: no limit
+    max_disk            bytes the data directory may hold in all (None: the disk's free space
+                        at start plus what the directory holds, minus a margin; see
+                        ``app.service.store.default_max_disk``)
     frame_rate          target frames per second while running as fast as possible
     steps_per_frame     default steps per frame (None: adapt to reach frame_rate)
     live_frames         full frames kept in memory per run (the live window)
@@ -202,6 +216,8 @@ class BackendSettings:
     eval_steps: int | None = None
     checkpoint_every: int = 20_000
     keep_checkpoints: int = 3
+    history_budget: int = 64 << 20
+    max_disk: int | None = None
     frame_rate: float = 10.0
     steps_per_frame: int | None = None
     live_frames: int = 600

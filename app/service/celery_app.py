@@ -315,7 +315,8 @@ class RunChannel:
             eval_steps=self.settings.get("eval_steps"),
             checkpoint_every=int(self.settings.get("checkpoint_every", 20_000)),
             frame_rate=float(self.settings.get("frame_rate", 10.0)),
-            steps_per_frame=self.settings.get("steps_per_frame"))
+            steps_per_frame=self.settings.get("steps_per_frame"),
+            history_budget=int(self.settings.get("history_budget", 0)))
         # what a resumed run was doing that its checkpoint does not hold
         if f.get("pace"):
             self.pending.append(("cmd", None, "speed", {"steps_per_second": f["pace"]}))

@@ -105,6 +105,7 @@ class CeleryBackend(Backend):
             "eval_every": self.settings.eval_every, "eval_steps": self.settings.eval_steps,
             "checkpoint_every": self.settings.checkpoint_every,
             "keep_checkpoints": self.settings.keep_checkpoints,
+            "history_budget": self.settings.history_budget,
             "frame_rate": self.settings.frame_rate, "steps_per_frame": self.settings.steps_per_frame,
             "history_bins": self.settings.history_bins,
             "stream_len": int(stream_len or self.settings.live_frames),
@@ -149,11 +150,7 @@ class CeleryBackend(Backend):
             run_id = fields["id"] = secrets.token_hex(4)
             created = self.store.create_run(run_id, fields, self.settings.max_runs)
         if created == 0:
-            active = len(self.store.active_ids())
-            raise LimitReached(
-                f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
-                "stop, delete or let one finish (paused runs count), or raise --max-runs",
-                field="max_runs")
+            raise self._limit_reached(len(self.store.active_ids()))
         if origin is not None and not self.store.adopt_checkpoint(
                 origin["run"], origin["name"], run_id, step):
             self.store.delete_run(run_id)
@@ -166,10 +163,18 @@ class CeleryBackend(Backend):
         if self._closed:
             raise Conflict("backend: shut down")
 
+    def _limit_reached(self, active: int) -> LimitReached:
+        return LimitReached(
+            f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
+            "stop, delete or let one finish (paused runs count), or raise --max-runs",
+            field="max_runs")
+
     @_redis_errors
     def list_runs(self) -> list[dict[str, Any]]:
         ids = self.store.run_ids()
-        return [self._info(f) for f in self.store.many_fields(ids) if f and "config" in f]
+        found = zip(ids, self.store.many_fields(ids), strict=True)
+        return [self._info({"id": run_id, **f}) for run_id, f in found
+                if f and ("config" in f or "unreadable" in f)]
 
     @_redis_errors
     def get(self, run_id: str) -> dict[str, Any]:
@@ -177,13 +182,14 @@ class CeleryBackend(Backend):
 
     def _fields(self, run_id: Any) -> dict[str, Any]:
         fields = self.store.fields(run_id) if isinstance(run_id, str) and run_id else None
-        if fields is None or "config" not in fields:
+        if fields is None or ("config" not in fields and "unreadable" not in fields):
             raise RunNotFound(str(run_id))
+        fields.setdefault("id", run_id)
         return fields
 
     def _info(self, f: dict[str, Any]) -> dict[str, Any]:
-        cfg = f["config"]
-        status = f.get("status", "")
+        cfg = f.get("config") or {}
+        status = f"unreadable: {f['unreadable']}" if "unreadable" in f else f.get("status", "")
         owner = f.get("owner") if f.get("placement") == "claimed" else None
         return {
             "id": f["id"], "config": cfg, "status": status, "step": int(f.get("step") or 0),
@@ -278,6 +284,9 @@ class CeleryBackend(Backend):
     @_redis_errors
     def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
         f = self._fields(run_id)
+        if "unreadable" in f:
+            raise Conflict(f"action: run {f['id']} is unreadable ({f['unreadable']}); delete it",
+                           field="action")
         cfg = f["config"]
         checked = check_params(action, params, int(cfg["n"]), len(cfg["seeds"]))
         if action == "branch":
@@ -344,6 +353,9 @@ class CeleryBackend(Backend):
     def _branch(self, f: dict[str, Any], changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:
         new = branch_config(f["config"], changes)
+        active = len(self.store.active_ids())
+        if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
+            raise self._limit_reached(active)
         ck = self._branch_point(f, checkpoint)
         new = branch_steps(new, changes, f["config"], ck["step"])
         new_id = self._create(new, start=True, view=f.get("view") or None, parent=f["id"],
@@ -359,10 +371,9 @@ class CeleryBackend(Backend):
                 have = ", ".join(ckpts) or "none"
                 raise ConfigError("checkpoint", f"run {run_id} has no checkpoint {name!r}; have: {have}")
             return ckpts[name]
-        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment
-            with contextlib.suppress(Conflict, Unavailable):
-                reply = self._send(f, "checkpoint", {"name": f"branch-{secrets.token_hex(3)}"},
-                                   REPLY_TIMEOUT)
+        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment:
+            with contextlib.suppress(Conflict, Unavailable):  # automatic, so pruned in turn
+                reply = self._send(f, "checkpoint", {}, REPLY_TIMEOUT)
                 made = {c["name"]: c for c in self.store.checkpoints(run_id)}
                 if reply.get("checkpoint") in made:
                     return made[reply["checkpoint"]]

@@ -11,7 +11,12 @@ A worker that crashes or is killed closes its pipe: the reader thread sees EOF a
 "failed: <reason>" (the exception the worker reported, or the signal that killed it). Nothing
 else is affected. A server restart marks runs that had a worker "interrupted"; ``resume``
 restarts them from their latest checkpoint (the CSV is cut back to that point, the decimated
-history restored from the snapshot taken with that checkpoint).
+history restored from the snapshot taken with that checkpoint; a checkpoint that does not
+verify is skipped for the one before).
+
+Storage: creates are admitted against the disk (``--max-disk`` and the live runs' budgets:
+:func:`app.service.store.run_disk_need`); a damaged index or a full disk leaves the server
+read-only (``read_only`` says why) with every run still listed and readable.
 """
 
 from __future__ import annotations
@@ -37,12 +42,23 @@ from app.service.base import (
     Backend,
     BackendSettings,
     Conflict,
+    InsufficientStorage,
     LimitReached,
     RunNotFound,
     Unavailable,
     reply_or_raise,
 )
-from app.service.store import Store, history_of
+from app.service.store import (
+    DiskFull,
+    Store,
+    StoreDamaged,
+    default_max_disk,
+    history_of,
+    is_disk_full,
+    repair_hint,
+    run_disk_need,
+    size_text,
+)
 from app.service.worker import (
     WorkerSpec,
     branch_config,
@@ -85,6 +101,7 @@ class _Handle:
     deleting: bool = False
     last_store: float = 0.0
     meta: dict[str, Any] | None = None
+    unreadable: str | None = None   # why its record cannot be read (listed, not runnable)
 
     def alive(self) -> bool:
         return self.process is not None
@@ -98,25 +115,118 @@ class LocalBackend(Backend):
         if overrides:
             settings = dataclasses.replace(settings, **overrides)
         self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
-        self.store = Store(self.settings.data_dir)
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
         self._runs: dict[str, _Handle] = {}
         self._closed = False
+        #: why the server refuses writes (creates, resumes, branches), None when it does not:
+        #: a full disk (re-checked at each create) or a damaged index (until repaired)
+        self.read_only: str | None = None
+        self._disk_full = False
+        self.store = Store(self.settings.data_dir)
+        if self.store.damaged:
+            self.read_only = (f"storage: {self.store.damaged}; runs are listed from their "
+                              f"run.json files, nothing is written; repair: "
+                              f"{repair_hint(self.settings.data_dir)}")
+            log.error("%s", self.read_only)
+        elif self.store.full:
+            self._set_disk_full(self.store.full)
         self._load()
+        used = self.store.usage()
+        self.max_disk = (self.settings.max_disk if self.settings.max_disk is not None
+                         else default_max_disk(self.settings.data_dir, used))
+        if self.read_only is None:
+            self._probe_disk()
+        if self._disk_full:
+            log.error("%s", self.read_only)
 
     # ---- startup -------------------------------------------------------------------------
     def _load(self) -> None:
-        """Every past run; those that had a worker are now interrupted."""
+        """Every past run; those that had a worker are now interrupted. Unreadable records
+        are listed with their reason; a full disk leaves the server read-only."""
+        with contextlib.suppress(OSError):
+            self.store.sweep_trash()
+        adopted, unreadable = 0, 0
         for row in self.store.load_runs():
             h = _Handle(row["id"], row["config"], row["created"], row["parent"], row["status"],
                         row["step"], row["info"])
-            h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
+            if row.get("unreadable") is None and not self.store.run_dir(h.id).is_dir():
+                row["unreadable"] = f"its folder {self.store.run_dir(h.id)} is gone"
+            if row.get("unreadable"):
+                h.unreadable = row["unreadable"]
+                h.status = f"unreadable: {h.unreadable}"
+                unreadable += 1
+                self._runs[h.id] = h
+                continue
+            adopted += bool(row.get("adopted"))
+            h.checkpoints = [c["name"] for c in (row["checkpoints"] if "checkpoints" in row
+                                                   else self.store.checkpoints(h.id))]
             if h.status in ACTIVE_STATUSES:
                 h.status = "interrupted"
                 h.info["steps_per_second"] = 0.0
-                self.store.update_run(h.id, status=h.status, info=h.info)
+                try:
+                    self.store.update_run(h.id, status=h.status, info=h.info)
+                except DiskFull as exc:
+                    self._set_disk_full(str(exc))
+                except StoreDamaged:
+                    pass
             self._runs[h.id] = h
+        if adopted:
+            log.warning("indexed %d run folder(s) the database %s did not list, from their %s",
+                        adopted, self.store.db_path, "run.json")
+        if unreadable and not self.store.damaged:
+            log.error("%d run(s) in %s are unreadable (listed with the reason); repair: %s",
+                      unreadable, self.settings.data_dir, repair_hint(self.settings.data_dir))
+
+    def _set_disk_full(self, detail: str) -> None:
+        self._disk_full = True
+        self.read_only = (f"storage: the data disk is full ({detail[:200]}); the server is "
+                          "read-only: delete runs or free space on that disk")
+
+    def _probe_disk(self) -> None:
+        """Read-only while the data disk takes no write; writable again once it does."""
+        reason = self.store.probe()
+        if reason is not None:
+            self._set_disk_full(reason)
+        elif self._disk_full and self.store.reopen():
+            self._disk_full, self.read_only = False, None
+            log.warning("the data disk takes writes again: the server is writable")
+
+    def _check_writable(self) -> None:
+        if self._disk_full:
+            self._probe_disk()
+        if self.read_only is not None:
+            if self._disk_full:
+                raise InsufficientStorage(self.read_only, field="storage")
+            raise Unavailable(self.read_only, field="storage")
+
+    def _check_disk(self, config: dict[str, Any]) -> None:
+        """Refuse a run that would not fit under --max-disk or on the disk as it is now: what
+        the data directory holds, plus what the live runs may still write (their budgets),
+        plus this run's budget."""
+        s = self.settings
+        need = run_disk_need(config, s.history_budget, s.keep_checkpoints)
+        what = (f"this run may need about {size_text(need)} on disk (history up to "
+                f"{size_text(s.history_budget)}, {s.keep_checkpoints + 2} checkpoints)")
+        if need > self.max_disk:  # could never fit: a setting to change (422)
+            raise ConfigError("max_disk", f"{what}; this server allows {size_text(self.max_disk)} "
+                              "in all: lower steps, seeds or n, or raise --max-disk")
+        used = self.store.usage()
+        live = [h for h in self._runs.values() if h.alive()]
+        reserved = sum(max(0, run_disk_need(h.config, s.history_budget, s.keep_checkpoints)
+                           - self.store.usage(h.id)) for h in live)
+        if used + reserved + need > self.max_disk:
+            raise InsufficientStorage(
+                f"max_disk: {what}; {size_text(used)} are used and {size_text(reserved)} "
+                "reserved by live runs "
+                f"of the {size_text(self.max_disk)} this server allows in {s.data_dir}: "
+                "delete runs, lower steps/seeds/n, or raise --max-disk", field="max_disk")
+        free = shutil.disk_usage(s.data_dir).free
+        if reserved + need > free:
+            raise InsufficientStorage(
+                f"disk: this run may need about {size_text(need)} and live runs "
+                f"{size_text(reserved)} more, but {s.data_dir} has {size_text(free)} free: "
+                "delete runs or free space", field="disk")
 
     # ---- runs ----------------------------------------------------------------------------
     def create(self, config: dict[str, Any], *, start: bool = True, view: dict | None = None,
@@ -129,18 +239,28 @@ class LocalBackend(Backend):
         with self._lock:
             self._check_open()
             self._check_limit()
+            self._check_writable()
+            self._check_disk(cfg.to_dict())
             run_id = self._new_id()
             status = "running" if start else "ready"
             h = _Handle(run_id, cfg.to_dict(), time.time(), parent, status,
                         step=0, info={"view": checked_view})
             if init and init.get("step"):
                 h.step = int(init["step"])
-            self.store.insert_run(run_id, h.config, status, parent, h.info, h.created)
-            if init and init.get("branch"):
-                init = self._adopt_checkpoint(h, init)
-            h.buffer = self._new_buffer()
+            try:
+                self.store.insert_run(run_id, h.config, status, parent, h.info, h.created)
+                if init and init.get("branch"):
+                    init = self._adopt_checkpoint(h, init)
+                h.buffer = self._new_buffer()
+                self._spawn(h, start=start, init=init)
+            except BaseException as exc:  # nothing of it stays behind
+                self.store.forget_run(run_id)
+                if is_disk_full(exc):
+                    self._set_disk_full(str(exc))
+                    raise InsufficientStorage(f"storage: the data disk is full, run not created "
+                                              f"({str(exc)[:200]})", field="storage") from None
+                raise
             self._runs[run_id] = h
-            self._spawn(h, start=start, init=init)
         return run_id
 
     def _adopt_checkpoint(self, h: _Handle, init: dict[str, Any]) -> dict[str, Any]:
@@ -188,7 +308,7 @@ class LocalBackend(Backend):
                           start=start, view=h.info.get("view") or {}, init=init,
                           eval_every=s.eval_every, eval_steps=s.eval_steps,
                           checkpoint_every=s.checkpoint_every, frame_rate=s.frame_rate,
-                          steps_per_frame=s.steps_per_frame)
+                          steps_per_frame=s.steps_per_frame, history_budget=s.history_budget)
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=worker_main, args=(spec, child_conn), daemon=True,
                                     name=f"plasticity-run-{h.id}")
@@ -234,6 +354,7 @@ class LocalBackend(Backend):
             "cursor": h.buffer.cursor if h.buffer is not None else info.get("cursor", -1),
             "alive": h.alive(),
             "pid": h.process.pid if h.process is not None else None,
+            **({"note": info["note"]} if info.get("note") else {}),
         }
 
     def _meta(self, h: _Handle) -> dict[str, Any]:
@@ -293,6 +414,9 @@ class LocalBackend(Backend):
     # ---- control ---------------------------------------------------------------------------
     def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
         h = self._handle(run_id)
+        if h.unreadable is not None:
+            raise Conflict(f"action: run {h.id} is unreadable ({h.unreadable[:200]}); repair: "
+                           f"{repair_hint(self.settings.data_dir)}", field="action")
         checked = check_params(action, params, int(h.config["n"]), len(h.config["seeds"]))
         if action == "branch":
             return self._branch(h, **checked)
@@ -338,36 +462,52 @@ class LocalBackend(Backend):
     def _branch(self, h: _Handle, changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:
         new = branch_config(h.config, changes)
-        ck = self._branch_point(h, checkpoint)
-        new = branch_steps(new, changes, h.config, ck["step"])
-        new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
-                              init={"checkpoint": ck["path"], "branch": True, "step": ck["step"]})
+        with self._lock:  # refuse before writing anything (the parent's checkpoint included)
+            self._check_open()
+            self._check_limit()
+            self._check_writable()
+            self._check_disk(new)
+        ck, temporary = self._branch_point(h, checkpoint)
+        try:
+            new = branch_steps(new, changes, h.config, ck["step"])
+            new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
+                                  init={"checkpoint": ck["path"], "branch": True,
+                                        "step": ck["step"]})
+        finally:
+            if temporary:  # the branch holds its own link to it ("origin"): the parent drops it
+                with contextlib.suppress(Exception):
+                    self.store.drop_checkpoint(h.id, ck["name"])
+                    h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
         return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
                 "status": h.status}
 
-    def _branch_point(self, h: _Handle, name: str | None) -> dict[str, Any]:
+    def _branch_point(self, h: _Handle, name: str | None) -> tuple[dict[str, Any], bool]:
+        """The checkpoint to branch from, and whether it was made for this branch only."""
         if name is not None:
             ck = self.store.checkpoint(h.id, name)
             if ck is None:
                 have = ", ".join(h.checkpoints) or "none"
                 raise ConfigError("checkpoint", f"run {h.id} has no checkpoint {name!r}; have: {have}")
-            return ck
-        if h.alive():  # a kept (not auto-pruned) checkpoint of this very moment
+            return ck, False
+        if h.alive():  # a checkpoint of this very moment, dropped once the branch has it
             with contextlib.suppress(Conflict):  # it may just have finished: use the last one
                 reply = self._send(h, "checkpoint", {"name": f"branch-{secrets.token_hex(3)}"})
-                return self.store.checkpoint(h.id, reply["checkpoint"]) or {}
-        ck = self.store.checkpoint(h.id)
+                ck = self.store.checkpoint(h.id, reply["checkpoint"])
+                if ck is not None:
+                    return ck, True
+        ck = self.store.intact_checkpoint(h.id)
         if ck is None:
             raise Conflict(f"checkpoint: run {h.id} has no checkpoint to branch from",
                            field="checkpoint")
-        return ck
+        return ck, False
 
     def _resume(self, h: _Handle) -> dict[str, Any]:
         """Restart an interrupted run from its latest checkpoint (or from scratch)."""
         with self._lock:
             self._check_open()
             self._check_limit()
-            ck = self.store.checkpoint(h.id)
+            self._check_writable()
+            ck = self.store.intact_checkpoint(h.id)
             next_seq = max(int(h.info.get("cursor", -1)),
                            h.buffer.cursor if h.buffer is not None else -1) + 1
             if ck is not None:
@@ -446,7 +586,7 @@ class LocalBackend(Backend):
 
     def _state(self, h: _Handle, state: dict[str, Any]) -> None:
         for key in ("steps_per_second", "steps_per_frame", "learning_rates", "phases", "view",
-                    "pace", "fast_forward_to"):
+                    "pace", "fast_forward_to", "note"):
             if key in state:
                 h.info[key] = state[key]
         if state.get("config"):
@@ -461,7 +601,10 @@ class LocalBackend(Backend):
         h.status = status
         if h.buffer is not None:
             h.info["cursor"] = h.buffer.cursor
-        self.store.update_run(h.id, status=status, step=h.step, config=h.config, info=h.info)
+        try:
+            self.store.update_run(h.id, status=status, step=h.step, config=h.config, info=h.info)
+        except DiskFull as exc:  # known in memory; written with the next progress write
+            log.warning("run %s: status %r not stored: %s", h.id, status, exc)
         h.last_store = time.monotonic()
 
     def _maybe_store(self, h: _Handle, force: bool = False) -> None:
@@ -470,14 +613,23 @@ class LocalBackend(Backend):
             h.last_store = now
             if h.buffer is not None:
                 h.info["cursor"] = h.buffer.cursor
-            self.store.update_run(h.id, step=h.step, info=h.info, config=h.config)
+            try:
+                self.store.update_run(h.id, step=h.step, info=h.info, config=h.config)
+            except DiskFull as exc:  # progress is written again later; the run goes on
+                log.warning("run %s: progress not stored: %s", h.id, exc)
 
     def _checkpointed(self, h: _Handle, ck: dict[str, Any]) -> None:
-        """The worker wrote a checkpoint: index it, and save the history as of that step."""
-        if h.buffer is not None:
-            self.store.save_history(history_of(Path(ck["path"])), h.buffer.snapshot())
-        self.store.add_checkpoint(h.id, ck["name"], int(ck["step"]), ck["path"], bool(ck["auto"]),
-                                  int(ck["csv_bytes"]), self.settings.keep_checkpoints)
+        """The worker wrote a checkpoint (in its run folder): index it, and save the history
+        as of that step. On a full disk the file stays unindexed; the next checkpoint that is
+        indexed removes it."""
+        path = self.store.run_dir(h.id) / "checkpoints" / Path(ck["path"]).name
+        try:
+            if h.buffer is not None:
+                self.store.save_history(history_of(path), h.buffer.snapshot())
+            self.store.add_checkpoint(h.id, ck["name"], int(ck["step"]), path, bool(ck["auto"]),
+                                      int(ck["csv_bytes"]), self.settings.keep_checkpoints)
+        except (DiskFull, OSError) as exc:
+            log.warning("run %s: checkpoint %s not indexed: %s", h.id, ck["name"], exc)
         h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
 
     def _worker_gone(self, h: _Handle) -> None:
@@ -528,7 +680,13 @@ class LocalBackend(Backend):
         self._stop_worker(h, checkpoint=False, status=None)
         with self._lock:
             self._runs.pop(h.id, None)
-        self.store.delete_run(h.id)
+        try:
+            self.store.delete_run(h.id)  # the files go first: this frees the disk
+        except DiskFull as exc:
+            log.warning("run %s: files removed, index row kept (disk full: %s); it is listed "
+                        "as unreadable after a restart", h.id, exc)
+        except StoreDamaged:
+            pass  # the index is rebuilt from run folders by the doctor: the folder is gone
 
     def _stop_worker(self, h: _Handle, checkpoint: bool, status: str | None,
                      wait: bool = True) -> None:

@@ -96,6 +96,24 @@ def _dec(raw: bytes | str | None) -> Any:
     return None if raw is None else json.loads(raw)
 
 
+def _dec_hash(raw: dict[bytes, bytes]) -> dict[str, Any]:
+    """A run hash decoded field by field: fields that do not parse are left out and named in
+    "unreadable" (one damaged field must not hide the run, nor break a list of runs)."""
+    out: dict[str, Any] = {}
+    bad: list[str] = []
+    for key, value in raw.items():
+        try:
+            out[key.decode()] = _dec(value)
+        except (ValueError, UnicodeDecodeError):
+            bad.append(key.decode(errors="replace"))
+    if not isinstance(out.get("config", {}), dict):
+        bad.append("config")
+        out.pop("config")
+    if bad:
+        out["unreadable"] = f"its field(s) {', '.join(sorted(bad))[:100]} do not parse"
+    return out
+
+
 def encode_frame(frame: dict[str, Any]) -> bytes:
     """A frame (or summary) as a stream payload: zlib level 1 of compact JSON (~3.5x smaller)."""
     return zlib.compress(json.dumps(frame, separators=(",", ":")).encode(), 1)
@@ -353,14 +371,13 @@ class RedisStore:
 
     def fields(self, run_id: str) -> dict[str, Any] | None:
         raw = self.r.hgetall(self.key(run_id))
-        return {k.decode(): _dec(v) for k, v in raw.items()} if raw else None
+        return _dec_hash(raw) if raw else None
 
     def many_fields(self, run_ids: Sequence[str]) -> list[dict[str, Any] | None]:
         pipe = self.r.pipeline(transaction=False)
         for run_id in run_ids:
             pipe.hgetall(self.key(run_id))
-        return [{k.decode(): _dec(v) for k, v in raw.items()} if raw else None
-                for raw in pipe.execute()]
+        return [_dec_hash(raw) if raw else None for raw in pipe.execute()]
 
     def run_ids(self) -> list[str]:
         """Every run id, newest first."""

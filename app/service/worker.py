@@ -15,8 +15,10 @@ worker -> server   ("hello", state)                  after the run is built
                    ("failed", reason)                an unexpected exception; exits 1
 
 Between chunks the worker drains its commands, so a command waits at most one chunk (about a
-frame interval, ~0.1 s). It writes the full-resolution scalar history to its CSV itself (one
-append per chunk) and its checkpoints with ``torch.save``; the server keeps the index.
+frame interval, ~0.1 s). It writes the per-step scalar history to its CSV itself (one append
+per chunk, within a byte budget: :class:`HistoryCSV`) and its checkpoints with ``torch.save``;
+the server keeps the index. A full disk pauses the run (state "note" says so) instead of
+failing it: nothing written is torn, and play carries on once there is space.
 
 The loop (:class:`Worker`) only needs a :class:`Transport`: ``send``/``poll``/``recv`` of the
 messages above. The embedded backend gives it a pipe end; the Celery backend runs the very
@@ -27,6 +29,7 @@ messages onto Redis (frames to a stream, state to a hash, commands from a list).
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import os
 import re
@@ -242,6 +245,7 @@ class WorkerSpec:
     checkpoint_every: int = 20_000
     frame_rate: float = 10.0
     steps_per_frame: int | None = None
+    history_budget: int = 0
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
@@ -304,8 +308,8 @@ class Worker:
         self.last_eval = self.run.t
         self.last_ckpt = self.run.t
         self.saved_step = self.run.t if spec.init else -1
-        self.csv = self._open_csv()
-        self.csv_cols: list[str] | None = None
+        self.note: str | None = None   # why the run paused itself (a full disk)
+        self.csv = HistoryCSV(self.dir / "scalars.csv", spec.history_budget)
 
     # ---- plumbing ------------------------------------------------------------------------
     def send(self, *msg: Any) -> None:
@@ -317,7 +321,7 @@ class Worker:
                 "steps_per_frame": self.spf or 0, "pace": self.pace, "fast_forward_to": self.ff_to,
                 "learning_rates": dict(run.lr), "phases": run.config.phases,
                 "view": {"units": self.units, "seed_index": self.seed_index},
-                "config": self._config_now()}
+                "config": self._config_now(), "note": self.note}
 
     def _config_now(self) -> dict[str, Any]:
         cfg = self.run.config.to_dict()
@@ -331,10 +335,6 @@ class Worker:
         cfg["rule_args"] = rule_args
         return cfg
 
-    def _open_csv(self) -> Any:
-        path = self.dir / "scalars.csv"
-        return open(path, "a", encoding="utf-8", newline="")
-
     def loop(self) -> None:
         self.send("hello", self.state())
         while not self.quit:
@@ -346,7 +346,10 @@ class Worker:
                 break
             if self._active():
                 self._chunk()
-        self.csv.close()
+        try:
+            self.csv.close()
+        except OSError as exc:
+            self.note = f"the last history rows were not written: {exc}"
         self.send("bye", self.state())
 
     def _active(self) -> bool:
@@ -392,7 +395,8 @@ class Worker:
 
     def _quit(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("checkpoint") and self.run.t > self.saved_step:
-            self._checkpoint(auto=True)
+            with contextlib.suppress(OSError):  # a full disk: resume uses the one before
+                self._checkpoint(auto=True)
         if params.get("status"):
             self.status = str(params["status"])
         self.quit = True
@@ -408,6 +412,7 @@ class Worker:
         self._require_live("resume")
         self.playing = True
         self.status = "running"
+        self.note = None
         return {}
 
     def _do_step(self, k: int) -> dict[str, Any]:
@@ -419,8 +424,8 @@ class Worker:
     def _do_stop(self) -> dict[str, Any]:
         self._require_live("stop")
         self.status = "stopped"
-        self._checkpoint(auto=True)
         self.quit = True
+        self._checkpoint(auto=True)
         return {}
 
     def _do_speed(self, steps_per_frame: int | None = None,
@@ -453,7 +458,12 @@ class Worker:
         return {"view": {"units": self.units, "seed_index": self.seed_index}}
 
     def _do_checkpoint(self, name: str | None = None) -> dict[str, Any]:
-        return {"checkpoint": self._checkpoint(auto=name is None, name=name)}
+        try:
+            return {"checkpoint": self._checkpoint(auto=name is None, name=name)}
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            raise _Refused(f"checkpoint: the data disk is full ({exc.strerror or exc})") from None
 
     def _do_branch(self, **_: Any) -> dict[str, Any]:
         raise _Refused("action: branch is handled by the server")
@@ -535,7 +545,12 @@ class Worker:
 
     def _after_chunk(self, tel: Any, traced: Any, live: bool) -> None:
         run = self.run
-        self._write_csv(tel)
+        try:
+            self.csv.write(tel, run.seeds, run.config.steps)
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            self._pause_disk_full(exc)  # the rows wait in memory; written with the next ones
         every = self.spec.eval_every
         if every and tel.diverged_at is None and run.t // every > self.last_eval // every:
             self._evaluate(None)
@@ -548,16 +563,35 @@ class Worker:
         if tel.diverged_at is not None:
             self.quit = True
             return
-        if run.t - self.last_ckpt >= self.spec.checkpoint_every:
-            self._checkpoint(auto=True)
+        if run.t - self.last_ckpt >= self.spec.checkpoint_every and self.note is None:
+            try:
+                self._checkpoint(auto=True)
+            except OSError as exc:
+                if not _disk_full(exc):
+                    raise
+                self._pause_disk_full(exc)
         if run.t >= run.config.steps:
             self._finish()
+
+    def _pause_disk_full(self, exc: OSError) -> None:
+        """A full disk pauses the run; play tries again."""
+        self.playing, self.budget, self.ff_to = False, 0, None
+        if self.status == "running":
+            self.status = "paused"
+        self.note = (f"disk full at step {self.run.t} ({exc.strerror or exc}): paused; "
+                     "free space, then press play")
+        self.send("state", self.state())
 
     def _finish(self) -> None:
         self.status = "finished"
         self.playing = False
-        self._checkpoint(auto=True)
         self.quit = True
+        try:
+            self._checkpoint(auto=True)
+        except OSError as exc:
+            if not _disk_full(exc):
+                raise
+            self.note = f"finished without a final checkpoint: the disk is full ({exc.strerror})"
 
     def _evaluate(self, steps: int | None) -> list[float | None]:
         steps = steps or self.spec.eval_steps or self.run.config.test_steps
@@ -609,42 +643,249 @@ class Worker:
             frame["test_step"] = self.last_eval
             self.pending_test = None
 
-    def _write_csv(self, tel: Any) -> None:
-        from simulator.telemetry import scalar_history
-
-        cols, rows = scalar_history(tel, self.run.seeds)
-        if self.csv_cols is None:
-            self.csv_cols = cols
-            if self.csv.tell() == 0:
-                self.csv.write(",".join(cols) + "\n")
-        if cols != self.csv_cols:  # keep the header's columns
-            index = {c: i for i, c in enumerate(cols)}
-            import numpy as np
-
-            rows = np.stack([rows[:, index[c]] if c in index else np.full(len(rows), np.nan)
-                             for c in self.csv_cols], 1)
-        line = "%d,%d" + ",%.7g" * (rows.shape[1] - 2) + "\n"
-        self.csv.write((line * rows.shape[0]) % tuple(rows.ravel().tolist()))
-        self.csv.flush()
-
     def _checkpoint(self, auto: bool, name: str | None = None) -> str:
+        """Write a checkpoint (the CSV first made complete up to this step). A full disk
+        raises OSError and leaves no partial file."""
         import torch
 
         run = self.run
+        self.csv.flush()
         name = name or f"auto-{run.t:010d}"
         path = self.dir / "checkpoints" / f"{name}.pt"
         tmp = path.with_suffix(".tmp")
-        torch.save(run.state_dict(), tmp)
-        os.replace(tmp, path)
-        self.csv.flush()
+        target = _WriteErrors(None)
+        try:
+            with open(tmp, "wb") as f:
+                target.file = f
+                torch.save(run.state_dict(), target)
+            os.replace(tmp, path)
+        except BaseException as exc:
+            tmp.unlink(missing_ok=True)
+            if isinstance(exc, RuntimeError) and target.error is not None:
+                raise target.error from None  # torch's zip writer hides the OSError
+            raise
         self.last_ckpt = run.t
         self.saved_step = run.t
         self.send("checkpoint", {"name": name, "step": run.t, "path": str(path), "auto": auto,
-                                 "csv_bytes": self.csv.tell(), "wall": time.time()})
+                                 "csv_bytes": self.csv.size, "wall": time.time()})
         return name
 
 
 _TERMINATE = threading.Event()
+
+
+class _WriteErrors:
+    """A file for torch.save that keeps the OSError of a failed write (torch reports it as a
+    RuntimeError without the errno)."""
+
+    def __init__(self, file: Any) -> None:
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def _disk_full(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class HistoryCSV:
+    """The run's per-step scalars, appended to ``scalars.csv`` within a byte budget.
+
+    Columns: step, seed, train_loss, the diagnostics (alignment...), block. At full
+    resolution each row is one step of one seed (block = 1). Once the file would pass half
+    the budget, each row is the mean over ``block`` consecutive steps of one seed, starting
+    at ``step``: blocks are aligned to multiples of a power of two, chosen so that the steps
+    left until the run's target fit in the rest of the budget, and doubled whenever the
+    estimate falls short. A block cut by a checkpoint or the end of the run holds fewer steps
+    (its ``block`` says how many), so the mean over any range of whole rows, weighted by
+    ``block``, is the full-resolution mean. A row never takes the file past the budget (rows
+    that would are dropped and counted in ``dropped_steps``; a right estimate drops none).
+    Writes are whole or not at all: a failed append (a full disk) is cut back, its bytes kept
+    and written first by the next append. ``budget`` 0: no limit (always full resolution).
+    A file from before the block column keeps full resolution without a limit.
+    """
+
+    def __init__(self, path: Path, budget: int) -> None:
+        self.path, self.budget = path, int(budget)
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self.size = os.fstat(self.fd).st_size
+        self.cols: list[str] | None = None   # value columns of the header (after step, seed)
+        self.blocked = True                  # the file has the block column
+        self.block = 1
+        self.row_bytes = 0.0                 # widest average row seen, bytes
+        self.acc: tuple[int, int, Any, int] | None = None  # (start, block id, sums, count)
+        self.pending = b""
+        self.dropped_steps = 0
+        self.seeds: list[int] = []
+        if self.size:
+            self._read_back()
+
+    def _read_back(self) -> None:
+        """Header and the last row of an existing file (a resumed run)."""
+        with open(self.path, "rb") as f:
+            header = f.readline().decode("utf-8", "replace").strip().split(",")
+            f.seek(max(0, self.size - 4096))
+            last = f.read().splitlines()[-1:] or [b""]
+        self.blocked = header[-1:] == ["block"]
+        self.cols = header[2:-1] if self.blocked else header[2:]
+        if not self.blocked:
+            self.budget = 0
+            return
+        with contextlib.suppress(ValueError, IndexError):
+            count = int(float(last[0].split(b",")[-1]))
+            if count > 1 or self.size >= self.budget // 2:
+                self.block = max(2, 1 << max(0, count - 1).bit_length())
+        self.row_bytes = float(len(last[0]) + 1)
+
+    # ---- writing ---------------------------------------------------------------------------
+    def write(self, tel: Any, seeds: list[int], target: int) -> None:
+        import numpy as np
+
+        from simulator.telemetry import scalar_history
+
+        cols, rows = scalar_history(tel, seeds)
+        self.seeds = list(seeds)
+        header = b""
+        if self.cols is None:
+            self.cols = cols[2:]
+            if self.size == 0:
+                header = (",".join([*cols, "block"]) + "\n").encode()
+        if cols[2:] != self.cols:  # keep the header's columns
+            index = {c: i for i, c in enumerate(cols)}
+            rows = np.stack([rows[:, 0], rows[:, 1], *[
+                rows[:, index[c]] if c in index else np.full(len(rows), np.nan)
+                for c in self.cols]], 1)
+        k, S = tel.steps, len(seeds)
+        m = 0  # steps written at full resolution
+        if self.block == 1:
+            text = self._format(rows, np.ones(len(rows)) if self.blocked else None)
+            room = self.budget // 2 - self.size - len(header) - len(self.pending)
+            self._note_width(text, len(rows))
+            if not self.budget or len(text) <= room:
+                self._append(header + text)
+                return
+            # the whole steps that still fit at full resolution, then blocks from there on
+            ends = np.flatnonzero(np.frombuffer(text, dtype=np.uint8) == 10)
+            m = int(np.searchsorted(ends, room - 1, side="right")) // S
+            if m:
+                self._append(header + text[: ends[m * S - 1] + 1])
+                header = b""
+        values = rows[m * S:, 2:].reshape(k - m, S, -1)
+        if k - m == 0:
+            return
+        self._choose_block(tel.start + m, target, S, len(header))
+        self._accumulate(tel.start + m, values, seeds, header)
+
+    def _choose_block(self, t: int, target: int, seeds: int, extra: int) -> None:
+        """The smallest power-of-two block (>= 2, never smaller than before) with which the
+        steps left fit in the budget left."""
+        left = max(1, target - t)
+        room = self.budget - self.size - extra - len(self.pending) - 2 * seeds * self.row_bytes
+        need = left * seeds * self.row_bytes * 1.25 / max(room, 1.0)
+        block = max(2, self.block, 1 << max(0, math.ceil(need) - 1).bit_length())
+        if block != self.block:
+            self._flush_acc()
+            self.block = block
+
+    def _accumulate(self, t0: int, values: Any, seeds: list[int], header: bytes) -> None:
+        import numpy as np
+
+        k = values.shape[0]
+        steps = t0 + np.arange(k)
+        ids = steps // self.block
+        starts = np.concatenate([[0], np.flatnonzero(np.diff(ids)) + 1])
+        sums = np.add.reduceat(values, starts, axis=0)
+        counts = np.diff(np.concatenate([starts, [k]]))
+        first = steps[starts]
+        if self.acc is not None and self.acc[1] == ids[0]:
+            sums[0] += self.acc[2]
+            counts[0] += self.acc[3]
+            first[0] = self.acc[0]
+            self.acc = None
+        elif self.acc is not None:
+            self._flush_acc()
+        if (steps[-1] + 1) % self.block:  # the last block is not complete yet: carry it
+            self.acc = (int(first[-1]), int(ids[-1]), sums[-1].copy(), int(counts[-1]))
+            sums, counts, first = sums[:-1], counts[:-1], first[:-1]
+        self._emit(first, sums, counts, seeds, header)
+
+    def _emit(self, first: Any, sums: Any, counts: Any, seeds: list[int], header: bytes = b"") -> None:
+        import numpy as np
+
+        if len(counts) == 0:
+            if header:
+                self._append(header)
+            return
+        G, S, C = sums.shape
+        means = sums / counts[:, None, None]
+        rows = np.concatenate([np.repeat(first, S)[:, None].astype(np.float64),
+                               np.tile(np.asarray(seeds, dtype=np.float64), G)[:, None],
+                               means.reshape(G * S, C)], 1)
+        text = self._format(rows, np.repeat(counts, S))
+        if self.size + len(header) + len(text) + len(self.pending) > self.budget:
+            self.dropped_steps += int(counts.sum())
+            self.block *= 2  # the estimate fell short: coarser from here on
+            text = b""
+        else:
+            self._note_width(text, len(rows))
+        self._append(header + text)
+
+    def _flush_acc(self) -> None:
+        if self.acc is not None:
+            import numpy as np
+
+            start, _, sums, count = self.acc
+            self.acc = None
+            seeds = self.seeds
+            self._emit(np.array([start]), sums[None], np.array([count]), seeds)
+
+    def _format(self, rows: Any, blocks: Any) -> bytes:
+        import numpy as np
+
+        if blocks is not None:
+            rows = np.concatenate([rows, np.asarray(blocks, dtype=np.float64)[:, None]], 1)
+        line = "%d,%d" + ",%.7g" * (rows.shape[1] - 2 - (blocks is not None)) + (
+            ",%d\n" if blocks is not None else "\n")
+        return ((line * rows.shape[0]) % tuple(rows.ravel().tolist())).encode()
+
+    def _note_width(self, text: bytes, nrows: int) -> None:
+        if nrows:
+            self.row_bytes = max(self.row_bytes, len(text) / nrows)
+
+    def _append(self, data: bytes) -> None:
+        data = self.pending + data
+        if not data:
+            return
+        written = 0
+        try:
+            while written < len(data):
+                written += os.write(self.fd, data[written:])
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            self.pending = data
+            raise
+        self.size += len(data)
+        self.pending = b""
+
+    def flush(self) -> None:
+        """Write the block in progress (cut short) and anything held back."""
+        self._flush_acc()
+        self._append(b"")
+
+    def close(self) -> None:
+        try:
+            self.flush()
+        finally:
+            os.close(self.fd)
 
 
 class _Refused(Exception):
