@@ -21,11 +21,22 @@ compute n^3 per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network, vecmat
 from simulator.rules.base import Rank1, RuleOutput, StepContext
-from simulator.rules.family import SIGNS, NoiseStream, StatefulRule, balance, jacobian_matmul, norm
+from simulator.rules.family import (
+    SIGNS,
+    NoiseStream,
+    StatefulRule,
+    balance,
+    jacobian_matmul,
+    noise_numel,
+    norm,
+)
 
 
 class KFRTRL(StatefulRule):
@@ -42,6 +53,19 @@ class KFRTRL(StatefulRule):
         self.u = net.W.new_zeros(S, m)
         self.A = net.W.new_zeros(S, n, n)
         self.c = NoiseStream("kf-rtrl", seeds, 2, args["signs"], net.W)
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return (n + n_in + 1) + n * n + noise_numel(2)  # u, A, the signs
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * n + 3 * n + (n + n_in + 1)  # H A (becomes the new A), c^T A, u
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return 2 * n**3 + 8 * n * n + 4 * m + 3 * n * m  # H A, norms and scales, c^T A, apply
 
     def influence(self) -> Tensor:
         """The dense estimate M~[s, k, i, j] = A_ki u_j (for tests and plots)."""

@@ -15,6 +15,9 @@ n m per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network
@@ -34,6 +37,16 @@ class RFLO(StatefulRule):
         random = args["feedback"] == "random"
         self.B: Tensor | None = random_feedback(seeds, net.n, n_out, net.W) if random else None
         self.trace: Tensor | None = None if net.alpha == 1.0 else net.W.new_zeros(net.W.shape)
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        # the trace (kept when alpha < 1: counted always, alpha is not a rule setting), B
+        random = args.get("feedback") == "random"
+        return n * (n + n_in + 1) + (n * n_out if random else 0)
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return 2 * n * n_out + 7 * n * (n + n_in + 1)  # B e, trace, q * trace, apply
 
     def step(self, ctx: StepContext) -> RuleOutput:
         q = feedback_credit(self.B, ctx.e, ctx.net)
