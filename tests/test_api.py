@@ -220,7 +220,8 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
     assert set(doc["paths"]) == {
         "/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/frames",
         "/api/runs/{run_id}/history", "/api/runs/{run_id}/control",
-        "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json"}
+        "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json",
+        "/api/estimate"}
     schemas = doc["components"]["schemas"]
     assert {"RunConfig", "RunInfo", "Frame", "Frames", "Control", "Error"} <= set(schemas)
     assert "dni-b" in schemas["RunConfig"]["properties"]["rule"]["enum"]

@@ -64,18 +64,21 @@ class Budgets:
         return dataclasses.asdict(self)
 
 
-def _blame(config: RunConfig, fits: Any) -> str:
-    """The config field whose change brings the cost within budget (``fits(cfg)``), trying
-    the cheap knobs first; "n" when none alone does."""
+def _blame(config: RunConfig, memory: int) -> str:
+    """The config field that drives the memory estimate: of the cheap knobs (test_steps,
+    align, dtype, seeds), the one whose change alone saves the most, if it saves at least
+    a third; "n" otherwise."""
     trials = (("test_steps", {"test_steps": min(config.test_steps, 1000)}),
               ("align", {"align": None}), ("dtype", {"dtype": "float32"}),
               ("seeds", {"seeds": config.seeds[:1]}))
-    for field, change in trials:
+    best, field = memory * 2 // 3, "n"
+    for name, change in trials:
         if all(getattr(config, k) == v for k, v in change.items()):
             continue
-        if fits(dataclasses.replace(config, **change)):
-            return field
-    return "n"
+        after = estimate(dataclasses.replace(config, **change)).memory_bytes
+        if after < best:
+            best, field = after, name
+    return field
 
 
 def _what(config: RunConfig) -> str:
@@ -93,7 +96,7 @@ def admit(config: RunConfig, settings: BackendSettings,
     budgets = Budgets.of(settings)
     cost = estimate(config)
     if budgets.run_memory and cost.memory_bytes > budgets.run_memory:
-        field = _blame(config, lambda c: estimate(c).memory_bytes <= budgets.run_memory)
+        field = _blame(config, cost.memory_bytes)
         raise OverBudget(f"{field}: {_what(config)} needs about {size_text(cost.memory_bytes)}; "
                          f"this server allows {size_text(budgets.run_memory)} per run "
                          "(--max-run-memory)", field=field)
