@@ -34,7 +34,7 @@ CHANNEL_TIMEOUT = 2.0
 class Server:
     """``python -m app serve`` on a free port (REST API only), its output in a file."""
 
-    def __init__(self, tmp: Path, *args: str) -> None:
+    def __init__(self, tmp: Path, *args: str, dashboard: bool = False) -> None:
         self.port = free_port()
         self.log = tmp / "server.log"
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -45,7 +45,7 @@ class Server:
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "app", "serve", "--port", str(self.port), "--data-dir",
-                 str(tmp / "data"), "--no-dashboard", *args],
+                 str(tmp / "data"), *([] if dashboard else ["--no-dashboard"]), *args],
                 cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT, preexec_fn=limits)
         wait_for(self._up, timeout=60, what="the server to answer")
 
@@ -364,3 +364,44 @@ def test_internal_errors_answer_an_id_only(tmp_path: Path, caplog: pytest.LogCap
                 assert logged and logged[0].exc_info is not None
     finally:
         backend.shutdown()
+
+
+# ---- the estimate in the dashboard -----------------------------------------------------------------
+def test_cost_text_sums_a_race_and_warns_over_budget() -> None:
+    from app.dashboard import urlstate
+    from app.dashboard.callbacks import cost_text
+    from app.service.base import BackendSettings
+    from simulator.cost import estimate
+
+    setup = {**urlstate.DEFAULT_SETUP, "n": "64", "seeds": "0-3"}
+    one = estimate(RunConfig.from_dict({"n": 64, "seeds": "0-3", "steps": 20000}))
+    assert cost_text(setup, BackendSettings()).startswith(f"cost: about {one.human[6:16]}")
+    race = cost_text({**setup, "rules": ["dni-b", "rtrl"]}, BackendSettings())
+    assert race.startswith("cost: 2 runs: about ")
+    tight = BackendSettings(max_run_memory=one.memory_bytes - 1)
+    assert cost_text(setup, tight).endswith("per run): the run will be refused")
+    assert cost_text({**setup, "n": "-1"}, BackendSettings()) == ""
+
+
+@pytest.mark.browser
+def test_dashboard_shows_the_estimate_before_play(tmp_path: Path) -> None:
+    """The Network section says what the setup will cost, and that a server refuses it."""
+    playwright_api = pytest.importorskip("playwright.sync_api")
+    if not Path("/usr/bin/chromium").exists():
+        pytest.skip("/usr/bin/chromium not found")
+    srv = Server(tmp_path, "--max-run-memory", "3GB", dashboard=True)
+    try:
+        with playwright_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path="/usr/bin/chromium",
+                                        args=["--no-sandbox", "--disable-gpu"])
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{srv.port}/?task=add&rules=dni-b&n=4096&seeds=0-63")
+            page.wait_for_function("() => (document.querySelector('#cost-estimate') || {})"
+                                   ".textContent?.includes('refused')", timeout=30_000)
+            text = page.text_content("#cost-estimate") or ""
+            assert "about 69 GB of memory" in text and "3 GB of memory per run" in text
+            assert "cost-estimate" in page.inner_html("details:has(#cost-estimate) summary + div")
+            browser.close()
+        assert srv.request("GET", "/api/runs")[1]["runs"] == []  # nothing was started
+    finally:
+        srv.stop()

@@ -225,6 +225,9 @@ def network_section(align_supported: bool) -> html.Details:
                               "value": "on", "disabled": not align_supported}],
         value=[], className="check"), title=align_hint if align_supported else
         "the run service does not offer alignment yet"))
+    rows.append(html.Div(id="cost-estimate", className="cost-estimate",
+                         title="estimated from each rule's formulas (simulator.cost); runs over "
+                               "this server's budgets are refused"))
     rows.append(html.Div(id="restart-hint", className="restart-hint"))
     return section("Network", rows, "network")
 
