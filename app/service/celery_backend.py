@@ -50,6 +50,7 @@ from app.service.base import (
 )
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.worker import branch_config, branch_steps, check_create, check_params
+from simulator.config import RunConfig
 from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.settings import ConfigError, quote
 
@@ -352,6 +353,7 @@ class CeleryBackend(Backend):
     def _branch(self, f: dict[str, Any], changes: dict[str, Any],
                 checkpoint: str | None = None) -> dict[str, Any]:
         new = branch_config(f["config"], changes)
+        admit(RunConfig.from_dict(new), self.settings, self._active_memory())  # before its checkpoint
         ck = self._branch_point(f, checkpoint)
         new = branch_steps(new, changes, f["config"], ck["step"])
         new_id = self._create(new, start=True, view=f.get("view") or None, parent=f["id"],
