@@ -130,6 +130,8 @@ for spec in json.loads(sys.argv[1]):
 def test_estimate_within_factor_1_5_of_measured_peak() -> None:
     """VmHWM growth of a fresh process that builds a run and goes through a worker's cycle,
     against the estimate, for dni-b, rtrl and bptt at two sizes each (2-core machine: ~5 s)."""
+    if not os.access("/proc/self/clear_refs", os.W_OK):
+        pytest.skip("/proc/self/clear_refs is not writable here: the peak cannot be reset")
     specs = [{"rule": "dni-b", "n": 256, "seeds": "0-15"}, {"rule": "dni-b", "n": 384, "seeds": "0-15"},
              {"rule": "rtrl", "n": 48, "seeds": "0-31"}, {"rule": "rtrl", "n": 64, "seeds": "0-31"},
              {"rule": "bptt", "n": 256, "seeds": "0-31"},
