@@ -16,6 +16,29 @@ import sys
 from typing import Any
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
+SERVER_THREADS = 16      # waitress: requests handled at once (sockets wait on the event loop)
+CHANNEL_TIMEOUT = 30.0   # waitress: seconds before an inactive connection is closed
+CONNECTION_LIMIT = 1000  # waitress: open connections at most
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
+          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
+          "gib": 1 << 30, "tib": 1 << 40}
+
+
+def _size(text: str) -> int:
+    """"3GB", "512MiB", "1e15", "0" -> an integer (decimal units; KiB.. binary)."""
+    raw = text.strip().lower().replace("_", "").replace(",", "")
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number):]
+    try:
+        value = float(number) * _UNITS[unit]
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"got {text[:40]!r}; allowed: a number with an optional "
+                                         "unit (B, kB, MB, GB, TB, KiB, MiB, GiB), 0: no limit"
+                                         ) from None
+    if not 0 <= value < 1e21:
+        raise argparse.ArgumentTypeError(f"got {text[:40]!r}; allowed: 0 to 1e21")
+    return int(value)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,11 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--processes", type=int, default=1,
                        help="--backend celery: server processes behind gunicorn (default 1: "
                             "one threaded process)")
-    serve.add_argument("--max-disk", type=parse_size, default=None, metavar="SIZE",
+    serve.add_argument("--max-disk", type=_size, default=None, metavar="SIZE",
                        help="bytes the data directory may hold in all, e.g. 20G (default: "
                             "what it holds plus the disk's free space, minus 5%% of the disk, "
                             "at least 256M); a run that may not fit is refused (507)")
-    serve.add_argument("--history-budget", type=parse_size, default=64 << 20, metavar="SIZE",
+    serve.add_argument("--history-budget", type=_size, default=64 << 20, metavar="SIZE",
                        help="per-step CSV history per run, e.g. 64M (default): full resolution "
                             "up to half of it, then means over blocks of steps; 0: no limit")
     serve.add_argument("--keep-checkpoints", type=int, default=3, metavar="N",
@@ -66,6 +89,22 @@ def _parser() -> argparse.ArgumentParser:
         if verb != "list":
             cmd.add_argument("name", help="user name: 1-64 of A-Z a-z 0-9 _ . -")
         cmd.add_argument("--data-dir", default="data", help="the server's data dir (default ./data)")
+    serve.add_argument("--max-run-memory", type=_size, default=None, metavar="SIZE",
+                       help="estimated peak memory one run may take, e.g. 3GB (default: a "
+                            "quarter of this machine's RAM; 0: no limit)")
+    serve.add_argument("--max-total-memory", type=_size, default=None, metavar="SIZE",
+                       help="estimated memory of all active runs together (default: half of "
+                            "the RAM; 0: no limit)")
+    serve.add_argument("--max-run-work", type=_size, default=None, metavar="FLOP",
+                       help="floating-point work of one run, flops per step x steps, e.g. 1e15 "
+                            "(the default; 0: no limit)")
+    serve.add_argument("--threads", type=int, default=SERVER_THREADS,
+                       help=f"request threads of the server (default {SERVER_THREADS})")
+    serve.add_argument("--channel-timeout", type=float, default=CHANNEL_TIMEOUT,
+                       metavar="SECONDS", help="close a connection idle (or sending nothing) "
+                                               f"this long (default {CHANNEL_TIMEOUT:g})")
+    serve.add_argument("--connection-limit", type=int, default=CONNECTION_LIMIT,
+                       help=f"open connections at most (default {CONNECTION_LIMIT})")
     worker = sub.add_parser("worker", help="start a Celery worker that hosts runs "
                                            "(for serve --backend celery)")
     worker.add_argument("--redis-url", default=os.environ.get("PLASTICITY_REDIS_URL", REDIS_URL),
@@ -81,21 +120,6 @@ def _parser() -> argparse.ArgumentParser:
     doctor.add_argument("--data-dir", default="data", help="the data directory (default ./data)")
     doctor.add_argument("--check", action="store_true", help="report only, change nothing")
     return parser
-
-
-def parse_size(text: str) -> int:
-    """A byte count: 123, 64K, 64M, 1.5G, 2T (powers of 1024)."""
-    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-    raw = str(text).strip().upper().removesuffix("B") or "?"
-    unit = raw[-1] if raw[-1] in units and raw[-1] != "" else ""
-    try:
-        value = float(raw[:-1] if unit else raw)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"got {str(text)[:100]!r}; allowed: a size such as "
-                                         "500M, 20G or a number of bytes") from None
-    if not 0 <= value * units[unit] < 1 << 60:
-        raise argparse.ArgumentTypeError(f"got {str(text)[:100]!r}; allowed: 0 to 1E (exabyte)")
-    return int(value * units[unit])
 
 
 def attach_dashboard(server: Any, backend: Any) -> None:
@@ -118,15 +142,17 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
 
     kind = getattr(args, "backend", "local")
     auth = auth_settings(args)
-    disk = {"max_disk": getattr(args, "max_disk", None),
-            "history_budget": getattr(args, "history_budget", 64 << 20),
-            "keep_checkpoints": getattr(args, "keep_checkpoints", 3)}
+    settings = {key: getattr(args, key, None)
+                for key in ("max_run_memory", "max_total_memory", "max_run_work", "max_disk")}
+    settings["history_budget"] = getattr(args, "history_budget", 64 << 20)
+    settings["keep_checkpoints"] = getattr(args, "keep_checkpoints", 3)
     if kind == "local":
-        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth, **disk)
+        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth,
+                               **settings)
     else:
         server = create_server(make_backend(kind, redis_url=args.redis_url,
-                                            data_dir=args.data_dir, max_runs=args.max_runs, **disk),
-                               auth=auth)
+                                            data_dir=args.data_dir, max_runs=args.max_runs,
+                                            **settings), auth=auth)
     backend = server.extensions["plasticity_backend"]
     if not args.no_dashboard:
         attach_dashboard(server, backend)
@@ -197,6 +223,9 @@ def serve_gunicorn(args: argparse.Namespace) -> int:
            "PLASTICITY_TOKEN": auth.token, "PLASTICITY_NO_AUTH": "0" if auth.enabled else "1",
            "PLASTICITY_ALLOWED_HOSTS": ",".join(auth.allowed_hosts),
            "PLASTICITY_MAX_USER_RUNS": str(auth.max_user_runs or "")}
+    for key in ("max_run_memory", "max_total_memory", "max_run_work"):
+        if getattr(args, key) is not None:
+            env[f"PLASTICITY_{key.upper()}"] = str(getattr(args, key))
     argv = [sys.executable, "-m", "gunicorn", "-w", str(args.processes), "-k", "gthread",
             "--threads", "8", "-b", f"{args.host}:{args.port}", "--graceful-timeout", "10",
             "--log-level", "debug" if args.debug else "info", "app.server:wsgi_app()"]
@@ -243,6 +272,15 @@ def serve(args: argparse.Namespace) -> int:
     if args.keep_checkpoints < 1:
         print(f"keep-checkpoints: got {args.keep_checkpoints}; allowed: >= 1", file=sys.stderr)
         return 2
+    for name, low in (("threads", 1), ("connection_limit", 1)):
+        if getattr(args, name) < low:
+            print(f"{name.replace('_', '-')}: got {getattr(args, name)}; allowed: >= {low}",
+                  file=sys.stderr)
+            return 2
+    if not 0.5 <= args.channel_timeout <= 3600:
+        print(f"channel-timeout: got {args.channel_timeout:g}; allowed: 0.5 to 3600 seconds",
+              file=sys.stderr)
+        return 2
     if args.processes > 1:
         return serve_gunicorn(args)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.INFO,
@@ -264,7 +302,7 @@ def serve(args: argparse.Namespace) -> int:
         print("Note: other machines reach this server only by a name given with "
               "--allowed-host NAME (Host allow-list against DNS rebinding)", flush=True)
     try:
-        server.run(host=args.host, port=args.port, threaded=True, debug=False, use_reloader=False)
+        run_waitress(server, args)
     finally:
         backend.shutdown()
     return 0
@@ -278,6 +316,23 @@ def doctor(args: argparse.Namespace) -> int:
     for line in lines:
         print(line)
     return 1 if left else 0
+
+
+def run_waitress(server: Any, args: argparse.Namespace) -> None:
+    """The production WSGI server: an event loop holds the connections (an idle or half-open
+    one costs a socket, not a thread), a bounded pool of threads runs requests, inactive
+    connections close after --channel-timeout, bodies over MAX_REQUEST_BODY are refused
+    (413) before they reach the app, chunked or not."""
+    from waitress import serve as waitress_serve
+
+    from app.server import MAX_REQUEST_BODY
+
+    waitress_serve(server, host=args.host, port=args.port, threads=args.threads,
+                   channel_timeout=args.channel_timeout,
+                   cleanup_interval=max(0.5, min(30.0, args.channel_timeout / 2)),
+                   connection_limit=args.connection_limit, asyncore_use_poll=True,
+                   max_request_body_size=MAX_REQUEST_BODY, ident="plasticity-lab",
+                   _quiet=not args.debug)
 
 
 def main(argv: list[str] | None = None) -> int:

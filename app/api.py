@@ -12,14 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import math
+import secrets
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from flask import Blueprint, Flask, Response, current_app, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app.service.admission import estimate_dict
 from app.service.base import ACTIONS, RUN_KEYS, Backend, ServiceError
-from simulator.settings import ConfigError
+from simulator.config import RunConfig
+from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.api")
 
@@ -43,10 +47,13 @@ class BadRequest(ServiceError):
 
 
 def _json_response(payload: Any, status: int = 200) -> Response:
+    """JSON with null for NaN/inf (a diverged run). orjson: a frames page (~50 kB) encodes in
+    about a quarter of json.dumps' time, which sets the server's capacity under polling."""
     try:
-        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except ValueError:  # NaN/inf somewhere (a diverged run): send null instead
-        text = json.dumps(_finite(payload), allow_nan=False, separators=(",", ":"))
+        text: bytes | str = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS
+                                         | orjson.OPT_SERIALIZE_NUMPY)
+    except TypeError:  # something orjson does not know: the standard encoder
+        text = json.dumps(_finite(payload), allow_nan=False, separators=(",", ":"), default=str)
     return Response(text, status=status, mimetype="application/json")
 
 
@@ -64,11 +71,20 @@ def _error(status: int, message: str, field: str | None) -> Response:
     return _json_response({"error": message, "field": field}, status)
 
 
+class TooLarge(ServiceError):
+    """A request body over MAX_BODY (declared or, when chunked, as read)."""
+
+    http_status = 413
+
+
 def _body() -> dict[str, Any]:
-    """The request's JSON object body (400 naming "body" otherwise)."""
+    """The request's JSON object body (400 naming "body" otherwise; 413 over 1 MiB). At most
+    MAX_BODY + 1 bytes are ever read, whatever the body claims or streams (chunked)."""
     if request.content_length and request.content_length > MAX_BODY:
-        raise BadRequest("body: larger than 1 MiB", field="body")
-    raw = request.get_data(cache=True)
+        raise TooLarge("body: larger than 1 MiB", field="body")
+    raw = request.stream.read(MAX_BODY + 1)
+    if len(raw) > MAX_BODY:
+        raise TooLarge("body: larger than 1 MiB", field="body")
     if not raw.strip():
         raise BadRequest("body: expected a JSON object, got an empty body", field="body")
     try:
@@ -91,7 +107,7 @@ def _query_int(name: str, default: int | None, low: int, high: int) -> int | Non
     try:
         value = int(raw)
     except ValueError:
-        raise BadRequest(f"{name}: got {raw!r}; allowed: an integer in [{low}, {high}]",
+        raise BadRequest(f"{name}: got {quote(raw)}; allowed: an integer in [{low}, {high}]",
                          field=name) from None
     if not low <= value <= high:
         raise BadRequest(f"{name}: got {value}; allowed: an integer in [{low}, {high}]", field=name)
@@ -107,20 +123,41 @@ def _handle(exc: Exception) -> Response:
         return _error(422, str(exc), exc.field)
     if isinstance(exc, HTTPException):
         return _error(exc.code or 400, f"request: {exc.description}", None)
-    log.exception("unexpected error in %s %s", request.method, request.path)
-    return _error(500, f"internal: {type(exc).__name__}: {exc}", None)
+    return _error(500, log_internal_error(exc), None)
+
+
+def log_internal_error(exc: BaseException) -> str:
+    """Log ``exc`` with its traceback under a fresh id; the client's message names only the id
+    (no exception names or details leave the server)."""
+    error_id = secrets.token_hex(4)
+    log.error("internal error, id %s, in %s %s", error_id, request.method, request.path,
+              exc_info=(type(exc), exc, exc.__traceback__))
+    return f"internal error, id {error_id}"
 
 
 def register_api_errors(server: Flask) -> None:
-    """JSON 404/405 for unknown paths under /api (routing errors never reach the blueprint)."""
+    """JSON 404/405 for unknown paths under /api (routing errors never reach the blueprint),
+    and "internal error, id N" for any unexpected exception elsewhere (the dashboard)."""
 
     def handler(exc: HTTPException) -> Any:
         if request.path.startswith("/api/") or request.path == "/api":
             return _error(exc.code or 404, f"path: {exc.description}", "path")
         return exc
 
+    def internal(exc: InternalServerError) -> Any:
+        original = exc.original_exception or exc
+        message = log_internal_error(original)
+        if request.path.startswith("/api/"):
+            return _error(500, message, None)
+        return Response(message + "\n", status=500, mimetype="text/plain")
+
+    def too_large(exc: HTTPException) -> Any:
+        return _error(413, "body: larger than the server accepts", "body")
+
     server.register_error_handler(404, handler)
     server.register_error_handler(405, handler)
+    server.register_error_handler(413, too_large)
+    server.register_error_handler(InternalServerError, internal)
 
 
 # ---- runs ------------------------------------------------------------------------------------
@@ -130,9 +167,19 @@ def create_run() -> Response:
     extras = {k: body.pop(k) for k in CREATE_EXTRAS if k in body}
     start = extras.get("start", True)
     if not isinstance(start, bool):
-        raise ConfigError("start", f"got {start!r}; allowed: true or false")
+        raise ConfigError("start", f"got {quote(start)}; allowed: true or false")
     run_id = backend().create(body, start=start, view=extras.get("view"))
     return _json_response({"id": run_id, "run": backend().get(run_id)}, 201)
+
+
+@api.post("/estimate")
+def estimate() -> Response:
+    """The cost of a config (the body of POST /runs) against this server's budgets; no run
+    is made."""
+    body = _body()
+    for key in CREATE_EXTRAS:
+        body.pop(key, None)
+    return _json_response(estimate_dict(RunConfig.from_dict(body), backend().settings))
 
 
 @api.get("/runs")
@@ -175,7 +222,7 @@ def control(run_id: str) -> Response:
         raise ConfigError("action", f"required; allowed: {', '.join(ACTIONS)}")
     action = body.pop("action")
     if not isinstance(action, str) or action not in ACTIONS:
-        raise ConfigError("action", f"got {action!r}; allowed: {', '.join(ACTIONS)}")
+        raise ConfigError("action", f"got {quote(action)}; allowed: {', '.join(ACTIONS)}")
     for key in body:
         if key not in ACTIONS[action]:
             raise ConfigError(str(key), f"unknown parameter for {action}; allowed: "
@@ -300,7 +347,7 @@ def openapi_document() -> dict[str, Any]:
     """OpenAPI 3.0 description of every endpoint, with schemas."""
     ref = {name: {"$ref": f"#/components/schemas/{name}"} for name in
            ("RunConfig", "RunInfo", "Frame", "Frames", "History", "Control", "ControlResult",
-            "Error", "Created")}
+            "Error", "Created", "Cost", "Estimate")}
     err = {"description": "error naming the field", "content": {"application/json": {
         "schema": ref["Error"]}}}
 
@@ -314,7 +361,7 @@ def openapi_document() -> dict[str, Any]:
         return {"name": name, "in": "query", "required": False, "description": description,
                 "schema": {"type": "integer", "minimum": minimum}}
 
-    errors = {"400": err, "404": err, "409": err, "422": err, "503": err, "507": err}
+    errors = {"400": err, "404": err, "409": err, "413": err, "422": err, "503": err, "507": err}
     paths = {
         "/api/runs": {
             "get": {"summary": "List every run (newest first)", "operationId": "listRuns",
@@ -328,6 +375,14 @@ def openapi_document() -> dict[str, Any]:
                                  "units": {"type": "array", "items": {"type": "integer"}},
                                  "seed_index": {"type": "integer"}}}}}}}},
                      "responses": {"201": ok(ref["Created"], "created"), **errors}},
+        },
+        "/api/estimate": {
+            "post": {"summary": "Estimate a config's cost against this server's budgets (no run "
+                                "is made)", "operationId": "estimate",
+                     "requestBody": {"required": True, "content": {"application/json": {
+                         "schema": ref["RunConfig"]}}},
+                     "responses": {"200": ok(ref["Estimate"]), "400": err, "413": err,
+                                   "422": err}},
         },
         "/api/runs/{run_id}": {
             "parameters": [run_id],
@@ -396,7 +451,15 @@ def openapi_document() -> dict[str, Any]:
         "checkpoints": {"type": "array", "items": {"type": "string"}},
         "view": {"type": "object"}, "learning_rates": {"type": "object"},
         "cursor": {"type": "integer"}, "alive": {"type": "boolean"},
+        "cost": {"allOf": [ref["Cost"]], "nullable": True},
     })
+    cost_props: dict[str, Any] = {
+        "memory_bytes": {"type": "integer", "description": "estimated peak memory"},
+        "disk_bytes_per_1000_steps": {"type": "integer", "description": "CSV history"},
+        "checkpoint_bytes": {"type": "integer"},
+        "flops_per_step": {"type": "integer", "description": "all seeds"},
+        "work_flops": {"type": "integer", "description": "flops_per_step x steps"},
+        "human": {"type": "string"}}
     schemas = {
         "RunConfig": _config_schema(),
         "RunInfo": {"type": "object", "properties": run_info_props},
@@ -429,6 +492,12 @@ def openapi_document() -> dict[str, Any]:
                 "step": {"type": "array", "items": {"type": "integer"}}, "mean": number_list,
                 "seeds": {"type": "array", "items": number_list}}},
             "phases": {"type": "array", "items": {"type": "array"}}}},
+        "Cost": {"type": "object", "properties": cost_props},
+        "Estimate": {"type": "object", "properties": {
+            **cost_props, "fits": {"type": "boolean", "description": "within the per-run budgets"},
+            "budgets": {"type": "object", "description": "bytes and FLOP; 0: no limit",
+                        "properties": {k: {"type": "integer"} for k in
+                                       ("run_memory", "total_memory", "run_work")}}}},
         "Control": _control_schema(),
         "ControlResult": {"type": "object", "required": ["ok"], "properties": {
             "ok": {"type": "boolean"}, "status": {"type": "string"}, "step": {"type": "integer"},

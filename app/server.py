@@ -48,6 +48,7 @@ def create_server(backend: Backend | None = None, *, data_dir: str | Path | None
     store = AccessStore(backend.settings.data_dir)
     server = Flask(name)
     server.config["JSON_SORT_KEYS"] = False
+    server.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BODY  # read bounded, chunked too
     server.extensions[BACKEND_KEY] = GuardedBackend(backend, store, auth)
     security.install(server, auth, store)
     server.register_blueprint(api)
@@ -58,6 +59,8 @@ def create_server(backend: Backend | None = None, *, data_dir: str | Path | None
 
 
 BACKENDS = ("local", "celery")
+#: any request body at most (the dashboard's callbacks too); the API's own limit is 1 MiB
+MAX_REQUEST_BODY = 16 << 20
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 
@@ -81,13 +84,17 @@ def wsgi_app() -> Flask:
     """The WSGI app for gunicorn (one per server process), configured by the environment:
     PLASTICITY_BACKEND (celery; local serves one process only), PLASTICITY_REDIS_URL,
     PLASTICITY_DATA_DIR (default ./data), PLASTICITY_MAX_RUNS (default 4),
-    PLASTICITY_DASHBOARD (1, or 0 for the REST API only), and sign-in: PLASTICITY_TOKEN (the
-    serve token; required unless PLASTICITY_NO_AUTH=1), PLASTICITY_ALLOWED_HOSTS (comma-separated),
-    PLASTICITY_MAX_USER_RUNS."""
+    PLASTICITY_MAX_RUN_MEMORY / _MAX_TOTAL_MEMORY (bytes) / _MAX_RUN_WORK (FLOP) (default:
+    derived from the machine), PLASTICITY_DASHBOARD (1, or 0 for the REST API only), and
+    sign-in: PLASTICITY_TOKEN (the serve token; required unless PLASTICITY_NO_AUTH=1),
+    PLASTICITY_ALLOWED_HOSTS (comma-separated), PLASTICITY_MAX_USER_RUNS."""
     kind = os.environ.get("PLASTICITY_BACKEND", "celery")
+    budgets = {key: int(os.environ[f"PLASTICITY_{key.upper()}"])
+               for key in ("max_run_memory", "max_total_memory", "max_run_work")
+               if os.environ.get(f"PLASTICITY_{key.upper()}")}
     backend = make_backend(kind, redis_url=os.environ.get("PLASTICITY_REDIS_URL"),
                            data_dir=os.environ.get("PLASTICITY_DATA_DIR", "data"),
-                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")))
+                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")), **budgets)
     server = create_server(backend, auth=auth_from_env())
     if os.environ.get("PLASTICITY_DASHBOARD", "1") not in ("0", "false", "no"):
         from app.__main__ import attach_dashboard

@@ -1,4 +1,9 @@
-"""Load benchmark of the Celery + Redis mode, loopback only, bounded in count and time.
+"""Load benchmark of the run service (Celery + Redis, or the embedded local default), loopback
+only, bounded in count and time.
+
+``--backend local`` measures the embedded default as a user starts it: one ``plasticity-lab
+serve`` (waitress; its worker processes, one per run, with ``--max-runs`` = the clients), the
+same clients and the same report. The rest of this note is the Celery setup (the default).
 
 Starts everything itself on 127.0.0.1 and stops it afterwards: a redis-server (AOF on, in a
 temporary directory), 2 Celery workers (``plasticity-lab worker``: prefork, 10 run processes
@@ -16,6 +21,10 @@ says what limits the figures on this machine.
 
     python bench/load.py                       # 20 clients, 30 s (about 1.5 min in all)
     python bench/load.py --clients 8 --seconds 10
+    python bench/load.py --backend local       # the embedded default (waitress)
+
+A server with sign-in takes the token from ``--token`` or the PLASTICITY_TOKEN environment
+variable (sent as ``Authorization: Bearer TOKEN``).
 """
 
 from __future__ import annotations
@@ -56,7 +65,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 
 
 class Client:
-    """A keep-alive JSON client for the REST API."""
+    """A keep-alive JSON client for the REST API (with a bearer token when one is set)."""
+
+    token: str | None = os.environ.get("PLASTICITY_TOKEN") or None
 
     def __init__(self, port: int) -> None:
         self.port = port
@@ -65,6 +76,8 @@ class Client:
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any, int]:
         data = None if body is None else json.dumps(body)
         headers = {**AUTH, **({"Content-Type": "application/json"} if data else {})}
+        if self.token:  # a server started elsewhere, with its own token
+            headers["Authorization"] = f"Bearer {self.token}"
         try:
             self.conn.request(method, "/api" + path, body=data, headers=headers)
             answer = self.conn.getresponse()
@@ -117,6 +130,7 @@ class Stack:
 
     def __init__(self, tmp: Path, workers: int, concurrency: int, servers: int) -> None:
         self.tmp, self.procs = tmp, {}
+        self.workers, self.servers = workers, servers
         self.redis_port, self.http_port = free_port(), free_port()
         self.url = f"redis://127.0.0.1:{self.redis_port}/0"
         path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -134,6 +148,10 @@ class Stack:
             sys.executable, "-m", "app", "serve", "--backend", "celery", "--redis-url", self.url,
             "--processes", str(servers), "--port", str(self.http_port), "--data-dir",
             str(tmp / "data"), "--max-runs", "100", "--no-dashboard"])
+
+    def describe(self, concurrency: int) -> str:
+        return (f"{self.servers} gunicorn server processes (gthread), {self.workers} Celery "
+                f"workers x {concurrency} prefork run slots; redis-server")
 
     def _start(self, name: str, cmd: list[str]) -> None:
         log = open(self.tmp / f"{name}.log", "wb")  # noqa: SIM115 - the process owns it
@@ -171,6 +189,32 @@ class Stack:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(5)
+
+
+class LocalStack(Stack):
+    """The embedded default: one ``plasticity-lab serve`` (waitress, default settings but
+    ``--max-runs``), its run worker processes in its process group."""
+
+    def __init__(self, tmp: Path, max_runs: int) -> None:
+        self.tmp, self.procs = tmp, {}
+        self.http_port = free_port()
+        path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        self.env = {**os.environ, "PYTHONPATH": path}
+        self.max_runs = max_runs
+        self._start("servers", [sys.executable, "-m", "app", "serve", "--port", str(self.http_port),
+                                "--data-dir", str(tmp / "data"), "--max-runs", str(max_runs),
+                                "--no-dashboard"])
+
+    def describe(self, concurrency: int) -> str:
+        return (f"plasticity-lab serve (waitress, default settings, --max-runs {self.max_runs}); "
+                "each run in its own worker process")
+
+    def cpu(self) -> dict[str, float]:
+        busy, total = machine_cpu()
+        return {"server and run workers": sum(cpu_seconds(pid) for pid in
+                                              group_pids(self.procs["servers"].pid)),
+                "clients (this process)": cpu_seconds(os.getpid()),
+                "machine busy": busy, "machine total": total}
 
 
 class Watcher(threading.Thread):
@@ -229,15 +273,27 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=None,
                         help="run slots per worker (default: enough for every client)")
     parser.add_argument("--servers", type=int, default=2, help="gunicorn server processes")
+    parser.add_argument("--backend", choices=("celery", "local"), default="celery",
+                        help="celery (default): the Celery + Redis stack; local: the embedded "
+                             "default server")
+    parser.add_argument("--runs", type=int, default=None,
+                        help="runs the clients share (client i polls run i mod RUNS; default: "
+                             "one per client); --backend local serves with --max-runs RUNS")
+    parser.add_argument("--token", default=None,
+                        help="sign-in token, sent as a bearer header (default: $PLASTICITY_TOKEN)")
     args = parser.parse_args()
+    if args.token:
+        Client.token = args.token
     clients = max(1, min(args.clients, MAX_CLIENTS))
     seconds = max(1.0, min(args.seconds, MAX_SECONDS))
     concurrency = args.concurrency or -(-clients // args.workers)
-    if not shutil.which("redis-server"):
+    if args.backend == "celery" and not shutil.which("redis-server"):
         raise SystemExit("redis-server is not installed")
     tmp = Path(tempfile.mkdtemp(prefix="plasticity-load-"))
     began = time.monotonic()
-    stack = Stack(tmp, args.workers, concurrency, args.servers)
+    args.runs = max(1, min(args.runs or clients, clients))
+    stack = (LocalStack(tmp, args.runs) if args.backend == "local"
+             else Stack(tmp, args.workers, concurrency, args.servers))
     try:
         measure(stack, clients, seconds, args, concurrency)
     finally:
@@ -255,28 +311,28 @@ def measure(stack: Stack, clients: int, seconds: float, args: argparse.Namespace
         return admin.call("GET", "/openapi.json")[0] == 200
 
     wait_for(up, 90, "the servers")
-    print(f"{clients} clients, one {CONFIG['rule']} n={CONFIG['n']} run each paced at "
-          f"{args.pace:g} steps/s, polled every {args.period * 1000:.0f} ms; {args.servers} "
-          f"gunicorn server processes (gthread), {args.workers} Celery workers x {concurrency} "
-          f"prefork run slots; redis-server; {os.cpu_count()} cores", flush=True)
+    runs = args.runs or clients
+    print(f"{clients} clients on {runs} {CONFIG['rule']} n={CONFIG['n']} runs paced at "
+          f"{args.pace:g} steps/s, polled every {args.period * 1000:.0f} ms; "
+          f"{stack.describe(concurrency)}; {os.cpu_count()} cores", flush=True)
     rids = []
-    for _ in range(clients):
+    for _ in range(runs):
         rid = admin.ok("POST", "/runs", CONFIG)["id"]
         rids.append(rid)
-    for rid in rids:
-        admin.ok("POST", f"/runs/{rid}/control", {"action": "speed",
-                                                  "steps_per_second": args.pace})
 
     def all_claimed() -> bool:
         stack.check()
-        runs = admin.ok("GET", "/runs")["runs"]
-        return sum(r["worker"]["state"] == "claimed" and r["step"] > 0 for r in runs) >= clients
+        infos = admin.ok("GET", "/runs")["runs"]
+        return sum(r["status"] == "running" and r["step"] > 0 for r in infos) >= len(rids)
 
-    wait_for(all_claimed, 120, "every run to start")
+    wait_for(all_claimed, 180, "every run to start")  # then each worker answers at once
+    for rid in rids:
+        admin.ok("POST", f"/runs/{rid}/control", {"action": "speed",
+                                                  "steps_per_second": args.pace})
     time.sleep(3.0)  # warm-up: every run paced
     cpu0, t0 = stack.cpu(), time.monotonic()
-    watchers = [Watcher(stack.http_port, rid, seconds, args.period, time.monotonic() + 0.2)
-                for rid in rids]
+    watchers = [Watcher(stack.http_port, rids[i % len(rids)], seconds, args.period,
+                        time.monotonic() + 0.2) for i in range(clients)]
     for w in watchers:
         w.start()
     for w in watchers:

@@ -39,7 +39,7 @@ from simulator.network import Network, vecmat
 from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext, Update, apply_update
 from simulator.rules.bptt import BPTT
 from simulator.rules.rtrl import RTRL
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 
 if TYPE_CHECKING:
     from simulator.config import RunConfig
@@ -55,7 +55,7 @@ ALLOWED = "rtrl, bptt:T (T an integer in [1, 10000]), auto"
 def parse_align(spec: str, n: int) -> tuple[str, int]:
     """("rtrl", 0) or ("bptt", T) from "rtrl", "bptt:T" or "auto" (which picks by n)."""
     if not isinstance(spec, str):
-        raise ConfigError("align", f"got {spec!r}; allowed: {ALLOWED}")
+        raise ConfigError("align", f"got {quote(spec)}; allowed: {ALLOWED}")
     text = spec.strip().lower()
     if text == "auto":
         return ("rtrl", 0) if n <= AUTO_RTRL_MAX_N else ("bptt", AUTO_WINDOW)
@@ -64,7 +64,7 @@ def parse_align(spec: str, n: int) -> tuple[str, int]:
     kind, colon, window = text.partition(":")
     if kind == "bptt" and colon and window.strip().isdigit() and 1 <= int(window) <= 10_000:
         return "bptt", int(window)
-    raise ConfigError("align", f"got {spec!r}; allowed: {ALLOWED}")
+    raise ConfigError("align", f"got {quote(spec)}; allowed: {ALLOWED}")
 
 
 def recurrent_block(update: Update, n: int) -> Tensor:
@@ -267,7 +267,7 @@ def pairwise_alignment(config: RunConfig, rules: Sequence[RuleSpec], steps: int,
     if len(specs) < 2:
         raise ConfigError("rules", "give at least two rules to compare")
     if driver is not None and not 0 <= driver < len(specs):
-        raise ConfigError("driver", f"got {driver!r}; allowed: None or 0..{len(specs) - 1}")
+        raise ConfigError("driver", f"got {quote(driver)}; allowed: None or 0..{len(specs) - 1}")
     runs = [Run(config.replace(rule=name, rule_args=args)) for name, args in specs]
     sinks: list[list[Update | None]] = [[] for _ in runs]
     for run, sink in zip(runs, sinks, strict=True):

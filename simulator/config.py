@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from simulator.phases import parse_schedule
-from simulator.settings import ConfigError, Setting
+from simulator.settings import ConfigError, Setting, quote
 
 MAX_SEEDS = 256
 
@@ -39,22 +39,25 @@ _BY_NAME = {s.name: s for s in SCALARS}
 
 def parse_seeds(value: Any) -> list[int]:
     """Seeds as a list, an int, or text like ``0-4`` / ``0,3,7`` / ``0-3,10``."""
-    bad = ConfigError("seeds", f"got {value!r}; allowed: integers in [0, 2^31-1] as a list, "
+    bad = ConfigError("seeds", f"got {quote(value)}; allowed: integers in [0, 2^31-1] as a list, "
                                f"'A-B' or 'A,B,C', at most {MAX_SEEDS}, no repeats")
     if isinstance(value, bool):
         raise bad
     if isinstance(value, int):
         items: list[Any] = [value]
     elif isinstance(value, str):
+        if len(value) > 16 * MAX_SEEDS:
+            raise bad
         items = []
         for part in value.split(","):
             lo, dash, hi = part.strip().partition("-")
             try:
-                items.extend(range(int(lo), int(hi) + 1) if dash else [int(lo)])
+                first, last = int(lo), int(hi) if dash else int(lo)
             except ValueError:
                 raise bad from None
-            if len(items) > MAX_SEEDS:
+            if last - first + 1 > MAX_SEEDS - len(items):  # counted, never expanded
                 raise bad
+            items.extend(range(first, last + 1))
     elif isinstance(value, list | tuple):
         items = list(value)
     else:

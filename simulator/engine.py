@@ -24,7 +24,7 @@ from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
 from simulator.rules import RULES, make_rule
 from simulator.rules.base import RuleOutput, StepContext, apply_update
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 from simulator.tasks import make_task
 
 PREFETCH = 1024  # steps of task data generated at a time
@@ -158,7 +158,7 @@ class Run:
             if isinstance(value, bool) or not isinstance(value, int | float) or not (
                 0 <= value <= 10
             ):
-                raise ConfigError(key, f"got {value!r}; allowed: a number in [0, 10]")
+                raise ConfigError(key, f"got {quote(value)}; allowed: a number in [0, 10]")
             for pop in pops:
                 self.lr[pop] = float(value)
 

@@ -8,9 +8,10 @@ String form (CLI, REST, URL):  ``[NAME=]POP+POP:STEPS,...``  or a preset name, e
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass
 
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 
 POPULATIONS = ("basal", "apical", "jacobian", "readout")
 
@@ -20,6 +21,11 @@ PRESETS = {
 }
 
 MAX_PHASES = 64
+#: a phase name is shown in every panel of every viewer: plain text, short
+MAX_NAME = 40
+NAME_RE = re.compile(rf"^[A-Za-z0-9_.+ -]{{1,{MAX_NAME}}}$")
+#: the whole schedule string at most (64 phases of a long name and duration)
+MAX_TEXT = 64 * 80
 
 
 @dataclass(frozen=True)
@@ -72,12 +78,14 @@ def parse_schedule(text: str, field: str = "phases") -> Schedule:
     if not isinstance(text, str) or not text.strip():
         raise ConfigError(field, f"expected a preset ({', '.join(PRESETS)}) or "
                                  "'[NAME=]POP+POP:STEPS,...'")
+    if len(text) > MAX_TEXT:
+        raise ConfigError(field, f"got {quote(text)}; allowed: at most {MAX_TEXT} characters")
     text = PRESETS.get(text.strip(), text.strip())
     phases = []
     for i, part in enumerate(text.split(",")):
         spec, colon, steps_text = part.strip().rpartition(":")
         if not colon:
-            raise ConfigError(field, f"phase {i + 1} ({part.strip()!r}) needs ':STEPS'; "
+            raise ConfigError(field, f"phase {i + 1} ({quote(part.strip())}) needs ':STEPS'; "
                                      f"format '[NAME=]POP+POP:STEPS', presets: {', '.join(PRESETS)}")
         name, eq, pops_text = spec.rpartition("=")
         pops = [p.strip() for p in pops_text.split("+") if p.strip()]
@@ -85,18 +93,19 @@ def parse_schedule(text: str, field: str = "phases") -> Schedule:
             pops = []
         for pop in pops:
             if pop not in POPULATIONS:
-                raise ConfigError(field, f"unknown population {pop!r} in phase {i + 1}; "
+                raise ConfigError(field, f"unknown population {quote(pop)} in phase {i + 1}; "
                                          f"allowed: {', '.join(POPULATIONS)} (or none)")
         try:
             steps = int(steps_text)
         except ValueError:
             steps = -1
         if not 1 <= steps <= 10**9:
-            raise ConfigError(field, f"phase {i + 1} duration {steps_text!r} must be an integer "
+            raise ConfigError(field, f"phase {i + 1} duration {quote(steps_text)} must be an integer "
                                      "in [1, 1e9]")
         name = name.strip() if eq else "+".join(pops) or "none"
-        if not name:
-            raise ConfigError(field, f"phase {i + 1} has an empty name")
+        if not NAME_RE.match(name):
+            raise ConfigError(field, f"phase {i + 1} name {quote(name)}: allowed: 1-{MAX_NAME} "
+                                     "letters, digits, spaces, '_', '-', '.', '+'")
         phases.append(Phase(name, steps, frozenset(pops)))
     if len(phases) > MAX_PHASES:
         raise ConfigError(field, f"at most {MAX_PHASES} phases per cycle")

@@ -12,11 +12,27 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+#: characters of an input value quoted in an error message at most
+QUOTE_LIMIT = 100
+
+
+def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters (the value
+    came from a client: never echo it whole)."""
+    if isinstance(value, str | bytes) and len(value) > 4 * limit:
+        value = value[: 2 * limit]  # repr of the head only: no copy of a huge value
+        text = repr(value)
+        return f"{text[:limit]}... (cut)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
 
 class ConfigError(ValueError):
-    """A bad setting. ``field`` is a dotted path such as ``rule_args.lr_apical``."""
+    """A bad setting. ``field`` is a dotted path such as ``rule_args.lr_apical`` (cut to
+    QUOTE_LIMIT characters: an unknown key comes from the client)."""
 
     def __init__(self, field: str, message: str) -> None:
+        field = field if len(field) <= QUOTE_LIMIT else f"{field[:QUOTE_LIMIT]}..."
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
@@ -55,7 +71,7 @@ class Setting:
 
     def parse(self, value: Any, where: str) -> Any:
         field = f"{where}.{self.name}" if where else self.name
-        bad = ConfigError(field, f"got {value!r}; allowed: {self.allowed()}")
+        bad = ConfigError(field, f"got {quote(value)}; allowed: {self.allowed()}")
         if self.kind is bool:
             if isinstance(value, bool):
                 return value
@@ -105,6 +121,6 @@ def parse_key_values(pairs: Sequence[str], where: str) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(where, f"expected KEY=VALUE, got {pair!r}")
+            raise ConfigError(where, f"expected KEY=VALUE, got {quote(pair)}")
         out[key.strip()] = value.strip()
     return out

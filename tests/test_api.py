@@ -225,7 +225,8 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
         "/api/runs", "/api/runs/{run_id}", "/api/runs/{run_id}/frames",
         "/api/runs/{run_id}/history", "/api/runs/{run_id}/control",
         "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json",
-        "/api/runs/{run_id}/share", "/api/runs/{run_id}/copy", "/api/shares", "/api/shares/{token}"}
+        "/api/runs/{run_id}/share", "/api/runs/{run_id}/copy", "/api/shares", "/api/shares/{token}",
+        "/api/estimate"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
     assert {"RunConfig", "RunInfo", "Frame", "Frames", "Control", "Error"} <= set(schemas)

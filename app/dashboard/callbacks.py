@@ -315,7 +315,47 @@ def register(app: dash.Dash, backend: Backend, cache: Any) -> Service:
     _register_table(app, svc)
     _register_clientside(app)
     _register_tick_route(app, backend)
+    _register_estimate(app, svc)
     return svc
+
+
+def cost_text(setup: Mapping[str, Any], settings: Any) -> str:
+    """One line beside the Network settings: what the setup's run(s) will cost, and whether
+    this server's per-run budgets take it ("" while the setup does not validate)."""
+    from app.service.admission import estimate_dict
+    from simulator.cost import flops_text, size_text
+
+    try:
+        configs = [v["config"] for v in urlstate.validated_configs(setup)]
+        align = {"align": "auto"} if setup.get("align") else {}
+        costs = [estimate_dict(RunConfig.from_dict({**c, **align}), settings) for c in configs]
+    except (ConfigError, ServiceError):
+        return ""
+    if not costs:
+        return ""
+    memory = sum(c["memory_bytes"] for c in costs)
+    disk = sum(c["disk_bytes_per_1000_steps"] for c in costs)
+    flops = sum(c["flops_per_step"] for c in costs)
+    runs = f"{len(costs)} runs: " if len(costs) > 1 else ""
+    text = (f"cost: {runs}about {size_text(memory)} of memory, {size_text(disk)} of history "
+            f"per 1,000 steps, {flops_text(flops)} per step")
+    worst = max(costs, key=lambda c: c["memory_bytes"])
+    if not all(c["fits"] for c in costs):
+        limit = worst["budgets"]["run_memory"]
+        text += (f" — over this server's budget ({size_text(limit)} of memory per run): "
+                 "the run will be refused" if limit and worst["memory_bytes"] > limit
+                 else " — over this server's work budget per run: the run will be refused")
+    return text
+
+
+def _register_estimate(app: dash.Dash, svc: Service) -> None:
+    settings = getattr(svc.backend, "settings", None)
+
+    @app.callback(Output("cost-estimate", "children"), Input("setup-store", "data"))
+    def estimate(setup: dict | None) -> str:
+        if not setup or settings is None:
+            return ""
+        return cost_text(setup, settings)
 
 
 def _ids_of(group: Any) -> list[str]:

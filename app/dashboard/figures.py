@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from html import escape
 from typing import Any, TypedDict
 
 Figure = dict[str, Any]
@@ -503,11 +504,17 @@ def phase_shapes(spans: Iterable[Sequence[Any]], colors: Mapping[str, str], shad
             for start, stop, name in spans if name in colors]
 
 
+def _esc(text: Any) -> str:
+    """Text for Plotly's labels, which render a subset of HTML (links, styles): escaped, so a
+    run label or a phase name shows as typed. Plotly decodes the entities back."""
+    return escape(str(text), quote=True)
+
+
 def _phase_legend(view: View, y: float = 1.0) -> list[dict[str, Any]]:
     if not shaded(view):
         return []
     names = view.get("phase_names", [])
-    parts = [f"<span style='color:rgb{PHASE_RGB[i % len(PHASE_RGB)]}'>■</span> {name}"
+    parts = [f"<span style='color:rgb{PHASE_RGB[i % len(PHASE_RGB)]}'>■</span> {_esc(name)}"
              for i, name in enumerate(names)]
     return [{"xref": "paper", "yref": "paper", "x": 1, "y": y, "xanchor": "right",
              "yanchor": "bottom", "showarrow": False, "text": "phases: " + "  ".join(parts),
@@ -523,7 +530,7 @@ def _line(name: str, color: str, *, width: float = 2.0, dash: str = "solid", opa
           x: list | None = None, y: list | None = None, legend: bool = True, group: str = "",
           xaxis: str = "x", yaxis: str = "y", shape: str = "linear", mode: str = "lines",
           **extra: Any) -> dict[str, Any]:
-    trace = {"type": "scatter", "mode": mode, "name": name, "x": list(x or []), "y": list(y or []),
+    trace = {"type": "scatter", "mode": mode, "name": _esc(name), "x": list(x or []), "y": list(y or []),
              "line": {"color": color, "width": width, "dash": dash, "shape": shape},
              "opacity": opacity, "showlegend": legend, "xaxis": xaxis, "yaxis": yaxis,
              "hoverlabel": {"namelength": -1}}
@@ -572,7 +579,7 @@ def loss_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | None = 
             smooth = smooth_history(steps, means, run["tau"], state)
             data.append(_line(run["label"], run["color"], width=2.6 * min(s, 1.4), x=steps,
                               y=smooth, group=rid,
-                              hovertemplate="%{y:.4f}<extra>" + run["label"] + "</extra>"))
+                              hovertemplate="%{y:.4f}<extra>" + _esc(run["label"]) + "</extra>"))
         else:
             test = hist.get("test_loss") or {}
             data.append(_line(f"{run['label']} test", run["color"], width=1.5, dash="dot",
@@ -580,7 +587,7 @@ def loss_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | None = 
                               mode="lines+markers", legend=False, group=rid,
                               marker={"size": 8 * min(s, 1.4), "symbol": "diamond",
                                       "line": {"color": "white", "width": 1}},
-                              hovertemplate="test %{y:.4f}<extra>" + run["label"] + "</extra>"))
+                              hovertemplate="test %{y:.4f}<extra>" + _esc(run["label"]) + "</extra>"))
     unit = "nats" if view.get("loss_kind", "cross_entropy") == "cross_entropy" else "squared error"
     layout = _base_layout(
         view, height=340,
@@ -638,7 +645,7 @@ def voltage_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]]
             xs, ys = pre.get(f"{comp}:{rid}:{unit}", ([], []))
             data.append(_line(name, color, width=1.8 if comp != "U" else 2.2, dash=dash, x=xs, y=ys,
                               legend=row == 0, group=f"{rid}:{unit}", xaxis=f"x{ax}",
-                              yaxis=f"y{ax}", hovertemplate=f"{title} %{{y:.3f}}<extra>{name}</extra>"))
+                              yaxis=f"y{ax}", hovertemplate=f"{title} %{{y:.3f}}<extra>{_esc(name)}</extra>"))
     layout = _base_layout(view, height=380)
     for row, (_comp, title) in enumerate(COMPARTMENTS):
         ax = "" if row == 0 else str(row + 1)
@@ -753,7 +760,7 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
             xs, ys = pre.get(f"norm:{run['id']}:{pop}", ([], []))
             data.append(_line(name, color, width=2, dash=dash, x=xs, y=ys, xaxis="x2",
                               yaxis="y2", group=run["id"],
-                              hovertemplate=f"‖{pop}‖ %{{y:.3f}}<extra>{run['label']}</extra>"))
+                              hovertemplate=f"‖{pop}‖ %{{y:.3f}}<extra>{_esc(run['label'])}</extra>"))
     layout["xaxis2"] = _axis(view, "step", anchor="y2")
     layout["yaxis2"] = _axis(view, "‖W‖", domain=[0, 0.36], anchor="x2")
     layout["legend"].update(orientation="h", y=-0.16, yanchor="top", x=0.0)
@@ -782,7 +789,7 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
                                 state.setdefault("align", new_series_carry())) if series else []
             data.append(_line(run["label"], run["color"], width=2.4, x=steps if sm else [], y=sm,
                               group=run["id"],
-                              hovertemplate="cos %{y:.3f}<extra>" + run["label"] + "</extra>"))
+                              hovertemplate="cos %{y:.3f}<extra>" + _esc(run["label"]) + "</extra>"))
         elif parts[0] == "cmp":
             rule = parts[2]
             series = ((hist.get("alignment") or {}).get("compare") or {}).get(rule) or {}
@@ -793,7 +800,7 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
                     else f"{rule} (passive on {run['label']})")
             data.append(_line(name, compare_color(rule), width=1.8, dash="dot",
                               x=steps if sm else [], y=sm, group=run["id"],
-                              hovertemplate="cos %{y:.3f}<extra>" + name + "</extra>"))
+                              hovertemplate="cos %{y:.3f}<extra>" + _esc(name) + "</extra>"))
         else:
             name = parts[2]
             series = (hist.get("diagnostics") or {}).get(name) or {}
@@ -807,7 +814,7 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
                               width=1.8, dash=DIAG_DASH[k % 4] if len(view["runs"]) > 1 else "solid",
                               x=steps if sm else [], y=sm, xaxis="x2", yaxis="y2",
                               group=run["id"],
-                              hovertemplate=label + " %{y:.3g}<extra>" + run["label"] + "</extra>"))
+                              hovertemplate=label + " %{y:.3g}<extra>" + _esc(run["label"]) + "</extra>"))
     layout = _base_layout(view, height=360)
     top, bottom = _stack_domains([1, 1], 0.14)
     layout["yaxis"] = _axis(view, "cos(update, exact)", domain=top, range=[-0.25, 1.05],
@@ -855,12 +862,12 @@ def task_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | 
         xs, ys = pre.get(f"x:{i}", ([], []))
         data.append(_line(f"input: {name}", UNIT_COLORS[(k + 2) % 4] if k else "#4b5563",
                           width=1.6, x=xs, y=ys, shape="hv", legend=True,
-                          hovertemplate=f"{name} %{{y:.2f}}<extra></extra>"))
+                          hovertemplate=f"{_esc(name)} %{{y:.2f}}<extra></extra>"))
     for k, (o, name) in enumerate(outs):
         xs, ys = pre.get(f"y:{o}", ([], []))
         data.append(_line(f"target: {name}", "#111111", width=2.2, dash=UNIT_DASH[k % 4],
                           opacity=0.55, x=xs, y=ys, shape="hv", xaxis="x2", yaxis="y2",
-                          hovertemplate=f"target {name} %{{y:.3f}}<extra></extra>"))
+                          hovertemplate=f"target {_esc(name)} %{{y:.3f}}<extra></extra>"))
     for slot in task_slots(view):
         if not slot.startswith("pred:"):
             continue
@@ -872,7 +879,7 @@ def task_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | 
         data.append(_line(label, run["color"], width=2.2,
                           dash=UNIT_DASH[[oo for oo, _ in outs].index(int(o)) % 4],
                           x=xs, y=ys, xaxis="x2", yaxis="y2", group=rid,
-                          hovertemplate=f"pred {name} %{{y:.3f}}<extra>{run['label']}</extra>"))
+                          hovertemplate=f"pred {_esc(name)} %{{y:.3f}}<extra>{_esc(run['label'])}</extra>"))
     layout = _base_layout(view, height=320)
     top, bottom = _stack_domains([1, 2.4], 0.08)
     layout["yaxis"] = _axis(view, "input", domain=top, anchor="x")

@@ -233,6 +233,9 @@ def network_section(align_supported: bool) -> html.Details:
         id="compare", multi=True, value=[], placeholder="passive comparison rules…",
         options=[{"label": name, "value": name} for name in comparable_rules()],
         className="compare-select"), "compare", compare_hint))
+    rows.append(html.Div(id="cost-estimate", className="cost-estimate",
+                         title="estimated from each rule's formulas (simulator.cost); runs over "
+                               "this server's budgets are refused"))
     rows.append(html.Div(id="restart-hint", className="restart-hint"))
     return section("Network", rows, "network")
 

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode
 from simulator.config import SCALARS, RunConfig, parse_seeds
 from simulator.phases import POPULATIONS, PRESETS, parse_schedule
 from simulator.rules import RULES
-from simulator.settings import ConfigError, Setting
+from simulator.settings import ConfigError, Setting, quote
 from simulator.tasks import TASKS
 
 CORE_FIELDS = ("n", "alpha", "lr", "seeds", "steps")
@@ -253,7 +253,7 @@ def validate(setup: Mapping[str, Any]) -> dict[str, str]:
     errors: dict[str, str] = {}
     task = setup.get("task")
     if task not in TASKS:
-        errors["task"] = f"unknown task {task!r}; allowed: {', '.join(TASKS)}"
+        errors["task"] = f"unknown task {quote(task)}; allowed: {', '.join(TASKS)}"
     else:
         for s in TASKS[task].settings:
             _check(s, task_args_of(setup).get(s.name), "task_args", f"task_args.{s.name}", errors)
@@ -262,7 +262,7 @@ def validate(setup: Mapping[str, Any]) -> dict[str, str]:
         errors["rules"] = "pick at least one rule"
     for rule in rules:
         if rule not in RULES:
-            errors["rules"] = f"unknown rule {rule!r}; allowed: {', '.join(RULES)}"
+            errors["rules"] = f"unknown rule {quote(rule)}; allowed: {', '.join(RULES)}"
             continue
         args = rule_args_of(setup, rule)
         for s in RULES[rule].settings:

@@ -52,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 
 __all__ = [
     "ACTIONS",
@@ -119,11 +119,13 @@ ACTIVE_STATUSES = ("ready", "running", "paused")
 #:   reference_levels (task.reference_levels(): label -> loss), task_view (task.view()),
 #:   phases (the current phase schedule string), seeds (list), steps_per_frame, target_steps
 #:   (config steps; the run finishes there), checkpoints (names, oldest first), view
-#:   ({"units": [...], "seed_index": i}), learning_rates (population -> rate); the local
+#:   ({"units": [...], "seed_index": i}), learning_rates (population -> rate), cost
+#:   (simulator.cost.Cost as a dict: memory_bytes, disk_bytes_per_1000_steps, ...); the local
 #:   backend adds cursor (seq of the newest frame), alive (has a worker), pid, last_test_step
 RUN_KEYS = ("id", "config", "status", "step", "steps_per_second", "created", "parent",
             "best_test_loss", "last_test_loss", "reference_levels", "task_view", "phases",
-            "seeds", "steps_per_frame", "target_steps", "checkpoints", "view", "learning_rates")
+            "seeds", "steps_per_frame", "target_steps", "checkpoints", "view", "learning_rates",
+            "cost")
 
 
 class ServiceError(Exception):
@@ -143,7 +145,7 @@ class RunNotFound(ServiceError, LookupError):
     http_status = 404
 
     def __init__(self, run_id: str) -> None:
-        super().__init__(f"id: no run with id {run_id!r}", field="id")
+        super().__init__(f"id: no run with id {quote(run_id)}", field="id")
         self.run_id = run_id
 
     def __str__(self) -> str:  # LookupError would quote it
@@ -208,6 +210,10 @@ class BackendSettings:
     steps_per_frame     default steps per frame (None: adapt to reach frame_rate)
     live_frames         full frames kept in memory per run (the live window)
     history_bins        bins per decimation level of the whole-run scalar overview
+    max_run_memory      bytes of estimated peak memory per run (None: a quarter of the RAM;
+                        0: no limit); see app.service.admission
+    max_total_memory    bytes summed over active runs (None: half of the RAM; 0: no limit)
+    max_run_work        flops_per_step x steps per run (None: 1e15; 0: no limit)
     """
 
     data_dir: Path = Path("data")
@@ -222,6 +228,9 @@ class BackendSettings:
     steps_per_frame: int | None = None
     live_frames: int = 600
     history_bins: int = 2048
+    max_run_memory: int | None = None
+    max_total_memory: int | None = None
+    max_run_work: int | None = None
 
 
 class Backend(abc.ABC):

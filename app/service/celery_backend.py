@@ -36,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from app.service.admission import admit, cost_of
 from app.service.base import (
     ACTIVE_STATUSES,
     Backend,
@@ -49,8 +50,9 @@ from app.service.base import (
 )
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.worker import branch_config, branch_steps, check_create, check_params
+from simulator.config import RunConfig
 from simulator.framebuffer import FrameBuffer, strip_frame
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service.celery")
 
@@ -129,6 +131,7 @@ class CeleryBackend(Backend):
                 parent: str | None, origin: dict[str, Any] | None) -> str:
         self._check_open()
         cfg, checked_view = check_create(config, view, parent)
+        cost = admit(cfg, self.settings, self._active_memory())
         meta = _task_meta(cfg.to_dict())
         now = time.time()
         status = "running" if start else "ready"
@@ -143,7 +146,7 @@ class CeleryBackend(Backend):
             "checkpoints": ["origin"] if origin else [], "view": checked_view,
             "learning_rates": {}, "cursor": -1, "settings": self.run_settings,
             "attempt": 1, "placement": "queued", "queued_at": now, "recoveries": 0,
-            "owner": None, "alive": False,
+            "owner": None, "alive": False, "cost": cost.to_dict(),
         }
         created = -1
         while created < 0:  # a fresh id (random; taken ones are refused atomically)
@@ -158,6 +161,11 @@ class CeleryBackend(Backend):
                            field="checkpoint")
         self._enqueue(run_id, 1)
         return run_id
+
+    def _active_memory(self) -> list[int]:
+        """Estimated peak memory (bytes) of each active run (not atomic with the create)."""
+        return [int((f.get("cost") or {}).get("memory_bytes") or 0)
+                for f in self.store.many_fields(self.store.active_ids()) if f]
 
     def _check_open(self) -> None:
         if self._closed:
@@ -207,6 +215,7 @@ class CeleryBackend(Backend):
             "cursor": int(f.get("cursor", -1)),
             "alive": status in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed"),
             "pid": _owner_pid(owner),
+            "cost": f.get("cost") or cost_of(cfg),
             "worker": {"host": owner, "state": f.get("placement") or None,
                        "attempt": f.get("attempt"), "recoveries": f.get("recoveries", 0)},
         }
@@ -356,6 +365,7 @@ class CeleryBackend(Backend):
         active = len(self.store.active_ids())
         if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
             raise self._limit_reached(active)
+        admit(RunConfig.from_dict(new), self.settings, self._active_memory())
         ck = self._branch_point(f, checkpoint)
         new = branch_steps(new, changes, f["config"], ck["step"])
         new_id = self._create(new, start=True, view=f.get("view") or None, parent=f["id"],
@@ -369,7 +379,7 @@ class CeleryBackend(Backend):
         if name is not None:
             if name not in ckpts:
                 have = ", ".join(ckpts) or "none"
-                raise ConfigError("checkpoint", f"run {run_id} has no checkpoint {name!r}; have: {have}")
+                raise ConfigError("checkpoint", f"run {run_id} has no checkpoint {quote(name)}; have: {have}")
             return ckpts[name]
         if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment:
             with contextlib.suppress(Conflict, Unavailable):  # automatic, so pruned in turn

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.service.admission import admit, cost_of
 from app.service.base import (
     ACTIVE_STATUSES,
     Backend,
@@ -67,8 +68,9 @@ from app.service.worker import (
     check_params,
 )
 from app.service.worker import main as worker_main
+from simulator.config import RunConfig
 from simulator.framebuffer import FrameBuffer
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service")
 
@@ -240,7 +242,8 @@ class LocalBackend(Backend):
             self._check_open()
             self._check_limit()
             self._check_writable()
-            self._check_disk(cfg.to_dict())
+            admit(cfg, self.settings, self._active_memory())  # memory and work first: the
+            self._check_disk(cfg.to_dict())                   # likelier and clearer refusal
             run_id = self._new_id()
             status = "running" if start else "ready"
             h = _Handle(run_id, cfg.to_dict(), time.time(), parent, status,
@@ -296,6 +299,11 @@ class LocalBackend(Backend):
                 f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
                 "stop, delete or let one finish (paused runs count), or raise --max-runs",
                 field="max_runs")
+
+    def _active_memory(self) -> list[int]:
+        """Estimated peak memory (bytes) of each run that has a worker."""
+        return [(self._meta(h)["cost"] or {}).get("memory_bytes", 0)
+                for h in self._runs.values() if h.alive()]
 
     def _new_buffer(self, first_seq: int = 0) -> FrameBuffer:
         s = self.settings
@@ -355,6 +363,7 @@ class LocalBackend(Backend):
             "alive": h.alive(),
             "pid": h.process.pid if h.process is not None else None,
             **({"note": info["note"]} if info.get("note") else {}),
+            "cost": meta["cost"],
         }
 
     def _meta(self, h: _Handle) -> dict[str, Any]:
@@ -366,6 +375,7 @@ class LocalBackend(Backend):
                 h.meta = {"reference_levels": task.reference_levels(), "task_view": task.view()}
             except Exception:  # an old config that no longer validates: show the run anyway
                 h.meta = {"reference_levels": {}, "task_view": {}}
+            h.meta["cost"] = cost_of(h.config)
         return h.meta
 
     # ---- telemetry -------------------------------------------------------------------------
@@ -466,6 +476,7 @@ class LocalBackend(Backend):
             self._check_open()
             self._check_limit()
             self._check_writable()
+            admit(RunConfig.from_dict(new), self.settings, self._active_memory())
             self._check_disk(new)
         ck, temporary = self._branch_point(h, checkpoint)
         try:
@@ -487,7 +498,8 @@ class LocalBackend(Backend):
             ck = self.store.checkpoint(h.id, name)
             if ck is None:
                 have = ", ".join(h.checkpoints) or "none"
-                raise ConfigError("checkpoint", f"run {h.id} has no checkpoint {name!r}; have: {have}")
+                raise ConfigError("checkpoint",
+                                  f"run {h.id} has no checkpoint {quote(name)}; have: {have}")
             return ck, False
         if h.alive():  # a checkpoint of this very moment, dropped once the branch has it
             with contextlib.suppress(Conflict):  # it may just have finished: use the last one
@@ -507,6 +519,8 @@ class LocalBackend(Backend):
             self._check_open()
             self._check_limit()
             self._check_writable()
+            if self._meta(h)["cost"] is not None:
+                admit(RunConfig.from_dict(dict(h.config)), self.settings, self._active_memory())
             ck = self.store.intact_checkpoint(h.id)
             next_seq = max(int(h.info.get("cursor", -1)),
                            h.buffer.cursor if h.buffer is not None else -1) + 1
@@ -732,15 +746,15 @@ class LocalBackend(Backend):
 # ---- helpers ---------------------------------------------------------------------------
 def _int_param(value: Any, name: str, low: int, high: int) -> int:
     if isinstance(value, bool):
-        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]")
+        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
     try:
         number = int(value)
         if isinstance(value, float) and not value.is_integer():
             raise ValueError
     except (TypeError, ValueError, OverflowError):
-        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]") from None
+        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]") from None
     if not low <= number <= high:
-        raise ConfigError(name, f"got {value!r}; allowed: an integer in [{low}, {high}]")
+        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
     return number
 
 

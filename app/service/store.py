@@ -495,26 +495,12 @@ MARGIN_MIN = 256 << 20     # bytes, at least
 
 def disk_estimate(config: dict[str, Any]) -> tuple[int, int]:
     """(CSV bytes per 1,000 steps at full resolution, bytes of one checkpoint) for a
-    validated config dict: ``simulator.cost.estimate`` when it exists, else a rough count
-    from the CSV row width and the network's weights."""
+    validated config dict, from ``simulator.cost.estimate`` (one source for every cost)."""
     from simulator.config import RunConfig
+    from simulator.cost import estimate
 
-    cfg = RunConfig.from_dict(config)
-    try:
-        from simulator.cost import estimate  # type: ignore[import-not-found]
-    except ImportError:
-        estimate = None
-    if estimate is not None:
-        cost = estimate(cfg)
-        return int(cost.disk_bytes_per_1000_steps), int(cost.checkpoint_bytes)
-    seeds, n = len(cfg.seeds), cfg.n
-    columns = 6 + (2 if cfg.align else 0)          # train_loss, diagnostics, alignment
-    row = 12 + 14 * columns                        # "step,seed," then ",%.7g" each, "block"
-    itemsize = 8 if cfg.dtype == "float64" else 4
-    weights = 6 * n * (n + 16)                     # W, A, A_fb, J~, readout, frozen copy
-    if cfg.rule in ("rtrl", "kf-rtrl", "r-kf-rtrl", "uoro"):
-        weights += n * n * (n + 16)                # the influence matrix (RTRL's at most)
-    return 1000 * seeds * row, seeds * itemsize * weights + (1 << 16)
+    cost = estimate(RunConfig.from_dict(config))
+    return int(cost.disk_bytes_per_1000_steps), int(cost.checkpoint_bytes)
 
 
 def run_disk_need(config: dict[str, Any], history_budget: int, keep_checkpoints: int) -> int:

@@ -42,7 +42,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from simulator.settings import ConfigError, Setting
+from simulator.settings import ConfigError, Setting, quote
 
 TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
 MAX_LIVE_CHUNK = 100_000  # steps per frame at most
@@ -80,7 +80,7 @@ def check_params(action: Any, params: dict[str, Any], n: int, seeds: int) -> dic
     from app.service.base import ACTIONS
 
     if not isinstance(action, str) or action not in ACTIONS:
-        raise ConfigError("action", f"got {action!r}; allowed: {', '.join(ACTIONS)}")
+        raise ConfigError("action", f"got {quote(action)}; allowed: {', '.join(ACTIONS)}")
     allowed = ACTIONS[action]
     for key in params:
         if key not in allowed:
@@ -133,7 +133,7 @@ def _check_view(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if p.get("units") is not None:
         units = p["units"]
-        bad = ConfigError("units", f"got {units!r}; allowed: a list of 1 to {MAX_UNITS} distinct "
+        bad = ConfigError("units", f"got {quote(units)}; allowed: a list of 1 to {MAX_UNITS} distinct "
                                    f"unit indices in [0, {n - 1}]")
         if not isinstance(units, list) or not 1 <= len(units) <= MAX_UNITS:
             raise bad
@@ -154,7 +154,7 @@ def _check_view(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
 
 def _check_name(value: Any, field_name: str) -> str:
     if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ConfigError(field_name, f"got {value!r}; allowed: 1-64 letters, digits, '_', '-', '.'")
+        raise ConfigError(field_name, f"got {quote(value)}; allowed: 1-64 letters, digits, '_', '-', '.'")
     return value
 
 

@@ -20,7 +20,7 @@ from simulator.rules.rflo import RFLO
 from simulator.rules.rtrl import RTRL
 from simulator.rules.snap1 import SnAp1
 from simulator.rules.uoro import UORO
-from simulator.settings import ConfigError, resolve
+from simulator.settings import ConfigError, quote, resolve
 
 RULES: dict[str, type[Rule]] = {
     BPTT.name: BPTT,
@@ -42,7 +42,7 @@ RULES: dict[str, type[Rule]] = {
 
 def rule_class(name: str) -> type[Rule]:
     if name not in RULES:
-        raise ConfigError("rule", f"unknown rule {name!r}; allowed: {', '.join(RULES)}")
+        raise ConfigError("rule", f"unknown rule {quote(name)}; allowed: {', '.join(RULES)}")
     return RULES[name]
 
 

@@ -139,6 +139,30 @@ class Rule(ABC):
         self.args = dict(args)
         self.seeds = seeds
 
+    # ---- cost (simulator.cost adds the network, the engine and the seeds) ------------------
+    # Sizes: n units, n_in inputs, n_out outputs; m = n + n_in + 1 is the basal block's width.
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        """Floats per seed the rule keeps between steps, beyond the network's own weights."""
+        raise NotImplementedError(f"rule {cls.name!r} must declare state_numel (its memory)")
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        """Floating-point operations per seed per step for the rule's update."""
+        raise NotImplementedError(f"rule {cls.name!r} must declare step_flops (its work)")
+
+    @classmethod
+    def population_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        """Floats per seed in the rule's own populations (part of the state; the engine
+        copies every population once per ``advance`` to report weight changes)."""
+        return 0
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        """Floats per seed of the temporaries alive at the peak of one step (default: one
+        dense basal update, n x m)."""
+        return n * (n + n_in + 1)
+
     @abstractmethod
     def step(self, ctx: StepContext) -> RuleOutput: ...
 

@@ -11,6 +11,9 @@ as with lr = 0; a close approximation with small online learning rates).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from simulator.network import Network, vecmat
@@ -30,6 +33,20 @@ class BPTT(Rule):
         self.G = net.W.new_zeros(T, S, n)
         self.filled = 0
         self.head = 0
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return int(args["T"]) * (2 * n + n_in + 1)  # the ring buffers of p and gain
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        T, m = int(args["T"]), n + n_in + 1
+        return n * m + 2 * T * (n + m)  # the dense gradient, deltas, the gathered p's
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        T, m = int(args["T"]), n + n_in + 1
+        return T * (2 * n * n + 2 * n) + 2 * T * n * m + 2 * n * m
 
     def step(self, ctx: StepContext) -> RuleOutput:
         T = self.P.shape[0]

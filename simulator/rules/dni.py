@@ -24,6 +24,9 @@ random N(0, 1/n_out) matrix), Jacobian (the exact J(t) or the learned J~), label
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -97,6 +100,28 @@ class DNI(Rule):
         self.tanh_label = args["label"] == "tanh"
         self.a_prev: Tensor | None = None  # a~(t-1) = [r(t-1); y(t-1); 1]
         self.q_prev: Tensor | None = None  # q(t-1) = B e(t-1), B as it was at step t-1
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        a = n + n_out + 1  # the apical presynaptic vector [r; y*; 1]
+        return (2 * n * a + (n * n if args["jacobian"] == "learned" else 0)  # A, A_frozen, J~
+                + (n * n_out if args["feedback"] == "random" else 0) + a + n_out)  # B, a~, e
+
+    @classmethod
+    def population_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * (n + n_out + 1) + (n * n if args["jacobian"] == "learned" else 0)
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return 12 * (n + n_out + 1)  # vectors only: the updates are rank-one
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        a, m = n + n_out + 1, n + n_in + 1
+        learned = args["jacobian"] == "learned"
+        return (6 * n * a + 2 * n * n + 2 * n * n_out  # U, g, U(t-1), J^T g, B e
+                + (2 * n * n + 3 * n * n if learned else 0)  # J~ residual, its update
+                + 3 * n * m + 3 * n * a + n * a // int(args["refresh"]))  # apply, refresh
 
     def populations(self) -> dict[str, Tensor]:
         pops = {"apical": self.A}

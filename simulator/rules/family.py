@@ -71,6 +71,11 @@ def draw(kind: str, shape: tuple[int, ...], gen: torch.Generator) -> Tensor:
     raise ValueError(f"unknown distribution {kind!r}")
 
 
+def noise_numel(width: int) -> int:
+    """Floats per seed a :class:`NoiseStream` of ``width`` holds (its prefetched block)."""
+    return max(1, min(1024, _BLOCK_NUMBERS // max(width, 1))) * width
+
+
 class NoiseStream:
     """Endless per-seed draws of ``width`` numbers per step, as (S, width) tensors.
 
@@ -84,7 +89,7 @@ class NoiseStream:
         self.kind = kind
         self.width = width
         self.generators = [seed_generator(purpose, s) for s in seeds]
-        self.block = max(1, min(1024, _BLOCK_NUMBERS // max(width, 1)))
+        self.block = noise_numel(width) // max(width, 1)
         self.dtype, self.device = like.dtype, like.device
         self.buffer = like.new_empty(0, len(self.generators), width)
         self.i = 0

@@ -39,14 +39,22 @@ phase schedule like DNI-b's J~.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from simulator.network import Network, matvec, vecmat
 from simulator.rules.base import Dense, RuleOutput, StepContext
-from simulator.rules.family import FEEDBACK, NoiseStream, StatefulRule, feedback_credit, random_feedback
+from simulator.rules.family import (
+    FEEDBACK,
+    NoiseStream,
+    StatefulRule,
+    feedback_credit,
+    noise_numel,
+    random_feedback,
+)
 from simulator.settings import Setting
 
 
@@ -88,6 +96,27 @@ class KeRNL(StatefulRule):
         self.noise = NoiseStream("kernl", seeds, n, "gaussian", net.W)
         random = args["feedback"] == "random"
         self.B: Tensor | None = random_feedback(seeds, n, n_out, net.W) if random else None
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        random = args.get("feedback") == "random"  # K = [beta | gamma], e, Omega, Gamma, r~, zeta
+        return (n * (n + 1) + n * (n + n_in + 1) + 4 * n + (n * n_out if random else 0)
+                + noise_numel(n))
+
+    @classmethod
+    def population_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * (n + 1)
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return n * m + 2 * n * (n + 1) + 2 * m  # e * credit, d_beta and [d_beta | d_gamma], p~
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        # perturbed copy, beta Omega, d_beta, beta^T eps, trace, credit, update, apply both
+        return 2 * n * m + 7 * n * n + 3 * n * m + 2 * n * n_out + 3 * n * m + 2 * n * (n + 1)
 
     @property
     def beta(self) -> Tensor:

@@ -21,6 +21,9 @@ compute n^3 per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network, vecmat
@@ -32,6 +35,7 @@ from simulator.rules.family import (
     StatefulRule,
     balance,
     jacobian_matmul,
+    noise_numel,
     norm,
     start_factors,
 )
@@ -52,6 +56,19 @@ class KFRTRL(StatefulRule):
         self.u, self.A = start_factors(args["start"], "kf-rtrl", seeds,
                         [(m,), (n, n)], net.W)
         self.c = NoiseStream("kf-rtrl", seeds, 2, args["signs"], net.W)
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return (n + n_in + 1) + n * n + noise_numel(2)  # u, A, the signs
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * n + 3 * n + (n + n_in + 1)  # H A (becomes the new A), c^T A, u
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return 2 * n**3 + 8 * n * n + 4 * m + 3 * n * m  # H A, norms and scales, c^T A, apply
 
     def influence(self) -> Tensor:
         """The dense estimate M~[s, k, i, j] = A_ki u_j (for tests and plots)."""

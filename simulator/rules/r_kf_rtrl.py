@@ -20,6 +20,9 @@ Gradient estimate: dL(t)/dW_ij ~ A_i (c^T B)_j with c = W_out^T e, a rank-one up
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network, vecmat
@@ -31,6 +34,7 @@ from simulator.rules.family import (
     StatefulRule,
     balance,
     jacobian_matmul,
+    noise_numel,
     norm,
     start_factors,
 )
@@ -51,6 +55,19 @@ class RKFRTRL(StatefulRule):
         self.A, self.B = start_factors(args["start"], "r-kf-rtrl", seeds,
                         [(n,), (n, m)], net.W)
         self.nu = NoiseStream("r-kf-rtrl", seeds, n, args["signs"], net.W)
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n + n * (n + n_in + 1) + noise_numel(n)  # A, B, the signs
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * (n + n_in + 1) + 4 * n + (n + n_in + 1)  # J B (the new B), c^T B
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return 2 * n * n * m + 10 * n * m  # J B, norms, rescale, rank-one add, c^T B, apply
 
     def influence(self) -> Tensor:
         """The dense estimate M~[s, k, i, j] = A_i B_kj (for tests and plots)."""

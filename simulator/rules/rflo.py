@@ -15,6 +15,9 @@ n m per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network
@@ -37,6 +40,15 @@ class RFLO(StatefulRule):
 
     def arrays(self) -> dict[str, Tensor]:
         return {} if self.B is None else {"feedback": self.B.mT}  # (n_out, n)
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        # the trace (kept when alpha < 1: counted always, alpha is not a rule setting), B
+        random = args.get("feedback") == "random"
+        return n * (n + n_in + 1) + (n * n_out if random else 0)
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return 2 * n * n_out + 7 * n * (n + n_in + 1)  # B e, trace, q * trace, apply
 
     def step(self, ctx: StepContext) -> RuleOutput:
         q = feedback_credit(self.B, ctx.e, ctx.net)

@@ -11,6 +11,9 @@ Memory n^2 (n + n_in + 1), compute n^3 (n + n_in + 1) per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 
 from simulator.network import Network
@@ -25,6 +28,20 @@ class RTRL(Rule):
         super().__init__(net, n_out, args, seeds)
         S, n, m = net.seeds, net.n, net.W.shape[2]
         self.M = net.W.new_zeros(S, n, n, m)  # M[s, k, i, j] = d r_k / d W_ij
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * n * (n + n_in + 1)  # M
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return n * n * m + n * m  # the new M beside the old one, the dense gradient
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return 2 * n**3 * m + 4 * n * n * m + 2 * n * m  # W_rec M, gain/leak, c^T M, apply
 
     def step(self, ctx: StepContext) -> RuleOutput:
         net, M = ctx.net, self.M

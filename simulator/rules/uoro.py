@@ -22,6 +22,9 @@ n^2 + n m per step and seed.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from torch import Tensor
 
 from simulator.network import Network
@@ -33,6 +36,7 @@ from simulator.rules.family import (
     StatefulRule,
     balance,
     jacobian_times,
+    noise_numel,
     norm,
     start_factors,
 )
@@ -53,6 +57,19 @@ class UORO(StatefulRule):
         self.s_tilde, self.theta_tilde = start_factors(args["start"], "uoro", seeds,
                         [(n,), (n, m)], net.W)
         self.nu = NoiseStream("uoro", seeds, n, args["signs"], net.W)
+
+    @classmethod
+    def state_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n + n * (n + n_in + 1) + noise_numel(n)  # s~, theta~, the signs
+
+    @classmethod
+    def temp_numel(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        return n * (n + n_in + 1) + 4 * n  # the dense gradient
+
+    @classmethod
+    def step_flops(cls, n: int, n_in: int, n_out: int, args: Mapping[str, Any]) -> int:
+        m = n + n_in + 1
+        return 2 * n * n + 9 * n * m  # J s~, theta~ rescale and rank-one add, norm, grad, apply
 
     def influence(self) -> Tensor:
         """The dense estimate M~[s, k, i, j] = s~_k theta~_ij (for tests and plots)."""

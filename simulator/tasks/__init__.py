@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from simulator.settings import ConfigError, resolve
+from simulator.settings import ConfigError, quote, resolve
 from simulator.tasks.add import AddTask
 from simulator.tasks.base import Task, TaskStream
 from simulator.tasks.copy_task import CopyTask
@@ -38,11 +38,11 @@ def _lookup(name: str, args: dict[str, Any]) -> tuple[type[Task], dict[str, Any]
             raise ConfigError("task", f"give an environment id after the colon, e.g. "
                               f"{prefix}:PerceptualDecisionMaking-v0")
         if "env" in args and args["env"] != ident:
-            raise ConfigError("task_args.env", f"conflicts with the task name {name!r}")
+            raise ConfigError("task_args.env", f"conflicts with the task name {quote(name)}")
         return TASKS[family], {**args, "env": ident}
     if name in TASKS and not name.endswith(FAMILY):
         return TASKS[name], args
-    raise ConfigError("task", f"unknown task {name!r}; allowed: {', '.join(TASKS)}")
+    raise ConfigError("task", f"unknown task {quote(name)}; allowed: {', '.join(TASKS)}")
 
 
 def make_task(name: str, args: dict[str, Any] | None = None) -> Task:
