@@ -20,22 +20,23 @@ SERVER_THREADS = 16      # waitress: requests handled at once (sockets wait on t
 CHANNEL_TIMEOUT = 30.0   # waitress: seconds before an inactive connection is closed
 CONNECTION_LIMIT = 1000  # waitress: open connections at most
 
-_UNITS = {"": 1, "b": 1, "k": 10**3, "kb": 10**3, "m": 10**6, "mb": 10**6, "g": 10**9,
-          "gb": 10**9, "t": 10**12, "tb": 10**12, "kib": 1 << 10, "mib": 1 << 20,
-          "gib": 1 << 30, "tib": 1 << 40}
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "k": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mib": 1 << 20, "g": 1 << 30, "gib": 1 << 30,
+          "t": 1 << 40, "tib": 1 << 40}
 
 
 def _size(text: str) -> int:
-    """"3GB", "512MiB", "1e15", "0" -> an integer (decimal units; KiB.. binary)."""
+    """"3GB", "512MiB", "64M", "1e15", "0" -> an integer (kB, MB, GB: decimal; K, M, G and
+    KiB, MiB, GiB: binary, as the messages print them)."""
     raw = text.strip().lower().replace("_", "").replace(",", "")
     number = raw.rstrip("kmgtib")
     unit = raw[len(number):]
     try:
         value = float(number) * _UNITS[unit]
     except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"got {text[:40]!r}; allowed: a number with an optional "
-                                         "unit (B, kB, MB, GB, TB, KiB, MiB, GiB), 0: no limit"
-                                         ) from None
+        raise argparse.ArgumentTypeError(
+            f"got {text[:40]!r}; allowed: a number with an optional unit (B, kB, MB, GB, TB; "
+            "K, M, G, T or KiB, MiB, GiB, TiB), 0: no limit") from None
     if not 0 <= value < 1e21:
         raise argparse.ArgumentTypeError(f"got {text[:40]!r}; allowed: 0 to 1e21")
     return int(value)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.service.admission import estimate_dict
@@ -77,15 +77,26 @@ class TooLarge(ServiceError):
     http_status = 413
 
 
-def _body() -> dict[str, Any]:
-    """The request's JSON object body (400 naming "body" otherwise; 413 over 1 MiB). At most
-    MAX_BODY + 1 bytes are ever read, whatever the body claims or streams (chunked)."""
-    if request.content_length and request.content_length > MAX_BODY:
-        raise TooLarge("body: larger than 1 MiB", field="body")
-    raw = request.stream.read(MAX_BODY + 1)
-    if len(raw) > MAX_BODY:
-        raise TooLarge("body: larger than 1 MiB", field="body")
+def _raw_body() -> bytes:
+    """The request body, at most MAX_BODY bytes ever read whatever it claims or streams
+    (chunked); 413 over that. Read once per request (kept on ``flask.g``)."""
+    if "raw_body" not in g:
+        if request.content_length and request.content_length > MAX_BODY:
+            raise TooLarge("body: larger than 1 MiB", field="body")
+        raw = request.stream.read(MAX_BODY + 1)
+        if len(raw) > MAX_BODY:
+            raise TooLarge("body: larger than 1 MiB", field="body")
+        g.raw_body = raw
+    return g.raw_body
+
+
+def _body(optional: bool = False) -> dict[str, Any]:
+    """The request's JSON object body (400 naming "body" otherwise; 413 over 1 MiB);
+    ``optional``: an empty body is {}."""
+    raw = _raw_body()
     if not raw.strip():
+        if optional:
+            return {}
         raise BadRequest("body: expected a JSON object, got an empty body", field="body")
     try:
         data = json.loads(raw, parse_constant=_reject_constant)

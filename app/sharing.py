@@ -38,7 +38,7 @@ def _store() -> AccessStore:
 
 
 def _optional_body() -> dict[str, Any]:
-    return _body() if request.get_data(cache=True).strip() else {}
+    return _body(optional=True)
 
 
 def make_share(backend: GuardedBackend, store: AccessStore, runs: list[str],

@@ -341,7 +341,7 @@ def test_internal_errors_answer_an_id_only(tmp_path: Path, caplog: pytest.LogCap
     """Defect 12: 500 bodies named internal exceptions (MemoryError, OperationalError...)."""
     from app.server import create_server
 
-    app = create_server(data_dir=tmp_path / "data")
+    app = create_server(data_dir=tmp_path / "data", auth=False)  # the test client is the admin
     backend = app.extensions["plasticity_backend"]
 
     def broken(*args: Any, **kwargs: Any) -> Any:
