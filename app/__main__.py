@@ -25,6 +25,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     serve.add_argument("--data-dir", default="data", help="runs database and files (default ./data)")
     serve.add_argument("--max-runs", type=int, default=4, help="concurrent runs at most (default 4)")
+    serve.add_argument("--idle-release", type=float, default=600.0, metavar="SECONDS",
+                       help="park (checkpoint, release the worker of) a run paused this long, "
+                            "or running with nobody watching; play resumes it (default 600; "
+                            "0: never)")
+    serve.add_argument("--checkpoint-seconds", type=float, default=10.0, metavar="SECONDS",
+                       help="automatic checkpoints every this many seconds of compute, as well "
+                            "as every 20,000 steps (default 10)")
     serve.add_argument("--no-dashboard", action="store_true", help="serve the REST API only")
     serve.add_argument("--debug", action="store_true", help="Flask debug logging")
     serve.add_argument("--backend", choices=("local", "celery"), default="local",
@@ -67,11 +74,14 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     from app.server import create_server, make_backend
 
     kind = getattr(args, "backend", "local")
+    lifecycle = {"idle_release": getattr(args, "idle_release", 600.0),
+                 "checkpoint_seconds": getattr(args, "checkpoint_seconds", 10.0)}
     if kind == "local":
-        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs)
+        server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, **lifecycle)
     else:
         server = create_server(make_backend(kind, redis_url=args.redis_url,
-                                            data_dir=args.data_dir, max_runs=args.max_runs))
+                                            data_dir=args.data_dir, max_runs=args.max_runs,
+                                            **lifecycle))
     backend = server.extensions["plasticity_backend"]
     if not args.no_dashboard:
         attach_dashboard(server, backend)
@@ -119,6 +129,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if args.max_runs < 1:
         print(f"max-runs: got {args.max_runs}; allowed: >= 1", file=sys.stderr)
+        return 2
+    if not 0 <= args.idle_release <= 10**7:
+        print(f"idle-release: got {args.idle_release:g}; allowed: 0 (never) to 1e7 seconds",
+              file=sys.stderr)
+        return 2
+    if not 0.1 <= args.checkpoint_seconds <= 10**7:
+        print(f"checkpoint-seconds: got {args.checkpoint_seconds:g}; allowed: 0.1 to 1e7",
+              file=sys.stderr)
         return 2
     if args.processes < 1 or (args.processes > 1 and args.backend != "celery"):
         print(f"processes: got {args.processes}; allowed: 1, or more with --backend celery",

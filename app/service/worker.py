@@ -229,6 +229,9 @@ class WorkerSpec:
 
     init: None for a fresh run; {"checkpoint": path} to resume; {"checkpoint": path,
     "branch": True} to continue that state under ``config`` (another rule...).
+    checkpoint_every / checkpoint_seconds: an automatic checkpoint after that many steps or
+    that many seconds of compute (paused time does not count), whichever comes first.
+    pace: real-time pacing in steps/s (None: as fast as possible), kept across a restart.
     """
 
     run_id: str
@@ -240,8 +243,10 @@ class WorkerSpec:
     eval_every: int = 5000
     eval_steps: int | None = None
     checkpoint_every: int = 20_000
+    checkpoint_seconds: float = 10.0
     frame_rate: float = 10.0
     steps_per_frame: int | None = None
+    pace: float | None = None
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
@@ -293,7 +298,7 @@ class Worker:
         self.playing = spec.start
         self.budget = 0            # steps left of a "step k" command
         self.ff_to: int | None = None
-        self.pace: float | None = None
+        self.pace: float | None = spec.pace
         self.due: float | None = None  # pacing: when the steps done so far are due
         self.spf: int | None = spec.steps_per_frame
         self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
@@ -303,6 +308,8 @@ class Worker:
         self.pending_test: list[float | None] | None = None
         self.last_eval = self.run.t
         self.last_ckpt = self.run.t
+        self.computed = 0.0        # seconds of compute since the last checkpoint
+        self.parked_from: str | None = None
         self.saved_step = self.run.t if spec.init else -1
         self.csv = self._open_csv()
         self.csv_cols: list[str] | None = None
@@ -313,7 +320,8 @@ class Worker:
 
     def state(self) -> dict[str, Any]:
         run = self.run
-        return {"status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
+        parked = {"parked_from": self.parked_from} if self.parked_from else {}
+        return {**parked, "status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
                 "steps_per_frame": self.spf or 0, "pace": self.pace, "fast_forward_to": self.ff_to,
                 "learning_rates": dict(run.lr), "phases": run.config.phases,
                 "view": {"units": self.units, "seed_index": self.seed_index},
@@ -393,6 +401,9 @@ class Worker:
     def _quit(self, params: dict[str, Any]) -> dict[str, Any]:
         if params.get("checkpoint") and self.run.t > self.saved_step:
             self._checkpoint(auto=True)
+        if params.get("status") == "parked":  # what a restart returns to
+            self.parked_from = "running" if self.playing else (
+                "ready" if self.status == "ready" else "paused")
         if params.get("status"):
             self.status = str(params["status"])
         self.quit = True
@@ -483,6 +494,7 @@ class Worker:
             live = True
         tel, traced = self._advance(k, live)
         elapsed = time.perf_counter() - began
+        self.computed += elapsed
         self.rate = 0.7 * self.rate + 0.3 * (tel.steps / max(elapsed, 1e-6))
         if self.budget:
             self.budget = max(0, self.budget - tel.steps)
@@ -548,7 +560,8 @@ class Worker:
         if tel.diverged_at is not None:
             self.quit = True
             return
-        if run.t - self.last_ckpt >= self.spec.checkpoint_every:
+        if (run.t - self.last_ckpt >= self.spec.checkpoint_every
+                or self.computed >= self.spec.checkpoint_seconds):
             self._checkpoint(auto=True)
         if run.t >= run.config.steps:
             self._finish()
@@ -635,6 +648,7 @@ class Worker:
         self.csv.flush()
         self.last_ckpt = run.t
         self.saved_step = run.t
+        self.computed = 0.0
         self.send("checkpoint", {"name": name, "step": run.t, "path": str(path), "auto": auto,
                                  "csv_bytes": self.csv.tell(), "wall": time.time()})
         return name
