@@ -39,6 +39,7 @@ def csv_rows(path: Path) -> list[list[str]]:
 
 
 # ---- defect 8: paused runs no longer hold every slot forever --------------------------------
+@pytest.mark.slow
 def test_paused_runs_are_parked_and_free_their_slots_for_others(tmp_path: Path) -> None:
     with real_server(tmp_path, "--max-runs", "2", "--idle-release", "2") as (base, _):
         hog = [http_json(f"{base}/runs", SMALL)[1]["id"] for _ in range(2)]
@@ -65,6 +66,7 @@ def test_paused_runs_are_parked_and_free_their_slots_for_others(tmp_path: Path) 
 
 
 # ---- item 1: a parked run continues bit for bit ---------------------------------------------
+@pytest.mark.slow
 def test_parked_runs_continue_bit_for_bit(tmp_path: Path) -> None:
     cfg = {"task": "add", "rule": "dni-b", "n": 8, "steps": 1500, "seeds": [0, 1],
            "dtype": "float64", "test_steps": 100}
@@ -120,6 +122,7 @@ def _assert_same_state(a: Any, b: Any, path: str = "") -> None:
 
 
 # ---- defect 9: finished runs keep no frame window beyond a small LRU ------------------------
+@pytest.mark.slow
 def test_finished_runs_keep_no_frame_buffers_beyond_a_small_lru(tmp_path: Path) -> None:
     short = {"task": "add", "rule": "output-only", "n": 4, "steps": 300, "test_steps": 50}
     b = LocalBackend(settings(tmp_path, max_runs=4))  # history_cache: 4 by default
@@ -151,6 +154,7 @@ def test_finished_runs_keep_no_frame_buffers_beyond_a_small_lru(tmp_path: Path) 
 
 
 # ---- defect 10 (SIGKILL part): killed workers resume by themselves --------------------------
+@pytest.mark.slow
 def test_killed_workers_resume_from_their_checkpoint_then_fail_resumable(tmp_path: Path) -> None:
     with real_server(tmp_path, "--checkpoint-seconds", "0.5") as (base, _):
         rid = http_json(f"{base}/runs", SMALL)[1]["id"]
@@ -197,3 +201,13 @@ def test_lifecycle_flags_are_checked(tmp_path: Path, flag: str) -> None:
                           text=True, timeout=60)
     assert done.returncode == 2 and flag[2:].split("=")[0] in done.stderr
     assert "allowed" in done.stderr
+
+
+def test_the_dashboard_shows_a_parked_run_as_such_and_play_resumes_it() -> None:
+    from app.dashboard.callbacks import is_active, status_chips
+
+    info = {"id": "abc", "status": "parked", "step": 5, "config": {"rule": "dni-b", "steps": 9}}
+    chip = status_chips([info], {})[0]
+    assert "chip-parked" in chip.className and "parked" in chip.children[1]
+    assert "resumes" in chip.title
+    assert is_active("parked")  # so ▶ resumes the group instead of starting a new one

@@ -314,6 +314,7 @@ class RunChannel:
             view=f.get("view") or {}, init=init, eval_every=int(self.settings.get("eval_every", 0)),
             eval_steps=self.settings.get("eval_steps"),
             checkpoint_every=int(self.settings.get("checkpoint_every", 20_000)),
+            checkpoint_seconds=float(self.settings.get("checkpoint_seconds", 10.0)),
             frame_rate=float(self.settings.get("frame_rate", 10.0)),
             steps_per_frame=self.settings.get("steps_per_frame"))
         # what a resumed run was doing that its checkpoint does not hold

@@ -104,6 +104,7 @@ class CeleryBackend(Backend):
         self.run_settings = {
             "eval_every": self.settings.eval_every, "eval_steps": self.settings.eval_steps,
             "checkpoint_every": self.settings.checkpoint_every,
+            "checkpoint_seconds": self.settings.checkpoint_seconds,
             "keep_checkpoints": self.settings.keep_checkpoints,
             "frame_rate": self.settings.frame_rate, "steps_per_frame": self.settings.steps_per_frame,
             "history_bins": self.settings.history_bins,

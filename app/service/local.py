@@ -641,7 +641,8 @@ class LocalBackend(Backend):
             return h.live_status or "running"
         log.error("run %s: %s, %d times within %g s: failed (resumable)", h.id, reason,
                   len(h.kills), s.restart_window)
-        return f"failed: {reason}, {len(h.kills)} times within {s.restart_window:g} s{RESUMABLE}"
+        return (f"failed: {reason}; restarted {len(h.kills) - 1} times within "
+                f"{s.restart_window:g} s already{RESUMABLE}")
 
     # ---- the supervisor thread -------------------------------------------------------------
     def _supervise(self) -> None:
