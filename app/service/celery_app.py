@@ -442,7 +442,8 @@ class RunChannel:
     def _bye(self, state: dict[str, Any]) -> None:
         status = str(state.get("status", ""))
         fields = {k: state[k] for k in ("status", "step", "learning_rates", "phases", "view",
-                                        "pace", "steps_per_frame", "config") if k in state}
+                                        "pace", "steps_per_frame", "config", "parked_from")
+                  if k in state}
         fields["steps_per_second"] = 0.0
         ops = self._csv_ops() + self._reply_ops()
         ops += self._snapshot_ops(f"{self.next_seq}-{self.sub - 1}", force=True)
