@@ -93,6 +93,8 @@ def serve_gunicorn(args: argparse.Namespace) -> int:
     process becomes the gunicorn master)."""
     env = {**os.environ, "PLASTICITY_BACKEND": args.backend, "PLASTICITY_REDIS_URL": args.redis_url,
            "PLASTICITY_DATA_DIR": str(args.data_dir), "PLASTICITY_MAX_RUNS": str(args.max_runs),
+           "PLASTICITY_IDLE_RELEASE": str(args.idle_release),
+           "PLASTICITY_CHECKPOINT_SECONDS": str(args.checkpoint_seconds),
            "PLASTICITY_DASHBOARD": "0" if args.no_dashboard else "1"}
     argv = [sys.executable, "-m", "gunicorn", "-w", str(args.processes), "-k", "gthread",
             "--threads", "8", "-b", f"{args.host}:{args.port}", "--graceful-timeout", "10",

@@ -68,11 +68,15 @@ def wsgi_app() -> Flask:
     """The WSGI app for gunicorn (one per server process), configured by the environment:
     PLASTICITY_BACKEND (celery; local serves one process only), PLASTICITY_REDIS_URL,
     PLASTICITY_DATA_DIR (default ./data), PLASTICITY_MAX_RUNS (default 4),
+    PLASTICITY_IDLE_RELEASE (seconds, default 600), PLASTICITY_CHECKPOINT_SECONDS (default 10),
     PLASTICITY_DASHBOARD (1, or 0 for the REST API only)."""
     kind = os.environ.get("PLASTICITY_BACKEND", "celery")
     backend = make_backend(kind, redis_url=os.environ.get("PLASTICITY_REDIS_URL"),
                            data_dir=os.environ.get("PLASTICITY_DATA_DIR", "data"),
-                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")))
+                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")),
+                           idle_release=float(os.environ.get("PLASTICITY_IDLE_RELEASE", "600")),
+                           checkpoint_seconds=float(
+                               os.environ.get("PLASTICITY_CHECKPOINT_SECONDS", "10")))
     server = create_server(backend)
     if os.environ.get("PLASTICITY_DASHBOARD", "1") not in ("0", "false", "no"):
         from app.__main__ import attach_dashboard
