@@ -500,9 +500,11 @@ class Worker:
             self.budget = max(0, self.budget - tel.steps)
             if not self.budget and not self.playing:
                 self.status = "paused"
+        # CSV rows, frame and any checkpoint first, then the pacing wait: a command taken
+        # during the wait (a checkpoint, parking) sees this chunk's rows already written
+        self._after_chunk(tel, traced, live)
         self._pace(tel.steps, began)
         self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
-        self._after_chunk(tel, traced, live)
 
     def _live_k(self, left: int) -> int:
         if self.pace:
