@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8050, help="port (default 8050)")
     serve.add_argument("--data-dir", default="data", help="runs database and files (default ./data)")
     serve.add_argument("--max-runs", type=int, default=4, help="concurrent runs at most (default 4)")
+    serve.add_argument("--idle-release", type=float, default=600.0, metavar="SECONDS",
+                       help="park (checkpoint, release the worker of) a run paused this long, "
+                            "or running with nobody watching; play resumes it (default 600; "
+                            "0: never)")
+    serve.add_argument("--checkpoint-seconds", type=float, default=10.0, metavar="SECONDS",
+                       help="automatic checkpoints every this many seconds of compute, as well "
+                            "as every 20,000 steps (default 10)")
     serve.add_argument("--no-dashboard", action="store_true", help="serve the REST API only")
     serve.add_argument("--debug", action="store_true", help="Flask debug logging")
     serve.add_argument("--backend", choices=("local", "celery"), default="local",
@@ -147,6 +154,8 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
                 for key in ("max_run_memory", "max_total_memory", "max_run_work", "max_disk")}
     settings["history_budget"] = getattr(args, "history_budget", 64 << 20)
     settings["keep_checkpoints"] = getattr(args, "keep_checkpoints", 3)
+    settings["idle_release"] = getattr(args, "idle_release", 600.0)
+    settings["checkpoint_seconds"] = getattr(args, "checkpoint_seconds", 10.0)
     if kind == "local":
         server = create_server(data_dir=args.data_dir, max_runs=args.max_runs, auth=auth,
                                **settings)
@@ -220,6 +229,8 @@ def serve_gunicorn(args: argparse.Namespace) -> int:
     auth = auth_settings(args)
     env = {**os.environ, "PLASTICITY_BACKEND": args.backend, "PLASTICITY_REDIS_URL": args.redis_url,
            "PLASTICITY_DATA_DIR": str(args.data_dir), "PLASTICITY_MAX_RUNS": str(args.max_runs),
+           "PLASTICITY_IDLE_RELEASE": str(args.idle_release),
+           "PLASTICITY_CHECKPOINT_SECONDS": str(args.checkpoint_seconds),
            "PLASTICITY_DASHBOARD": "0" if args.no_dashboard else "1",
            "PLASTICITY_TOKEN": auth.token, "PLASTICITY_NO_AUTH": "0" if auth.enabled else "1",
            "PLASTICITY_ALLOWED_HOSTS": ",".join(auth.allowed_hosts),
@@ -264,6 +275,14 @@ def serve(args: argparse.Namespace) -> int:
         return 2
     if args.max_user_runs is not None and args.max_user_runs < 0:
         print(f"max-user-runs: got {args.max_user_runs}; allowed: >= 0 (0: no per-user limit)",
+              file=sys.stderr)
+        return 2
+    if not 0 <= args.idle_release <= 10**7:
+        print(f"idle-release: got {args.idle_release:g}; allowed: 0 (never) to 1e7 seconds",
+              file=sys.stderr)
+        return 2
+    if not 0.1 <= args.checkpoint_seconds <= 10**7:
+        print(f"checkpoint-seconds: got {args.checkpoint_seconds:g}; allowed: 0.1 to 1e7",
               file=sys.stderr)
         return 2
     if args.processes < 1 or (args.processes > 1 and args.backend != "celery"):

@@ -450,8 +450,13 @@ def openapi_document() -> dict[str, Any]:
     run_info_props: dict[str, Any] = {key: {} for key in RUN_KEYS}
     run_info_props.update({
         "id": {"type": "string"}, "config": ref["RunConfig"], "status": {
-            "type": "string", "description": "ready, running, paused, finished, stopped, "
-                                             "interrupted, 'failed: reason', 'diverged at step N'"},
+            "type": "string", "description": "ready, running, paused, parked (checkpointed "
+                                             "and without a worker after --idle-release s "
+                                             "paused or unwatched; holds no run slot; resume "
+                                             "or, if it was running, a poll continues it), "
+                                             "finished, stopped, interrupted, 'failed: "
+                                             "reason', 'failed: reason (resumable)', "
+                                             "'diverged at step N'"},
         "step": {"type": "integer"}, "steps_per_second": {"type": "number"},
         "created": {"type": "number"}, "parent": {"type": "string", "nullable": True},
         "best_test_loss": number_list, "last_test_loss": number_list,

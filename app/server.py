@@ -85,16 +85,21 @@ def wsgi_app() -> Flask:
     PLASTICITY_BACKEND (celery; local serves one process only), PLASTICITY_REDIS_URL,
     PLASTICITY_DATA_DIR (default ./data), PLASTICITY_MAX_RUNS (default 4),
     PLASTICITY_MAX_RUN_MEMORY / _MAX_TOTAL_MEMORY (bytes) / _MAX_RUN_WORK (FLOP) (default:
-    derived from the machine), PLASTICITY_DASHBOARD (1, or 0 for the REST API only), and
-    sign-in: PLASTICITY_TOKEN (the serve token; required unless PLASTICITY_NO_AUTH=1),
-    PLASTICITY_ALLOWED_HOSTS (comma-separated), PLASTICITY_MAX_USER_RUNS."""
+    derived from the machine), PLASTICITY_IDLE_RELEASE (seconds, default 600),
+    PLASTICITY_CHECKPOINT_SECONDS (default 10), PLASTICITY_DASHBOARD (1, or 0 for the REST API
+    only), and sign-in: PLASTICITY_TOKEN (the serve token; required unless
+    PLASTICITY_NO_AUTH=1), PLASTICITY_ALLOWED_HOSTS (comma-separated), PLASTICITY_MAX_USER_RUNS."""
     kind = os.environ.get("PLASTICITY_BACKEND", "celery")
     budgets = {key: int(os.environ[f"PLASTICITY_{key.upper()}"])
                for key in ("max_run_memory", "max_total_memory", "max_run_work")
                if os.environ.get(f"PLASTICITY_{key.upper()}")}
     backend = make_backend(kind, redis_url=os.environ.get("PLASTICITY_REDIS_URL"),
                            data_dir=os.environ.get("PLASTICITY_DATA_DIR", "data"),
-                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")), **budgets)
+                           max_runs=int(os.environ.get("PLASTICITY_MAX_RUNS", "4")),
+                           idle_release=float(os.environ.get("PLASTICITY_IDLE_RELEASE", "600")),
+                           checkpoint_seconds=float(
+                               os.environ.get("PLASTICITY_CHECKPOINT_SECONDS", "10")),
+                           **budgets)
     server = create_server(backend, auth=auth_from_env())
     if os.environ.get("PLASTICITY_DASHBOARD", "1") not in ("0", "false", "no"):
         from app.__main__ import attach_dashboard

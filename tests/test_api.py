@@ -11,8 +11,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ from typing import Any
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from helpers import AUTH, TOKEN, free_port, wait_for
+from helpers import TOKEN, free_port, wait_for
+from helpers import http_json as _http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -248,17 +247,6 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
 
 
 # ---- the real server -----------------------------------------------------------------------
-def _http(url: str, body: Any = None) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json", **AUTH})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
-
-
 def _gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/status") as f:

@@ -255,6 +255,31 @@ def test_api_bad_controls_and_run_limit_on_celery(celery_client: Any) -> None:
 
 
 # ---- shared by several servers; the bounded stream ---------------------------------------------
+def test_idle_runs_are_parked_free_their_slots_and_resume(make_backend: Callable[..., Any]
+                                                          ) -> None:
+    from app.service.base import LimitReached
+
+    backend = make_backend(max_runs=2, idle_release=1.0, checkpoint_every=10**6)
+    hog = [backend.create(SMALL) for _ in range(2)]
+    for rid in hog:
+        wait_for(claimed(backend, rid), 30, "the run to start")
+    for rid in hog:
+        backend.control(rid, "pause")
+    with pytest.raises(LimitReached, match=r"2 runs are active.*after 1 s"):
+        backend.create(SMALL)
+
+    def statuses() -> dict[str, str]:  # list_runs is no poll
+        return {i["id"]: i["status"] for i in backend.list_runs()}
+
+    wait_for(lambda: all(statuses()[r] == "parked" for r in hog), 30, "both paused runs parked")
+    parked = next(i for i in backend.list_runs() if i["id"] == hog[0])
+    assert not parked["alive"] and parked["checkpoints"]
+    backend.create(SMALL)  # a slot is free for another client
+    resumed = backend.control(hog[0], "resume")
+    assert resumed["status"] == "running" and resumed["step"] == parked["step"]
+    wait_for(claimed(backend, hog[0], parked["step"] + 100), 30, "progress after play")
+
+
 def test_two_servers_see_and_drive_the_same_runs(make_backend: Callable[..., Any]) -> None:
     a = make_backend()
     b = make_backend(prefix=a.store.prefix)

@@ -161,7 +161,7 @@ def test_checkpoint_and_branch_with_another_rule(backend: LocalBackend) -> None:
 
 
 def test_killed_worker_fails_its_run_only_and_the_limit_answers(tmp_path: Path) -> None:
-    b = LocalBackend(settings(tmp_path, max_runs=2))
+    b = LocalBackend(settings(tmp_path, max_runs=2, restart_limit=0))  # no automatic restart
     try:
         victim, other = b.create(SMALL), b.create({**SMALL, "rule": "output-only"})
         with pytest.raises(LimitReached, match="max_runs"):
@@ -170,6 +170,7 @@ def test_killed_worker_fails_its_run_only_and_the_limit_answers(tmp_path: Path) 
         os.kill(b.get(victim)["pid"], signal.SIGKILL)
         wait_for(lambda: b.get(victim)["status"].startswith("failed"), what="failed status")
         assert "SIGKILL" in b.get(victim)["status"]
+        assert b.get(victim)["status"].endswith("(resumable)")
         with pytest.raises(Conflict):
             b.control(victim, "pause")
         before = step_of(b, other)

@@ -47,7 +47,7 @@ from simulator.tasks import TASKS
 log = logging.getLogger(__name__)
 
 TERMINAL = ("finished", "stopped", "failed", "diverged", "interrupted")
-ACTIVE = ("ready", "running", "paused")
+ACTIVE = ("ready", "running", "paused", "parked")  # parked: ▶ (or any action) resumes it
 GRAPHS = tuple(figures.BUILDERS)
 #: live-settable rule settings -> the "set" action's parameter
 LIVE_RULE_ARGS = {name: pop for name, pop in layout.LIVE_RULE_ARGS.items()
@@ -106,8 +106,11 @@ def status_chips(infos: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) 
         sps = info.get("steps_per_second") or 0
         text = (f"{cfg.get('rule', '?')} · {info.get('status', '')} · step "
                 f"{info.get('step', 0):,}/{target:,}" + (f" · {sps:,.0f}/s" if sps else ""))
+        parked = info.get("status") == "parked"
         chips.append(html.Span([html.Span("●", style={"color": colors.get(info["id"], "#555")}),
-                                " " + text], className="chip", title=info["id"]))
+                                " " + text], className="chip chip-parked" if parked else "chip",
+                               title=f"{info['id']}: idle, so its worker was released; ▶ "
+                                     "resumes it from its checkpoint" if parked else info["id"]))
     return chips or ["no run yet — press ▶"]
 
 

@@ -57,6 +57,8 @@ from simulator.settings import ConfigError, quote
 __all__ = [
     "ACTIONS",
     "ACTIVE_STATUSES",
+    "PARKED",
+    "RESUMABLE",
     "RUN_KEYS",
     "Backend",
     "BackendSettings",
@@ -72,8 +74,9 @@ __all__ = [
 #: Control actions understood by :meth:`Backend.control`, with their parameters:
 #:
 #:   pause                                 stop stepping, keep the worker and its state
-#:   resume                                continue (also: restart an "interrupted" run from its
-#:                                         last checkpoint, in a new worker)
+#:   resume                                continue (also: restart an "interrupted", "parked" or
+#:                                         "failed: ... (resumable)" run from its last
+#:                                         checkpoint, in a new worker)
 #:   step          k: int                  advance k steps then pause (k in [1, 1e7])
 #:   stop                                  end the run for good (status "stopped"), checkpoint
 #:   speed         steps_per_frame: int    as fast as possible, one frame every N steps (0: automatic,
@@ -105,16 +108,37 @@ ACTIONS: dict[str, tuple[str, ...]] = {
 }
 
 #: Statuses a run can have. "failed: <reason>" and "diverged at step N (...)" carry text.
-STATUSES = ("ready", "running", "paused", "finished", "stopped", "failed: ", "diverged at step ",
-            "interrupted")
+#:
+#:   ready        created with start=False, at step 0, worker up (parked like a paused run)
+#:   running      stepping (also while a killed worker is being restarted, a few seconds)
+#:   paused       worker up, not stepping
+#:   parked       checkpointed and without a worker: it was paused (or ready) for
+#:                ``idle_release`` seconds, or running with nobody polling it (frames, get,
+#:                history) that long. Holds no run slot. ``resume`` (or any action that needs
+#:                the worker, e.g. step) restarts it from that checkpoint, bit for bit; a poll
+#:                of a run parked while running restarts it too (when a slot is free).
+#:   finished, stopped, "diverged at step N (...)"   ended for good (branch still works)
+#:   interrupted  the server stopped while it ran: ``resume`` continues from its checkpoint
+#:   "failed: <reason>"   the worker raised; "failed: <reason> (resumable)": its worker was
+#:                killed more often than the automatic restarts allow; ``resume`` continues
+STATUSES = ("ready", "running", "paused", "parked", "finished", "stopped", "failed: ",
+            "diverged at step ", "interrupted")
 
 #: Statuses of a run whose worker is alive (counted against the concurrent-run limit).
 ACTIVE_STATUSES = ("ready", "running", "paused")
 
+#: Status of a run without a worker that resumes from its checkpoint (not counted as active).
+PARKED = "parked"
+
+#: The suffix of a failed status that ``resume`` still accepts.
+RESUMABLE = " (resumable)"
+
 #: Keys of the run info dict returned by ``get`` and ``list_runs``:
 #:
-#:   id, config (validated, CLI keys), status, step (steps done), steps_per_second (recent rate,
-#:   0 when not running), created (unix time), parent (run id this was branched from, or None),
+#:   id, config (validated, CLI keys), status (see :data:`STATUSES`; "parked": checkpointed,
+#:   no worker, resumes on play or, if it was running, on a poll), step (steps done),
+#:   steps_per_second (recent rate, 0 when not running), created (unix time), parent (run id
+#:   this was branched from, or None),
 #:   best_test_loss / last_test_loss (list per seed, or None before the first evaluation),
 #:   reference_levels (task.reference_levels(): label -> loss), task_view (task.view()),
 #:   phases (the current phase schedule string), seeds (list), steps_per_frame, target_steps
@@ -193,13 +217,24 @@ def reply_or_raise(reply: dict[str, Any]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class BackendSettings:
-    """Settings of a backend (the CLI exposes data_dir and max_runs).
+    """Settings of a backend (the CLI exposes data_dir, max_runs, idle_release and
+    checkpoint_seconds).
 
     data_dir            where the SQLite database, CSV histories and checkpoints live
     max_runs            concurrent active runs (workers) at most
     eval_every          steps between held-out evaluations (test loss in frames); 0: never
     eval_steps          held-out steps per evaluation (None: the run's test_steps)
     checkpoint_every    steps between automatic checkpoints (for resume after a restart)
+    checkpoint_seconds  seconds of compute between automatic checkpoints too (so a short run
+                        killed midway loses little)
+    idle_release        seconds after which a paused (or ready) run, or a running run nobody
+                        polls, is checkpointed and parked (its worker released); 0: never
+    restart_limit       automatic restarts of a killed worker within restart_window seconds;
+                        one more kill ends the run "failed: ... (resumable)"
+    restart_window      see restart_limit
+    restart_backoff     seconds before the first automatic restart (doubling each time)
+    history_cache       frame buffers of runs without a worker kept in memory (least recently
+                        used first out); the others are read from disk when asked
     keep_checkpoints    automatic checkpoints kept per run (named ones are kept always)
     history_budget      bytes of per-step CSV history per run: full resolution up to half of
                         it, then block means (``app.service.worker.HistoryCSV``); 0: no limit
@@ -221,6 +256,12 @@ class BackendSettings:
     eval_every: int = 5000
     eval_steps: int | None = None
     checkpoint_every: int = 20_000
+    checkpoint_seconds: float = 10.0
+    idle_release: float = 600.0
+    restart_limit: int = 3
+    restart_window: float = 600.0
+    restart_backoff: float = 1.0
+    history_cache: int = 4
     keep_checkpoints: int = 3
     history_budget: int = 64 << 20
     max_disk: int | None = None

@@ -314,6 +314,7 @@ class RunChannel:
             view=f.get("view") or {}, init=init, eval_every=int(self.settings.get("eval_every", 0)),
             eval_steps=self.settings.get("eval_steps"),
             checkpoint_every=int(self.settings.get("checkpoint_every", 20_000)),
+            checkpoint_seconds=float(self.settings.get("checkpoint_seconds", 10.0)),
             frame_rate=float(self.settings.get("frame_rate", 10.0)),
             steps_per_frame=self.settings.get("steps_per_frame"),
             history_budget=int(self.settings.get("history_budget", 0)))
@@ -442,7 +443,8 @@ class RunChannel:
     def _bye(self, state: dict[str, Any]) -> None:
         status = str(state.get("status", ""))
         fields = {k: state[k] for k in ("status", "step", "learning_rates", "phases", "view",
-                                        "pace", "steps_per_frame", "config") if k in state}
+                                        "pace", "steps_per_frame", "config", "parked_from")
+                  if k in state}
         fields["steps_per_second"] = 0.0
         ops = self._csv_ops() + self._reply_ops()
         ops += self._snapshot_ops(f"{self.next_seq}-{self.sub - 1}", force=True)

@@ -19,6 +19,13 @@ things are (see :mod:`app.service.redis_store` for the key layout and why Redis)
 
 Each server also runs a :class:`app.service.celery_app.Reaper`, which requeues runs whose worker
 died (their lease expired) from their latest checkpoint.
+
+Release (``idle_release`` > 0): each server parks runs that sit idle on a worker slot, as the
+local backend does: paused or ready for ``idle_release`` s since the last control action, or
+running with no poll (frames, get, history; stamped in the run hash as ``touched`` /
+``polled``) that long. It pushes a ``quit`` {checkpoint, status "parked"} command; the task
+checkpoints and leaves the active set ("parked": no slot). ``resume`` (or any action that needs
+a worker) requeues it from that checkpoint; a poll requeues one parked while running.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from typing import Any, TypeVar
 from app.service.admission import admit, cost_of
 from app.service.base import (
     ACTIVE_STATUSES,
+    PARKED,
     Backend,
     BackendSettings,
     Conflict,
@@ -60,6 +68,8 @@ DETAIL_FRAMES = 100      # newest frames returned with traces and matrices
 REPLY_TIMEOUT = 30.0     # seconds to wait for a task's answer (evaluate: 4x)
 QUEUED_TIMEOUT = 3.0     # seconds to wait when the run still waits for a worker
 HISTORY_CACHE = 32       # runs whose rebuilt history a server process keeps (~2 MB each)
+POLL_STAMP_EVERY = 1.0   # seconds between this server's "polled" stamps of one run
+PARK_RETRY = 30.0        # seconds before a park command is sent again to a run still active
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -106,6 +116,7 @@ class CeleryBackend(Backend):
         self.run_settings = {
             "eval_every": self.settings.eval_every, "eval_steps": self.settings.eval_steps,
             "checkpoint_every": self.settings.checkpoint_every,
+            "checkpoint_seconds": self.settings.checkpoint_seconds,
             "keep_checkpoints": self.settings.keep_checkpoints,
             "history_budget": self.settings.history_budget,
             "frame_rate": self.settings.frame_rate, "steps_per_frame": self.settings.steps_per_frame,
@@ -120,6 +131,11 @@ class CeleryBackend(Backend):
         self._reaper = Reaper(self.store, self._enqueue) if reaper else None
         if self._reaper is not None:
             self._reaper.start()
+        self._stamped: dict[str, float] = {}  # run id -> when this server last stamped a poll
+        self._stopping = threading.Event()
+        if self.settings.idle_release > 0:
+            threading.Thread(target=self._release_loop, daemon=True,
+                             name="plasticity-idle-release").start()
 
     # ---- runs ----------------------------------------------------------------------------
     def create(self, config: dict[str, Any], *, start: bool = True, view: dict | None = None,
@@ -153,7 +169,7 @@ class CeleryBackend(Backend):
             run_id = fields["id"] = secrets.token_hex(4)
             created = self.store.create_run(run_id, fields, self.settings.max_runs)
         if created == 0:
-            raise self._limit_reached(len(self.store.active_ids()))
+            raise self._limit_reached()
         if origin is not None and not self.store.adopt_checkpoint(
                 origin["run"], origin["name"], run_id, step):
             self.store.delete_run(run_id)
@@ -171,11 +187,72 @@ class CeleryBackend(Backend):
         if self._closed:
             raise Conflict("backend: shut down")
 
-    def _limit_reached(self, active: int) -> LimitReached:
-        return LimitReached(
-            f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
-            "stop, delete or let one finish (paused runs count), or raise --max-runs",
-            field="max_runs")
+    def _limit_reached(self) -> LimitReached:
+        s = self.settings
+        active = len(self.store.active_ids())
+        release = (f"paused and unwatched runs are parked (their slot released) after "
+                   f"{s.idle_release:g} s" if s.idle_release > 0 else
+                   "paused runs count (--idle-release 0: never released)")
+        return LimitReached(f"max_runs: {active} runs are active, the limit is {s.max_runs}; "
+                            f"{release}; or stop, delete or let one finish, or raise --max-runs",
+                            field="max_runs")
+
+    # ---- idle release ----------------------------------------------------------------------
+    def _stamp(self, run_id: str, name: str) -> None:
+        """Note a control action ("touched") or a poll ("polled") in the run hash, for the
+        idle release of every server."""
+        with contextlib.suppress(*REDIS_ERRORS):
+            if self.store.r.exists(self.store.key(run_id)):
+                self.store.r.hset(self.store.key(run_id), name, str(time.time()))
+
+    def _polled(self, run_id: str, f: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Someone watches the run: stamp it (at most once a second per run and server);
+        one parked while running goes back to the queue. ``f``: its fields when at hand."""
+        now = time.time()
+        if now - self._stamped.get(run_id, 0.0) >= POLL_STAMP_EVERY:
+            if len(self._stamped) > 4096:
+                self._stamped.clear()
+            self._stamped[run_id] = now
+            self._stamp(run_id, "polled")
+            if f is None:
+                with contextlib.suppress(RunNotFound):
+                    f = self._fields(run_id)
+        if f and f.get("status") == PARKED and f.get("parked_from") == "running":
+            with contextlib.suppress(ServiceError):  # no free slot: it stays parked for now
+                self._resume(f)
+                return self._fields(run_id)
+        return f
+
+    def _release_loop(self) -> None:
+        every = min(1.0, max(0.1, self.settings.idle_release / 4))
+        while not self._stopping.wait(every):
+            try:
+                self.release_idle()
+            except REDIS_ERRORS:
+                continue
+            except Exception:
+                log.exception("idle release")
+
+    def release_idle(self) -> list[str]:
+        """One pass: send the park command to each idle run on a worker; their ids."""
+        idle, now, parked = self.settings.idle_release, time.time(), []
+        ids = self.store.active_ids()
+        for f in self.store.many_fields(ids):
+            if not f or f.get("placement") != "claimed" or f.get("status") not in ACTIVE_STATUSES:
+                continue
+            if now - float(f.get("parking") or 0) < PARK_RETRY:
+                continue
+            since = max(float(f.get("touched") or 0), float(f.get("claimed_at") or 0),
+                        float(f.get("queued_at") or 0), float(f.get("created") or 0))
+            if f.get("status") == "running":
+                since = max(since, float(f.get("polled") or 0))
+            if now - since < idle:
+                continue
+            self.store.r.hset(self.store.key(f["id"]), "parking", str(now))
+            self.store.send_command(f["id"], "quit", {"checkpoint": True, "status": PARKED})
+            log.info("run %s: %s and idle for %g s: parking it", f["id"], f.get("status"), idle)
+            parked.append(f["id"])
+        return parked
 
     @_redis_errors
     def list_runs(self) -> list[dict[str, Any]]:
@@ -186,7 +263,8 @@ class CeleryBackend(Backend):
 
     @_redis_errors
     def get(self, run_id: str) -> dict[str, Any]:
-        return self._info(self._fields(run_id))
+        f = self._fields(run_id)
+        return self._info(self._polled(f["id"], f) or f)
 
     def _fields(self, run_id: Any) -> dict[str, Any]:
         fields = self.store.fields(run_id) if isinstance(run_id, str) and run_id else None
@@ -226,6 +304,7 @@ class CeleryBackend(Backend):
         after = _int_param(after, "after", -1, 2**62)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
+        self._polled(run_id)
         count = 2 * self.run_settings["stream_len"] + 256  # approximate trimming keeps extra
         exists, entries = self.store.read_frames(run_id, after, count)
         if not exists:
@@ -249,6 +328,7 @@ class CeleryBackend(Backend):
         stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
+        self._polled(run_id)
         with self._hist_lock:
             buffer = self._history_buffer(run_id)
             out = buffer.history(max_points, start, stop)
@@ -298,10 +378,14 @@ class CeleryBackend(Backend):
                            field="action")
         cfg = f["config"]
         checked = check_params(action, params, int(cfg["n"]), len(cfg["seeds"]))
+        self._stamp(f["id"], "touched")
         if action == "branch":
             return self._branch(f, **checked)
         if not self._active(f):
-            return self._control_dead(f, action)
+            dead = self._control_dead(f, action)
+            if dead is not None:
+                return dead
+            f = self._fields(f["id"])  # parked, now queued again: the action goes to it
         if f.get("placement") != "claimed" and action == "stop":
             self.store.settle(f["id"], "stopped")  # never started (or between workers)
             return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
@@ -311,10 +395,22 @@ class CeleryBackend(Backend):
     def _active(self, f: dict[str, Any]) -> bool:
         return f.get("status") in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed")
 
-    def _control_dead(self, f: dict[str, Any], action: str) -> dict[str, Any]:
-        """Actions on a run without a task: resume (interrupted, or failed because its workers
-        kept dying) or stop an interrupted one; anything else conflicts."""
+    def _control_dead(self, f: dict[str, Any], action: str) -> dict[str, Any] | None:
+        """Actions on a run without a task: resume (interrupted, parked, or failed because its
+        workers kept dying) or stop an interrupted or parked one; a parked one is queued
+        again (paused) for any other action but pause (None: now send it); anything else
+        conflicts."""
         status, run_id = str(f.get("status", "")), f["id"]
+        if status == PARKED:
+            if action == "stop":
+                self.store.settle(run_id, "stopped")
+                return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
+            if action == "pause":
+                if f.get("parked_from") == "running":
+                    self.store.r.hset(self.store.key(run_id), "parked_from", '"paused"')
+                return {"ok": True, "status": status, "step": int(f.get("step") or 0)}
+            result = self._resume(f, "running" if action == "resume" else "paused")
+            return result if action == "resume" else None
         resumable = status == "interrupted" or (status.startswith("failed: worker lost")
                                                 and f.get("resumable"))
         if resumable and action == "resume":
@@ -327,18 +423,19 @@ class CeleryBackend(Backend):
         raise Conflict(f"action: cannot {action} run {run_id}: it is {status} (allowed: {allowed})",
                        field="action")
 
-    def _resume(self, f: dict[str, Any]) -> dict[str, Any]:
+    def _resume(self, f: dict[str, Any], status: str = "running") -> dict[str, Any]:
         self._check_open()
-        attempt = self.store.activate(f["id"], self.settings.max_runs, "running")
+        self.store.r.delete(self.store.key(f["id"], "cmd"))  # e.g. a second park command
+        attempt = self.store.activate(f["id"], self.settings.max_runs, status)
         if attempt == 0:
-            raise LimitReached(f"max_runs: the limit of {self.settings.max_runs} active runs is "
-                               "reached; stop, delete or let one finish, or raise --max-runs",
-                               field="max_runs")
+            raise self._limit_reached()
         if attempt < 0:
             raise Conflict(f"action: run {f['id']} is already active", field="action")
         self._enqueue(f["id"], attempt)
         ckpts = self.store.checkpoints(f["id"])
-        return {"ok": True, "status": "running",
+        self.store.r.hdel(self.store.key(f["id"]), "parked_from", "parking")
+        self._stamp(f["id"], "touched")
+        return {"ok": True, "status": status,
                 "step": int(ckpts[-1]["step"]) if ckpts else 0,
                 "checkpoint": ckpts[-1]["name"] if ckpts else None}
 
@@ -364,7 +461,7 @@ class CeleryBackend(Backend):
         new = branch_config(f["config"], changes)
         active = len(self.store.active_ids())
         if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
-            raise self._limit_reached(active)
+            raise self._limit_reached()
         admit(RunConfig.from_dict(new), self.settings, self._active_memory())
         ck = self._branch_point(f, checkpoint)
         new = branch_steps(new, changes, f["config"], ck["step"])
@@ -430,6 +527,7 @@ class CeleryBackend(Backend):
         if self._closed:
             return
         self._closed = True
+        self._stopping.set()
         if self._reaper is not None:
             self._reaper.stop()
         with contextlib.suppress(Exception):

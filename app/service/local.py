@@ -7,12 +7,24 @@ in the server receives the worker's frames, state changes, checkpoints and repli
 are validated here first (bad params never reach the worker), then sent over the pipe; the
 caller waits for the worker's reply (it drains commands between chunks, ~0.1 s).
 
-A worker that crashes or is killed closes its pipe: the reader thread sees EOF and marks the run
-"failed: <reason>" (the exception the worker reported, or the signal that killed it). Nothing
-else is affected. A server restart marks runs that had a worker "interrupted"; ``resume``
-restarts them from their latest checkpoint (the CSV is cut back to that point, the decimated
-history restored from the snapshot taken with that checkpoint; a checkpoint that does not
-verify is skipped for the one before).
+A worker that raises reports it and exits: its run is "failed: <reason>". A worker killed by a
+signal (SIGKILL, SIGSEGV, or SIGTERM, after which it checkpoints first) closes its pipe: the
+reader thread sees EOF and the supervisor restarts the run from its latest checkpoint after a
+backoff (``restart_backoff`` s, doubling), keeping its slot meanwhile; after ``restart_limit``
+restarts within ``restart_window`` s the next kill ends it "failed: <reason> (resumable)".
+Workers checkpoint every ``checkpoint_every`` steps or ``checkpoint_seconds`` of compute.
+Nothing else is affected. A server restart marks runs that had a worker "interrupted";
+``resume`` restarts them from their latest checkpoint (the CSV is cut back to that point, the
+decimated history restored from the snapshot taken with that checkpoint; a checkpoint that
+does not verify is skipped for the one before).
+
+Release. The supervisor thread parks a run whose worker sits idle: paused or ready for
+``idle_release`` s (since the last control action), or running with nobody polling it (frames,
+get, history) that long. Parking checkpoints, ends the worker and sets status "parked"; parked
+runs hold no slot. ``resume`` (or any action that needs a worker) restarts it from that
+checkpoint, bit for bit; a poll restarts a run that was parked while running. Frame buffers
+of runs without a worker go to a small LRU (``history_cache``); the rest are read back from
+their snapshot on disk when asked, so server memory does not grow with finished runs.
 
 Storage: creates are admitted against the disk (``--max-disk`` and the live runs' budgets:
 :func:`app.service.store.run_disk_need`); a damaged index or a full disk leaves the server
@@ -32,6 +44,7 @@ import shutil
 import signal
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,12 +53,15 @@ from typing import Any
 from app.service.admission import admit, cost_of
 from app.service.base import (
     ACTIVE_STATUSES,
+    PARKED,
+    RESUMABLE,
     Backend,
     BackendSettings,
     Conflict,
     InsufficientStorage,
     LimitReached,
     RunNotFound,
+    ServiceError,
     Unavailable,
     reply_or_raise,
 )
@@ -76,6 +92,7 @@ log = logging.getLogger("app.service")
 
 STORE_EVERY = 2.0      # seconds between progress writes to SQLite per run
 REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer (evaluate: 4x)
+SUPERVISE_EVERY = 0.2  # seconds between the supervisor's looks at idle and killed workers
 _ENV_LOCK = threading.Lock()
 
 
@@ -104,6 +121,13 @@ class _Handle:
     last_store: float = 0.0
     meta: dict[str, Any] | None = None
     unreadable: str | None = None   # why its record cannot be read (listed, not runnable)
+    touched: float = field(default_factory=time.monotonic)  # last control action (or start)
+    polled: float = 0.0          # last frames / get / history (monotonic)
+    live_status: str = ""        # the last of ACTIVE_STATUSES it had (what a restart returns to)
+    parking: bool = False        # told to checkpoint and exit as "parked"
+    up: bool = False             # its worker has said hello (a starting one is never idle)
+    kills: list[float] = field(default_factory=list)  # when its workers were killed (monotonic)
+    restart_at: float | None = None  # an automatic restart is due then (keeps its slot)
 
     def alive(self) -> bool:
         return self.process is not None
@@ -120,7 +144,9 @@ class LocalBackend(Backend):
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
         self._runs: dict[str, _Handle] = {}
+        self._cache: OrderedDict[str, FrameBuffer] = OrderedDict()  # buffers of runs w/o worker
         self._closed = False
+        self._stopping = threading.Event()
         #: why the server refuses writes (creates, resumes, branches), None when it does not:
         #: a full disk (re-checked at each create) or a damaged index (until repaired)
         self.read_only: str | None = None
@@ -141,6 +167,9 @@ class LocalBackend(Backend):
             self._probe_disk()
         if self._disk_full:
             log.error("%s", self.read_only)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name="plasticity-supervisor")
+        self._supervisor.start()
 
     # ---- startup -------------------------------------------------------------------------
     def _load(self) -> None:
@@ -293,12 +322,15 @@ class LocalBackend(Backend):
             raise Conflict("backend: shut down")
 
     def _check_limit(self) -> None:
-        active = sum(1 for h in self._runs.values() if h.alive())
-        if active >= self.settings.max_runs:
+        s = self.settings
+        active = sum(1 for h in self._runs.values() if h.alive() or h.restart_at is not None)
+        if active >= s.max_runs:
+            release = (f"paused and unwatched runs are parked (their slot released) after "
+                       f"{s.idle_release:g} s" if s.idle_release > 0 else
+                       "paused runs count (--idle-release 0: never released)")
             raise LimitReached(
-                f"max_runs: {active} runs are active, the limit is {self.settings.max_runs}; "
-                "stop, delete or let one finish (paused runs count), or raise --max-runs",
-                field="max_runs")
+                f"max_runs: {active} runs are active, the limit is {s.max_runs}; {release}; "
+                "or stop, delete or let one finish, or raise --max-runs", field="max_runs")
 
     def _active_memory(self) -> list[int]:
         """Estimated peak memory (bytes) of each run that has a worker."""
@@ -315,8 +347,10 @@ class LocalBackend(Backend):
         spec = WorkerSpec(run_id=h.id, config=h.config, run_dir=str(self.store.run_dir(h.id)),
                           start=start, view=h.info.get("view") or {}, init=init,
                           eval_every=s.eval_every, eval_steps=s.eval_steps,
-                          checkpoint_every=s.checkpoint_every, frame_rate=s.frame_rate,
-                          steps_per_frame=s.steps_per_frame, history_budget=s.history_budget)
+                          checkpoint_every=s.checkpoint_every,
+                          checkpoint_seconds=s.checkpoint_seconds, frame_rate=s.frame_rate,
+                          steps_per_frame=s.steps_per_frame, history_budget=s.history_budget,
+                          pace=h.info.get("pace"))
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=worker_main, args=(spec, child_conn), daemon=True,
                                     name=f"plasticity-run-{h.id}")
@@ -324,7 +358,7 @@ class LocalBackend(Backend):
             process.start()
         child_conn.close()  # so that the worker's death reads as EOF here
         h.process, h.conn = process, parent_conn
-        h.clean_exit, h.fail_reason = False, None
+        h.clean_exit, h.fail_reason, h.parking, h.up = False, None, False, False
         h.reader = threading.Thread(target=self._read, args=(h,), daemon=True,
                                     name=f"plasticity-reader-{h.id}")
         h.reader.start()
@@ -335,7 +369,15 @@ class LocalBackend(Backend):
         return [self._info(h) for h in sorted(handles, key=lambda h: -h.created)]
 
     def get(self, run_id: str) -> dict[str, Any]:
-        return self._info(self._handle(run_id))
+        return self._info(self._polled(self._handle(run_id)))
+
+    def _polled(self, h: _Handle) -> _Handle:
+        """Someone watches the run: it is not idle; a run parked while running restarts."""
+        h.polled = time.monotonic()
+        if h.status == PARKED and h.info.get("parked_from") == "running" and not h.alive():
+            with contextlib.suppress(ServiceError):  # no free slot: it stays parked for now
+                self._restart(h, start=True)
+        return h
 
     def _handle(self, run_id: Any) -> _Handle:
         h = self._runs.get(run_id) if isinstance(run_id, str) else None
@@ -380,13 +422,13 @@ class LocalBackend(Backend):
 
     # ---- telemetry -------------------------------------------------------------------------
     def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
-        h = self._handle(run_id)
+        h = self._polled(self._handle(run_id))
         after = _int_param(after, "after", -1, 2**62)
         return self._buffer(h).since(after)
 
     def history(self, run_id: str, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
-        h = self._handle(run_id)
+        h = self._polled(self._handle(run_id))
         max_points = _int_param(max_points, "max_points", 1, 100_000)
         start = None if start is None else _int_param(start, "start", 0, 10**12)
         stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
@@ -395,12 +437,40 @@ class LocalBackend(Backend):
         return out
 
     def _buffer(self, h: _Handle) -> FrameBuffer:
-        """The run's buffer; for a past run, its saved history (loaded on first use)."""
-        if h.buffer is None:
-            with self._lock:
-                if h.buffer is None:
-                    h.buffer = self._load_buffer(h, None)
-        return h.buffer
+        """The run's buffer while it has a worker; else from the LRU of buffers of runs without
+        one, or its saved history (loaded on demand, then cached)."""
+        buf = h.buffer
+        if buf is not None:
+            return buf
+        with self._lock:
+            if h.buffer is not None:
+                return h.buffer
+            buf = self._cache.get(h.id)
+            if buf is None:
+                buf = self._load_buffer(h, None)
+                self._cache[h.id] = buf
+                self._trim_cache()
+            else:
+                self._cache.move_to_end(h.id)
+            return buf
+
+    def _retire_buffer(self, h: _Handle) -> None:
+        """The worker is gone: its buffer joins the LRU (the snapshot on disk has it all)."""
+        with self._lock:
+            if h.buffer is not None and h.id in self._runs:
+                self._cache[h.id] = h.buffer
+                self._cache.move_to_end(h.id)
+            h.buffer = None
+            self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        while len(self._cache) > max(0, self.settings.history_cache):
+            self._cache.popitem(last=False)
+
+    def buffers_in_memory(self) -> int:
+        """Frame buffers held now: one per run with a worker plus the LRU (for tests, benches)."""
+        with self._lock:
+            return sum(h.buffer is not None for h in self._runs.values()) + len(self._cache)
 
     def _load_buffer(self, h: _Handle, checkpoint: dict[str, Any] | None) -> FrameBuffer:
         paths = [history_of(Path(checkpoint["path"]))] if checkpoint else [
@@ -428,24 +498,45 @@ class LocalBackend(Backend):
             raise Conflict(f"action: run {h.id} is unreadable ({h.unreadable[:200]}); repair: "
                            f"{repair_hint(self.settings.data_dir)}", field="action")
         checked = check_params(action, params, int(h.config["n"]), len(h.config["seeds"]))
+        with h.send_lock:  # against _park: it parks only what stayed untouched
+            h.touched = time.monotonic()
+            parking = h.parking
         if action == "branch":
             return self._branch(h, **checked)
+        if parking and h.reader is not None:  # being parked right now: let it finish
+            h.reader.join(REPLY_TIMEOUT)
         if not h.alive():
-            return self._control_dead(h, action)
+            dead = self._control_dead(h, action)
+            if dead is not None:
+                return dead
         timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
         result = self._send(h, action, checked, timeout)
         if action == "view" and "view" in result:
             h.info["view"] = result["view"]
         return result
 
-    def _control_dead(self, h: _Handle, action: str) -> dict[str, Any]:
-        """Actions on a run without a worker: resume or stop an interrupted one."""
-        if h.status == "interrupted" and action == "resume":
-            return self._resume(h)
-        if h.status == "interrupted" and action == "stop":
+    def _control_dead(self, h: _Handle, action: str) -> dict[str, Any] | None:
+        """Actions on a run without a worker. A parked run (or one waiting for its automatic
+        restart) gets a worker for any action but stop and pause (None: now send the action
+        to it); an interrupted or resumable failed one can be resumed or stopped."""
+        status, waiting = h.status, h.restart_at is not None
+        resumable = status in ("interrupted", PARKED) or waiting or (
+            status.startswith("failed: ") and status.endswith(RESUMABLE))
+        if resumable and action == "stop":
+            h.restart_at = None
             self._set_status(h, "stopped")
             return {"ok": True, "status": h.status, "step": h.step}
-        allowed = "resume, stop, branch" if h.status == "interrupted" else "branch"
+        if resumable and action == "resume":
+            return self._restart(h, start=True)
+        if status == PARKED and action == "pause":
+            if h.info.get("parked_from") == "running":
+                h.info["parked_from"] = "paused"
+                self._set_status(h, status)
+            return {"ok": True, "status": h.status, "step": h.step}
+        if status == PARKED or waiting:
+            self._restart(h, start=waiting and h.live_status == "running")
+            return None
+        allowed = "resume, stop, branch" if resumable else "branch"
         raise Conflict(f"action: cannot {action} run {h.id}: it is {h.status} (allowed: {allowed})",
                        field="action")
 
@@ -513,14 +604,20 @@ class LocalBackend(Backend):
                            field="checkpoint")
         return ck, False
 
-    def _resume(self, h: _Handle) -> dict[str, Any]:
-        """Restart an interrupted run from its latest checkpoint (or from scratch)."""
+    def _restart(self, h: _Handle, *, start: bool) -> dict[str, Any]:
+        """A new worker for a run without one, from its latest checkpoint (or from scratch),
+        playing or not. An automatic restart that is due keeps the slot it holds."""
         with self._lock:
             self._check_open()
-            self._check_limit()
+            if h.alive():
+                return {"ok": True, "status": h.status, "step": h.step, "checkpoint": None}
+            if h.restart_at is None:
+                self._check_limit()
             self._check_writable()
             if self._meta(h)["cost"] is not None:
                 admit(RunConfig.from_dict(dict(h.config)), self.settings, self._active_memory())
+            h.restart_at = None
+            self._cache.pop(h.id, None)
             ck = self.store.intact_checkpoint(h.id)
             next_seq = max(int(h.info.get("cursor", -1)),
                            h.buffer.cursor if h.buffer is not None else -1) + 1
@@ -533,9 +630,11 @@ class LocalBackend(Backend):
                 h.buffer = self._new_buffer()
                 h.step = 0
             h.buffer.continue_from(next_seq)
-            h.status = "running"
-            self.store.update_run(h.id, status=h.status, step=h.step)
-            self._spawn(h, start=True, init={"checkpoint": ck["path"]} if ck else None)
+            h.status = "running" if start else ("ready" if h.step == 0 else "paused")
+            h.info.pop("parked_from", None)
+            h.touched = time.monotonic()
+            self.store.update_run(h.id, status=h.status, step=h.step, info=h.info)
+            self._spawn(h, start=start, init={"checkpoint": ck["path"]} if ck else None)
         return {"ok": True, "status": h.status, "step": h.step,
                 "checkpoint": ck["name"] if ck else None}
 
@@ -569,6 +668,8 @@ class LocalBackend(Backend):
             h.buffer.fold(msg[1])
             self._maybe_store(h)
         elif kind in ("hello", "state"):
+            if kind == "hello":  # idle time counts from when the worker is up
+                h.touched, h.up = time.monotonic(), True
             self._state(h, msg[1])
         elif kind == "checkpoint":
             self._checkpointed(h, msg[1])
@@ -599,8 +700,10 @@ class LocalBackend(Backend):
             h.info["best_test_loss"] = [_nanmin(a, b) for a, b in zip(best, losses, strict=False)]
 
     def _state(self, h: _Handle, state: dict[str, Any]) -> None:
+        if state.get("status") == PARKED:  # parked once the worker has gone, not before
+            state = {k: v for k, v in state.items() if k != "status"}
         for key in ("steps_per_second", "steps_per_frame", "learning_rates", "phases", "view",
-                    "pace", "fast_forward_to", "note"):
+                    "pace", "fast_forward_to", "note", "parked_from"):
             if key in state:
                 h.info[key] = state[key]
         if state.get("config"):
@@ -613,6 +716,8 @@ class LocalBackend(Backend):
 
     def _set_status(self, h: _Handle, status: str) -> None:
         h.status = status
+        if status in ACTIVE_STATUSES:
+            h.live_status = status
         if h.buffer is not None:
             h.info["cursor"] = h.buffer.cursor
         try:
@@ -666,20 +771,92 @@ class LocalBackend(Backend):
             h.conn.close()
         if h.deleting:
             return
+        killed = None
         if not h.clean_exit and self._closed and not h.fail_reason:
             status = "interrupted"  # did not stop in time at shutdown: resumable all the same
+        elif not h.clean_exit and h.fail_reason:
+            status = f"failed: {h.fail_reason}"
         elif not h.clean_exit:
-            status = f"failed: {h.fail_reason or _exit_reason(process)}"
+            killed = _exit_reason(process)
+        elif h.status == "interrupted" and not self._closed:  # its own SIGTERM handler
+            killed = "worker stopped by SIGTERM"
+        elif h.parking and "parked_from" in h.info:
+            status = PARKED
         elif h.status in ACTIVE_STATUSES:
             status = "interrupted"
         else:
             status = h.status
+        if killed is not None:
+            status = self._after_kill(h, killed)
         h.info["steps_per_second"] = 0.0
         if h.buffer is not None:
             with contextlib.suppress(OSError):
                 self.store.save_history(self.store.history_path(h.id), h.buffer.snapshot())
         with contextlib.suppress(Exception):
             self._set_status(h, status)
+        self._retire_buffer(h)
+
+    def _after_kill(self, h: _Handle, reason: str) -> str:
+        """A killed worker: schedule a restart from the last checkpoint (the status it had
+        stands meanwhile), or, past the retry budget, the resumable failed status."""
+        s, now = self.settings, time.monotonic()
+        h.kills = [t for t in h.kills if now - t < s.restart_window] + [now]
+        if len(h.kills) <= s.restart_limit and not self._closed:
+            h.restart_at = now + s.restart_backoff * 2 ** (len(h.kills) - 1)
+            log.warning("run %s: %s; restarting from its last checkpoint in %.1f s (%d of %d)",
+                        h.id, reason, h.restart_at - now, len(h.kills), s.restart_limit)
+            return h.live_status or "running"
+        log.error("run %s: %s, %d times within %g s: failed (resumable)", h.id, reason,
+                  len(h.kills), s.restart_window)
+        return (f"failed: {reason}; restarted {len(h.kills) - 1} times within "
+                f"{s.restart_window:g} s already{RESUMABLE}")
+
+    # ---- the supervisor thread -------------------------------------------------------------
+    def _supervise(self) -> None:
+        while not self._stopping.wait(SUPERVISE_EVERY):
+            try:
+                self._supervise_once()
+            except Exception:
+                log.exception("supervisor")
+
+    def _supervise_once(self) -> None:
+        """Restart killed workers when due; park idle ones."""
+        idle = self.settings.idle_release
+        with self._lock:
+            handles = list(self._runs.values())
+        for h in handles:
+            if self._closed:
+                return
+            now = time.monotonic()
+            if h.restart_at is not None and now >= h.restart_at and not h.deleting:
+                try:
+                    self._restart(h, start=h.live_status == "running")
+                except Conflict:  # shut down meanwhile
+                    return
+                except Exception as exc:
+                    log.exception("run %s: restart failed", h.id)
+                    h.restart_at = None
+                    self._set_status(h, f"failed: restart failed: {type(exc).__name__}{RESUMABLE}")
+            elif idle > 0 and h.alive() and not h.parking and not h.deleting:
+                self._maybe_park(h, idle)
+
+    def _idle(self, h: _Handle, idle: float) -> bool:
+        if h.status not in ACTIVE_STATUSES or not h.up:
+            return False
+        since = max(h.touched, h.polled) if h.status == "running" else h.touched
+        return time.monotonic() - since >= idle
+
+    def _maybe_park(self, h: _Handle, idle: float) -> None:
+        """Checkpoint and end an idle worker; the run becomes "parked" when it has gone."""
+        if not self._idle(h, idle):
+            return
+        with h.send_lock:  # a control action either came first (not idle) or sees parking
+            if not self._idle(h, idle) or not h.alive():
+                return
+            log.info("run %s: %s and idle for %g s: parking it", h.id, h.status, idle)
+            h.parking = True
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                h.conn.send(("cmd", 0, "quit", {"checkpoint": True, "status": PARKED}))
 
     # ---- export / lifecycle ----------------------------------------------------------------
     def export_csv(self, run_id: str) -> Path:
@@ -690,10 +867,11 @@ class LocalBackend(Backend):
 
     def delete(self, run_id: str) -> None:
         h = self._handle(run_id)
-        h.deleting = True
+        h.deleting, h.restart_at = True, None
         self._stop_worker(h, checkpoint=False, status=None)
         with self._lock:
             self._runs.pop(h.id, None)
+            self._cache.pop(h.id, None)
         try:
             self.store.delete_run(h.id)  # the files go first: this frees the disk
         except DiskFull as exc:
@@ -728,7 +906,12 @@ class LocalBackend(Backend):
             if self._closed:
                 return
             self._closed = True
+            self._stopping.set()
             handles = [h for h in self._runs.values() if h.alive()]
+            for h in self._runs.values():
+                if h.restart_at is not None:  # its automatic restart will not come now
+                    h.restart_at = None
+                    self._set_status(h, "interrupted")
         for h in handles:
             self._stop_worker(h, checkpoint=True, status="interrupted", wait=False)
         deadline = time.monotonic() + 20.0

@@ -178,7 +178,7 @@ if redis.call('HGET', KEYS[1], 'placement') == '"claimed"' then
   redis.call('HSET', KEYS[1], 'lost_at', ARGV[6], 'lost_owner', cjson.encode(owner))
   if rec > (tonumber(settings['max_recoveries']) or 3) then
     local reason = 'failed: worker lost: ' .. owner .. ' died (' .. rec ..
-                   ' times; resume restarts it from its last checkpoint)'
+                   ' times) (resumable)'
     redis.call('HSET', KEYS[1], 'status', cjson.encode(reason), 'placement', '""',
                'steps_per_second', '0', 'resumable', 'true', 'alive', 'false')
     redis.call('SREM', KEYS[3], ARGV[1])
@@ -263,7 +263,7 @@ elseif placement == '"claimed"' then
   redis.call('HSET', KEYS[1], 'lost_at', ARGV[4], 'lost_owner', cjson.encode(owner))
   if rec > max_rec then
     local reason = 'failed: worker lost: no heartbeat from ' .. owner .. ' for ' .. ttl ..
-                   ' s (' .. rec .. ' times; resume restarts it from its last checkpoint)'
+                   ' s (' .. rec .. ' times) (resumable)'
     redis.call('HSET', KEYS[1], 'status', cjson.encode(reason), 'placement', '""',
                'steps_per_second', '0', 'resumable', 'true', 'alive', 'false')
     redis.call('SREM', KEYS[3], ARGV[1])

@@ -232,6 +232,9 @@ class WorkerSpec:
 
     init: None for a fresh run; {"checkpoint": path} to resume; {"checkpoint": path,
     "branch": True} to continue that state under ``config`` (another rule...).
+    checkpoint_every / checkpoint_seconds: an automatic checkpoint after that many steps or
+    that many seconds of compute (paused time does not count), whichever comes first.
+    pace: real-time pacing in steps/s (None: as fast as possible), kept across a restart.
     """
 
     run_id: str
@@ -243,9 +246,11 @@ class WorkerSpec:
     eval_every: int = 5000
     eval_steps: int | None = None
     checkpoint_every: int = 20_000
+    checkpoint_seconds: float = 10.0
     frame_rate: float = 10.0
     steps_per_frame: int | None = None
     history_budget: int = 0
+    pace: float | None = None
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
@@ -297,7 +302,7 @@ class Worker:
         self.playing = spec.start
         self.budget = 0            # steps left of a "step k" command
         self.ff_to: int | None = None
-        self.pace: float | None = None
+        self.pace: float | None = spec.pace
         self.due: float | None = None  # pacing: when the steps done so far are due
         self.spf: int | None = spec.steps_per_frame
         self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
@@ -307,6 +312,8 @@ class Worker:
         self.pending_test: list[float | None] | None = None
         self.last_eval = self.run.t
         self.last_ckpt = self.run.t
+        self.computed = 0.0        # seconds of compute since the last checkpoint
+        self.parked_from: str | None = None
         self.saved_step = self.run.t if spec.init else -1
         self.note: str | None = None   # why the run paused itself (a full disk)
         self.csv = HistoryCSV(self.dir / "scalars.csv", spec.history_budget)
@@ -317,7 +324,8 @@ class Worker:
 
     def state(self) -> dict[str, Any]:
         run = self.run
-        return {"status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
+        parked = {"parked_from": self.parked_from} if self.parked_from else {}
+        return {**parked, "status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
                 "steps_per_frame": self.spf or 0, "pace": self.pace, "fast_forward_to": self.ff_to,
                 "learning_rates": dict(run.lr), "phases": run.config.phases,
                 "view": {"units": self.units, "seed_index": self.seed_index},
@@ -397,6 +405,9 @@ class Worker:
         if params.get("checkpoint") and self.run.t > self.saved_step:
             with contextlib.suppress(OSError):  # a full disk: resume uses the one before
                 self._checkpoint(auto=True)
+        if params.get("status") == "parked":  # what a restart returns to
+            self.parked_from = "running" if self.playing else (
+                "ready" if self.status == "ready" else "paused")
         if params.get("status"):
             self.status = str(params["status"])
         self.quit = True
@@ -493,14 +504,17 @@ class Worker:
             live = True
         tel, traced = self._advance(k, live)
         elapsed = time.perf_counter() - began
+        self.computed += elapsed
         self.rate = 0.7 * self.rate + 0.3 * (tel.steps / max(elapsed, 1e-6))
         if self.budget:
             self.budget = max(0, self.budget - tel.steps)
             if not self.budget and not self.playing:
                 self.status = "paused"
+        # CSV rows, frame and any checkpoint first, then the pacing wait: a command taken
+        # during the wait (a checkpoint, parking) sees this chunk's rows already written
+        self._after_chunk(tel, traced, live)
         self._pace(tel.steps, began)
         self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
-        self._after_chunk(tel, traced, live)
 
     def _live_k(self, left: int) -> int:
         if self.pace:
@@ -563,7 +577,9 @@ class Worker:
         if tel.diverged_at is not None:
             self.quit = True
             return
-        if run.t - self.last_ckpt >= self.spec.checkpoint_every and self.note is None:
+        due = (run.t - self.last_ckpt >= self.spec.checkpoint_every
+               or self.computed >= self.spec.checkpoint_seconds)
+        if due and self.note is None:
             try:
                 self._checkpoint(auto=True)
             except OSError as exc:
@@ -666,6 +682,7 @@ class Worker:
             raise
         self.last_ckpt = run.t
         self.saved_step = run.t
+        self.computed = 0.0
         self.send("checkpoint", {"name": name, "step": run.t, "path": str(path), "auto": auto,
                                  "csv_bytes": self.csv.size, "wall": time.time()})
         return name
