@@ -10,7 +10,6 @@ Skipped, saying why, where redis-server or the celery/redis packages are missing
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import secrets
 import shutil
@@ -19,14 +18,12 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import AUTH, TOKEN, free_port, wait_for
+from helpers import TOKEN, free_port, http_json, wait_for
 
 REDIS_SERVER = shutil.which("redis-server")
 try:
@@ -433,15 +430,8 @@ def test_redis_restart_servers_and_workers_reconnect(cluster: Cluster,
 
 
 # ---- server processes -----------------------------------------------------------------------
-def _http(url: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(url, data=data, method="POST" if body is not None else "GET",
-                                     headers={"Content-Type": "application/json", **AUTH})
-    try:
-        with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return answer.status, json.loads(answer.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read())
+def _http(url: str, body: Any = None) -> tuple[int, Any]:
+    return http_json(url, body, timeout=5.0)
 
 
 def _start_server(cluster: Cluster, tmp_path: Path, name: str) -> tuple[subprocess.Popen, str]:
