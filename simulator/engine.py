@@ -9,7 +9,7 @@ rebuilt from one, with the same or another rule ("continue from here with dni-b"
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
 from simulator.rules import RULES, make_rule
-from simulator.rules.base import RuleOutput, StepContext, apply_update
+from simulator.rules.base import Rank1, Rate, RuleOutput, StepContext, apply_update, rate_active
 from simulator.settings import ConfigError, quote
 from simulator.tasks import make_task
 
@@ -84,28 +84,31 @@ class Run:
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
                  align: str | None = None, compile: bool = False,
-                 cuda_graph: bool = False) -> None:
+                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None) -> None:
         set_threads(threads)
         self.config = config = config.validated()
+        # ensemble: the seed of each slot of the batch axis, repeats allowed (a batched sweep,
+        # simulator.sweep: members x seeds in one run, each member's rates a tensor in self.lr)
+        seeds = self._seeds = list(config.seeds) if ensemble is None else list(ensemble)
+        #: a non-finite loss stops the run (False: a sweep's batch keeps its other members going)
+        self.halt_on_divergence = True
         self.task = make_task(config.task, config.task_args)
         self.schedule: Schedule = parse_schedule(config.phases)
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
         self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
-                                        config.seeds, self.dtype, self.device,
+                                        seeds, self.dtype, self.device,
                                         config.w_rec_init, config.init_state)
-        self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args,
-                              config.seeds)
-        self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
-                                     **self.rule.learning_rates()}
-        self.stream = self.task.stream(config.seeds, "train")
+        self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args, seeds)
+        self.lr: dict[str, Rate] = {"basal": config.lr, "readout": config.lr,
+                                    **self.rule.learning_rates()}
+        self.stream = self.task.stream(seeds, "train")
         # align: an exact gradient computed beside the run (simulator.alignment), read-only;
         # the argument overrides config.align
         align = align if align is not None else config.align  # compare sets config.align
-        self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
-                                                         config.seeds)
+        self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out, seeds)
         # compare: rules measured passively on this network (JMLR protocol), never applied
-        self.passive = (Passive(config.compare, self.net, self.task.n_out, config.seeds)
+        self.passive = (Passive(config.compare, self.net, self.task.n_out, seeds)
                         if config.compare else None)
         # compile: the step captured by torch.compile (inductor, C++ wrapper), ~2x faster
         # for small networks, where per-op overhead dominates; the first steps compile (s)
@@ -137,7 +140,8 @@ class Run:
     # ---- what a run holds ---------------------------------------------------------------
     @property
     def seeds(self) -> list[int]:
-        return self.config.seeds
+        """The seed of each slot of the batch axis (config.seeds unless an ensemble)."""
+        return self._seeds
 
     def populations(self) -> dict[str, Tensor]:
         """Weights by synaptic sub-population, (S, post, pre) each, biases as last column."""
@@ -309,12 +313,12 @@ class Run:
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
-        if "readout" in plastic and self.lr["readout"]:
-            net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
+        if "readout" in plastic and rate_active(self.lr["readout"]):
+            apply_update(net.W_out, Rank1(e, q), self.lr["readout"])
         pops = self._pops
         for name, update in out.updates.items():
             lr = self.lr[name]
-            if name not in plastic or not lr or name in out.applied:
+            if name not in plastic or not rate_active(lr) or name in out.applied:
                 continue
             apply_update(pops[name], update, lr)
         return r_new, V, z, out.signal, out.diagnostics
@@ -328,7 +332,7 @@ class Run:
         """
         if record not in ("traces", "scalars"):
             raise ConfigError("record", "allowed: traces, scalars")
-        if self.status.startswith("diverged"):
+        if self.status.startswith("diverged") and self.halt_on_divergence:
             raise Diverged(self.status)
         net, rule, kind = self.net, self.rule, self.task.loss
         S, n = net.seeds, net.n
@@ -400,7 +404,9 @@ class Run:
             for name, G in estimates.items():
                 gate = torch.tensor([name in self.schedule.phases[j].plastic for j in phases],
                                     dtype=G.dtype, device=G.device)
-                upd_rec[name] = G * (-self.lr[name] * gate).view(-1, *[1] * (G.dim() - 1))
+                lr = self.lr[name]
+                scale = -(lr.view(1, -1) if isinstance(lr, torch.Tensor) else lr) * gate.view(-1, 1)
+                upd_rec[name] = G * scale.view(*scale.shape, *[1] * (G.dim() - 2))
         self.r = r
         start, self.t = self.t, self.t + k
         losses = loss_value(kind, zs, ys)
