@@ -9,6 +9,7 @@ rebuilt from one, with the same or another rule ("continue from here with dni-b"
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -83,7 +84,7 @@ class Run:
     """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
-                 align: str | None = None, compile: bool = False,
+                 align: str | None = None, compile: bool | str = False,
                  cuda_graph: bool = False, ensemble: Sequence[int] | None = None) -> None:
         set_threads(threads)
         self.config = config = config.validated()
@@ -112,14 +113,27 @@ class Run:
                         if config.compare else None)
         # compile: the step captured by torch.compile (inductor, C++ wrapper), ~2x faster
         # for small networks, where per-op overhead dominates; the first steps compile (s)
+        # compile="background": step eagerly at once while a twin run (same config, its own
+        # tensors) compiles the step in a thread; the next advance() after it is ready
+        # adopts the twin's tensors and steps compiled (_adopt_twin): no start-up price
         self._compiled_step = None
+        self._twin: tuple[Run, Callable[..., Any]] | None = None
+        self._twin_thread: threading.Thread | None = None
+        self._learn_step_owner: Run | None = None  # the twin whose compiled step we use
+        self.compile_note = ""
+        if compile not in (False, True, "background"):
+            raise ConfigError("compile", f"got {quote(compile)}; allowed: false, true, background")
         if compile:
             if not self.rule.compilable:
                 allowed = ", ".join(n for n, c in RULES.items() if c.compilable)
                 raise ConfigError("compile", f"rule {config.rule!r} keeps Python counters that "
                                              f"change every step; allowed for: {allowed}")
-            self._compiled_step = torch.compile(self._learn_step, dynamic=False,
-                                                options={"cpp_wrapper": True})
+            if compile == "background":
+                if self.shadow is None and self.passive is None and not cuda_graph:
+                    self._start_twin_compile(threads)
+            else:
+                self._compiled_step = torch.compile(self._learn_step, dynamic=False,
+                                                    options={"cpp_wrapper": True})
         # cuda_graph: the step replayed from captured CUDA graphs (simulator.cuda_graph): on a
         # GPU a small network's step is launch-bound, and a graph is one launch
         self._graphs: StepGraphs | None = None
@@ -136,6 +150,48 @@ class Run:
         self.status = "ready"
         self._xb = self._yb = torch.empty(0)
         self._i = 0
+
+    # ---- the step compiled in the background -----------------------------------------------
+    def _start_twin_compile(self, threads: int | None) -> None:
+        twin = Run(self.config, threads=threads, ensemble=self._seeds)
+        step = torch.compile(twin._learn_step, dynamic=False, options={"cpp_wrapper": True})
+
+        @torch.no_grad()
+        def work() -> None:
+            try:
+                twin._pops = twin.populations()
+                ones = twin.r.new_ones(twin.net.seeds, 1)
+                xs, ys = twin._data(2)
+                for phase in twin.schedule.phases:  # one graph per phase; the first step of
+                    r = twin.r  # a rule (no a~(t-1) yet) and a later one differ
+                    for i in range(2):
+                        r = step(r, xs[i], ys[i], phase.plastic, ones, 0, 0, None)[0]
+                        twin.rule.after_update(i)
+                self._twin = (twin, step)
+            except Exception as err:  # the run stays eager, and says why
+                self.compile_note = f"background compile failed, stepping eagerly: {err!r}"[:300]
+
+        self._twin_thread = threading.Thread(target=work, name="compile-step", daemon=True)
+        self._twin_thread.start()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether advance() steps through a compiled step (or will, from its next call)."""
+        return self._compiled_step is not None or self._twin is not None
+
+    def _adopt_twin(self) -> None:
+        """Continue on the twin's tensors (its compiled step reads them): copy this run's
+        weights and rule state into them and take them over, between two advance() calls."""
+        assert self._twin is not None
+        twin, step = self._twin
+        self._twin = None
+        twin.net.W.copy_(self.net.W)
+        twin.net.W_out.copy_(self.net.W_out)
+        twin.rule.load_state_dict(self.rule.state_dict())
+        twin.lr.update(self.lr)
+        self.net, self.rule, self.lr = twin.net, twin.rule, twin.lr
+        self._learn_step_owner = twin
+        self._compiled_step = step
 
     # ---- what a run holds ---------------------------------------------------------------
     @property
@@ -334,6 +390,8 @@ class Run:
             raise ConfigError("record", "allowed: traces, scalars")
         if self.status.startswith("diverged") and self.halt_on_divergence:
             raise Diverged(self.status)
+        if self._twin is not None:  # the background compile is ready: switch, between calls
+            self._adopt_twin()
         net, rule, kind = self.net, self.rule, self.task.loss
         S, n = net.seeds, net.n
         xs, ys = self._data(k)
@@ -343,6 +401,8 @@ class Run:
             Vs, Us, rs = (xs.new_zeros(k, S, n) for _ in range(3))
         diags = {name: xs.new_full((k, S), float("nan")) for name in rule.diagnostic_names}
         pops = self._pops = self.populations()  # fixed for the call: updated in place
+        if self._learn_step_owner is not None:  # the twin's compiled step reads its _pops
+            self._learn_step_owner._pops = pops
         before = {name: w.clone() for name, w in pops.items()}
         upd_rec: dict[str, Tensor] = {}
         norm_rec: dict[str, Tensor] = {}

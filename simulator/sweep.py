@@ -196,6 +196,10 @@ def parse_experiment(spec: Any) -> Experiment:
         try:
             config = RunConfig.from_dict(data)
         except ConfigError as err:
+            key = err.field.partition(".")[2]
+            if (err.field.startswith("rule_args.") and isinstance(rule, str)
+                    and key in per_rule.get(rule, {}) and f"rule_args.{key}" not in axes):
+                raise ConfigError(f"rule_args.{rule}.{key}", err.message) from None
             raise _axis_error(err, names, combo, axes) from None
         config = dataclasses.replace(config, seeds=base_config.seeds)
         members.append(Member(index, {a: axes[a][i] for a, i in zip(names, combo, strict=True)},
@@ -282,6 +286,12 @@ def check_costs(exp: Experiment, batches: list[list[int]], max_memory: int) -> l
     return costs
 
 
+def tail_steps(steps: int) -> int:
+    """The steps ``train_loss_last`` averages over: the last 10% (at least one); the CLI's
+    ``run`` summary and a sweep's table use the same window."""
+    return max(1, steps // 10)
+
+
 def _nan(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
@@ -325,7 +335,7 @@ def run_batch(exp: Experiment, members: list[int],
     ensemble = run.seeds
     S, seeds = len(ensemble), len(exp.seeds)
     steps, every = exp.steps, exp.every
-    tail = max(1, steps // 10)
+    tail = tail_steps(steps)
     tail_sum = torch.zeros(S, dtype=torch.float64)
     window_loss = torch.zeros(S, dtype=torch.float64)
     window_align = AlignmentMeans()

@@ -171,6 +171,7 @@ def test_pool_of_workers_gives_the_same_table(tmp_path: Path) -> None:
     ({"base": {"rule": "dni-b", "bogus": 1}}, "base.bogus"),
     ({"record": {"every": -1}}, "record.every"),
     ({"rule_args": {"nope": {}}}, "rule_args.nope"),
+    ({"rule_args": {"dni-b": {"lr_apical": -1}}}, "rule_args.dni-b.lr_apical"),
     ({"extra": 1}, "extra"),
 ])
 def test_bad_specs_name_the_field(change: dict, field: str) -> None:
