@@ -369,8 +369,12 @@ class Run:
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
-        if "readout" in plastic and rate_active(self.lr["readout"]):
-            apply_update(net.W_out, Rank1(e, q), self.lr["readout"])
+        lr_out = self.lr["readout"]
+        if "readout" in plastic and isinstance(lr_out, float | int):  # the single-run path
+            if lr_out:
+                net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-lr_out)
+        elif "readout" in plastic and rate_active(lr_out):  # per-member rates (a sweep batch)
+            apply_update(net.W_out, Rank1(e, q), lr_out)
         pops = self._pops
         for name, update in out.updates.items():
             lr = self.lr[name]
