@@ -54,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--background-compile", action="store_true",
                      help="start stepping eagerly at once and switch to the torch.compile'd "
                           "step (dni, dni-b, output-only) when a background compile finishes: "
-                          "no start-up price; same numbers to rounding")
+                          "same numbers to rounding (the compiling thread shares the GIL: "
+                          "the first steps run slower until it is done)")
     run.add_argument("--cuda-graph", action="store_true",
                      help="replay the step from captured CUDA graphs (needs --device cuda; dni, "
                           "dni-b, output-only): one launch per step instead of dozens")
