@@ -209,3 +209,26 @@ def test_presets_parse() -> None:
              for name in found}
     assert sizes["dni-ablation"] == 8 and sizes["jmlr-add"] == 14 and sizes["dnib-rates"] == 16
     assert sizes["dnib-phases"] == 8  # all + blocks of 1, 3, 10, 30, 100, 300, 1000
+
+
+def test_recorded_alignment_equals_solo_runs(tmp_path: Path) -> None:
+    """record.alignment: each member's mean cosine with the exact gradient per block of
+    `every` steps, in series.csv, equals its run alone with align="auto"."""
+    grid = {**spec({"rule_args.lr_apical": [0.02, 0.05]}, steps=120),
+            "record": {"every": 60, "alignment": True}}
+    exp = parse_experiment(grid)
+    sweep(exp, tmp_path, show_progress=False)
+    rows = [r for r in csv.DictReader((tmp_path / "series.csv").open())
+            if r["name"] == "alignment"]
+    assert len(rows) == 2 * 2 * 2  # members x seeds x blocks
+    for member in exp.members:
+        assert member.config.align == "auto"
+        solo = Run(member.config)
+        for block in (60, 120):
+            tel = solo.advance(60, record="scalars")
+            means = tel.alignment.double().nanmean(0).tolist()
+            got = [float(r["value"]) for r in rows
+                   if int(r["member"]) == member.index and int(r["step"]) == block]
+            assert len(got) == 2
+            for a, b in zip(got, means, strict=True):
+                assert abs(a - b) < TOL
