@@ -1,4 +1,4 @@
-"""Headless command line: ``python -m simulator run|rules|tasks``.
+"""Headless command line: ``python -m simulator run|sweep|presets|rules|tasks``.
 
     python -m simulator run --task add --task-arg t1=5 --task-arg t2=9 --rule dni-b \\
         --steps 100000 --test-steps 5000 --seeds 0-4 --json
@@ -13,6 +13,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -50,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true",
                      help="capture the step with torch.compile (dni, dni-b, output-only): "
                           "about 2x faster for small networks after a few seconds of compiling")
+    run.add_argument("--background-compile", action="store_true",
+                     help="start stepping eagerly at once and switch to the torch.compile'd "
+                          "step (dni, dni-b, output-only) when a background compile finishes: "
+                          "same numbers to rounding (the compiling thread shares the GIL: "
+                          "the first steps run slower until it is done)")
     run.add_argument("--cuda-graph", action="store_true",
                      help="replay the step from captured CUDA graphs (needs --device cuda; dni, "
                           "dni-b, output-only): one launch per step instead of dozens")
@@ -66,6 +72,27 @@ def _parser() -> argparse.ArgumentParser:
                           "mean_alignment_compare (rule -> per seed) to the summary and "
                           "alignment_RULE columns to history.csv")
     run.add_argument("--no-progress", action="store_true")
+    sweep = sub.add_parser("sweep", help="run an experiment: a grid of configs x seeds, "
+                                          "batched by shape, over a process pool")
+    sweep.add_argument("experiment", help="experiment file (TOML, or .json): [base], [axes], "
+                                          "[record]; or a preset name (python -m simulator "
+                                          "presets)")
+    sweep.add_argument("--out", required=True, metavar="DIR",
+                       help="writes spec.json, plan.json, batches/, results.csv, series.csv")
+    sweep.add_argument("--resume", action="store_true",
+                       help="continue an interrupted sweep in DIR (finished batches are kept)")
+    sweep.add_argument("--workers", type=int, default=None,
+                       help="processes, one torch thread each (default: the core count)")
+    sweep.add_argument("--steps", type=int, default=None,
+                       help="override base.steps (e.g. a short trial of a preset)")
+    sweep.add_argument("--seeds", default=None, help="override base.seeds, e.g. 0-9")
+    sweep.add_argument("--batch-size", type=int, default=None, metavar="SLOTS",
+                       help="most members x seeds in one batch (default 256)")
+    sweep.add_argument("--max-batch-memory", type=float, default=None, metavar="BYTES",
+                       help="refuse a batch whose estimated peak memory is above this "
+                            "(default: a quarter of the RAM; 0: no limit)")
+    sweep.add_argument("--no-progress", action="store_true")
+    sub.add_parser("presets", help="list the experiment presets (python -m simulator sweep NAME)")
     sub.add_parser("rules", help="list learning rules and their settings")
     sub.add_parser("tasks", help="list tasks and their settings")
     return parser
@@ -99,10 +126,12 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
 
     from simulator.alignment import AlignmentMeans
     from simulator.engine import Run
+    from simulator.sweep import tail_steps
     from simulator.telemetry import scalar_history
 
     config = _config_from_args(args)
-    run = Run(config, threads=args.threads, compile=args.compile, cuda_graph=args.cuda_graph)
+    compile_mode: bool | str = "background" if args.background_compile else args.compile
+    run = Run(config, threads=args.threads, compile=compile_mode, cuda_graph=args.cuda_graph)
     align_means = AlignmentMeans()
     compare_means = {name: AlignmentMeans() for name in config.compare}
     out_dir = Path(args.out) if args.out else None
@@ -112,7 +141,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         (out_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         handle = (out_dir / "history.csv").open("w", newline="")
         writer = csv.writer(handle)
-    tail = max(1, config.steps // 10)
+    tail = tail_steps(config.steps)
     tail_sum = [0.0] * len(config.seeds)
     bar = tqdm(total=config.steps, unit="step", file=sys.stderr, disable=args.no_progress,
                dynamic_ncols=True)
@@ -154,6 +183,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         "steps_per_second": done / elapsed if elapsed > 0 else None,
         "status": "finished" if not diverged else run.status,
         "reference_levels": run.task.reference_levels(),
+        "compiled": run.compiled,
         "config": config.to_dict(),
     }
     if run.shadow is not None:
@@ -170,6 +200,39 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def _ram_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
+    from simulator.presets import resolve_experiment
+    from simulator.sweep import DEFAULT_BATCH, load_spec, parse_experiment, sweep
+
+    spec = load_spec(resolve_experiment(args.experiment))
+    base = dict(spec.get("base") or {}) if isinstance(spec.get("base", {}), dict) else None
+    if base is not None:
+        if args.steps is not None:
+            base["steps"] = args.steps
+        if args.seeds is not None:
+            base["seeds"] = args.seeds
+        spec = {**spec, "base": base}
+    experiment = parse_experiment(spec)
+    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    if workers < 1 or workers > 1024:
+        raise ConfigError("workers", f"got {workers}; allowed: an integer in [1, 1024]")
+    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
+    if batch < 1:
+        raise ConfigError("batch_size", f"got {batch}; allowed: an integer >= 1")
+    limit = args.max_batch_memory if args.max_batch_memory is not None else _ram_bytes() // 4
+    if limit < 0:
+        raise ConfigError("max_batch_memory", f"got {limit}; allowed: bytes >= 0 (0: no limit)")
+    return sweep(experiment, Path(args.out), workers=workers, resume=args.resume,
+                 batch_slots=batch, max_memory=int(limit), show_progress=not args.no_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -181,6 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             from simulator.tasks import TASKS
 
             _list(TASKS)
+        elif args.command == "presets":
+            from simulator.presets import describe
+
+            print(describe())
+        elif args.command == "sweep":
+            summary = sweep_command(args)
+            print(json.dumps(summary))
         else:
             summary = run_command(args)
             if not args.json:

@@ -9,7 +9,8 @@ rebuilt from one, with the same or another rule ("continue from here with dni-b"
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
 from simulator.rules import RULES, make_rule
-from simulator.rules.base import RuleOutput, StepContext, apply_update
+from simulator.rules.base import Rank1, Rate, RuleOutput, StepContext, apply_update, rate_active
 from simulator.settings import ConfigError, quote
 from simulator.tasks import make_task
 
@@ -83,40 +84,56 @@ class Run:
     """One simulation run. Not thread-safe: drive it from one thread (a worker)."""
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
-                 align: str | None = None, compile: bool = False,
-                 cuda_graph: bool = False) -> None:
+                 align: str | None = None, compile: bool | str = False,
+                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None) -> None:
         set_threads(threads)
         self.config = config = config.validated()
+        # ensemble: the seed of each slot of the batch axis, repeats allowed (a batched sweep,
+        # simulator.sweep: members x seeds in one run, each member's rates a tensor in self.lr)
+        seeds = self._seeds = list(config.seeds) if ensemble is None else list(ensemble)
+        #: a non-finite loss stops the run (False: a sweep's batch keeps its other members going)
+        self.halt_on_divergence = True
         self.task = make_task(config.task, config.task_args)
         self.schedule: Schedule = parse_schedule(config.phases)
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
         self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
-                                        config.seeds, self.dtype, self.device,
+                                        seeds, self.dtype, self.device,
                                         config.w_rec_init, config.init_state)
-        self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args,
-                              config.seeds)
-        self.lr: dict[str, float] = {"basal": config.lr, "readout": config.lr,
-                                     **self.rule.learning_rates()}
-        self.stream = self.task.stream(config.seeds, "train")
+        self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args, seeds)
+        self.lr: dict[str, Rate] = {"basal": config.lr, "readout": config.lr,
+                                    **self.rule.learning_rates()}
+        self.stream = self.task.stream(seeds, "train")
         # align: an exact gradient computed beside the run (simulator.alignment), read-only;
         # the argument overrides config.align
         align = align if align is not None else config.align  # compare sets config.align
-        self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out,
-                                                         config.seeds)
+        self.shadow = None if align is None else Shadow(align, self.net, self.task.n_out, seeds)
         # compare: rules measured passively on this network (JMLR protocol), never applied
-        self.passive = (Passive(config.compare, self.net, self.task.n_out, config.seeds)
+        self.passive = (Passive(config.compare, self.net, self.task.n_out, seeds)
                         if config.compare else None)
         # compile: the step captured by torch.compile (inductor, C++ wrapper), ~2x faster
         # for small networks, where per-op overhead dominates; the first steps compile (s)
+        # compile="background": step eagerly at once while a twin run (same config, its own
+        # tensors) compiles the step in a thread; the next advance() after it is ready
+        # adopts the twin's tensors and steps compiled (_adopt_twin): no start-up price
         self._compiled_step = None
+        self._twin: tuple[Run, Callable[..., Any]] | None = None
+        self._twin_thread: threading.Thread | None = None
+        self._learn_step_owner: Run | None = None  # the twin whose compiled step we use
+        self.compile_note = ""
+        if compile not in (False, True, "background"):
+            raise ConfigError("compile", f"got {quote(compile)}; allowed: false, true, background")
         if compile:
             if not self.rule.compilable:
                 allowed = ", ".join(n for n, c in RULES.items() if c.compilable)
                 raise ConfigError("compile", f"rule {config.rule!r} keeps Python counters that "
                                              f"change every step; allowed for: {allowed}")
-            self._compiled_step = torch.compile(self._learn_step, dynamic=False,
-                                                options={"cpp_wrapper": True})
+            if compile == "background":
+                if self.shadow is None and self.passive is None and not cuda_graph:
+                    self._start_twin_compile(threads)
+            else:
+                self._compiled_step = torch.compile(self._learn_step, dynamic=False,
+                                                    options={"cpp_wrapper": True})
         # cuda_graph: the step replayed from captured CUDA graphs (simulator.cuda_graph): on a
         # GPU a small network's step is launch-bound, and a graph is one launch
         self._graphs: StepGraphs | None = None
@@ -134,10 +151,53 @@ class Run:
         self._xb = self._yb = torch.empty(0)
         self._i = 0
 
+    # ---- the step compiled in the background -----------------------------------------------
+    def _start_twin_compile(self, threads: int | None) -> None:
+        twin = Run(self.config, threads=threads, ensemble=self._seeds)
+        step = torch.compile(twin._learn_step, dynamic=False, options={"cpp_wrapper": True})
+
+        @torch.no_grad()
+        def work() -> None:
+            try:
+                twin._pops = twin.populations()
+                ones = twin.r.new_ones(twin.net.seeds, 1)
+                xs, ys = twin._data(2)
+                for phase in twin.schedule.phases:  # one graph per phase; the first step of
+                    r = twin.r  # a rule (no a~(t-1) yet) and a later one differ
+                    for i in range(2):
+                        r = step(r, xs[i], ys[i], phase.plastic, ones, 0, 0, None)[0]
+                        twin.rule.after_update(i)
+                self._twin = (twin, step)
+            except Exception as err:  # the run stays eager, and says why
+                self.compile_note = f"background compile failed, stepping eagerly: {err!r}"[:300]
+
+        self._twin_thread = threading.Thread(target=work, name="compile-step", daemon=True)
+        self._twin_thread.start()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether advance() steps through a compiled step (or will, from its next call)."""
+        return self._compiled_step is not None or self._twin is not None
+
+    def _adopt_twin(self) -> None:
+        """Continue on the twin's tensors (its compiled step reads them): copy this run's
+        weights and rule state into them and take them over, between two advance() calls."""
+        assert self._twin is not None
+        twin, step = self._twin
+        self._twin = None
+        twin.net.W.copy_(self.net.W)
+        twin.net.W_out.copy_(self.net.W_out)
+        twin.rule.load_state_dict(self.rule.state_dict())
+        twin.lr.update(self.lr)
+        self.net, self.rule, self.lr = twin.net, twin.rule, twin.lr
+        self._learn_step_owner = twin
+        self._compiled_step = step
+
     # ---- what a run holds ---------------------------------------------------------------
     @property
     def seeds(self) -> list[int]:
-        return self.config.seeds
+        """The seed of each slot of the batch axis (config.seeds unless an ensemble)."""
+        return self._seeds
 
     def populations(self) -> dict[str, Tensor]:
         """Weights by synaptic sub-population, (S, post, pre) each, biases as last column."""
@@ -309,12 +369,16 @@ class Run:
         out = self.rule.step(ctx)
         if hook is not None:
             hook(i, ctx, out)
-        if "readout" in plastic and self.lr["readout"]:
-            net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-self.lr["readout"])
+        lr_out = self.lr["readout"]
+        if "readout" in plastic and isinstance(lr_out, float | int):  # the single-run path
+            if lr_out:
+                net.W_out.addcmul_(e.unsqueeze(2), q.unsqueeze(1), value=-lr_out)
+        elif "readout" in plastic and rate_active(lr_out):  # per-member rates (a sweep batch)
+            apply_update(net.W_out, Rank1(e, q), lr_out)
         pops = self._pops
         for name, update in out.updates.items():
             lr = self.lr[name]
-            if name not in plastic or not lr or name in out.applied:
+            if name not in plastic or not rate_active(lr) or name in out.applied:
                 continue
             apply_update(pops[name], update, lr)
         return r_new, V, z, out.signal, out.diagnostics
@@ -328,8 +392,10 @@ class Run:
         """
         if record not in ("traces", "scalars"):
             raise ConfigError("record", "allowed: traces, scalars")
-        if self.status.startswith("diverged"):
+        if self.status.startswith("diverged") and self.halt_on_divergence:
             raise Diverged(self.status)
+        if self._twin is not None:  # the background compile is ready: switch, between calls
+            self._adopt_twin()
         net, rule, kind = self.net, self.rule, self.task.loss
         S, n = net.seeds, net.n
         xs, ys = self._data(k)
@@ -339,6 +405,8 @@ class Run:
             Vs, Us, rs = (xs.new_zeros(k, S, n) for _ in range(3))
         diags = {name: xs.new_full((k, S), float("nan")) for name in rule.diagnostic_names}
         pops = self._pops = self.populations()  # fixed for the call: updated in place
+        if self._learn_step_owner is not None:  # the twin's compiled step reads its _pops
+            self._learn_step_owner._pops = pops
         before = {name: w.clone() for name, w in pops.items()}
         upd_rec: dict[str, Tensor] = {}
         norm_rec: dict[str, Tensor] = {}
@@ -400,7 +468,9 @@ class Run:
             for name, G in estimates.items():
                 gate = torch.tensor([name in self.schedule.phases[j].plastic for j in phases],
                                     dtype=G.dtype, device=G.device)
-                upd_rec[name] = G * (-self.lr[name] * gate).view(-1, *[1] * (G.dim() - 1))
+                lr = self.lr[name]
+                scale = -(lr.view(1, -1) if isinstance(lr, torch.Tensor) else lr) * gate.view(-1, 1)
+                upd_rec[name] = G * scale.view(*scale.shape, *[1] * (G.dim() - 2))
         self.r = r
         start, self.t = self.t, self.t + k
         losses = loss_value(kind, zs, ys)

@@ -56,9 +56,28 @@ class Dense:
 Update = Rank1 | Dense
 
 
-def apply_update(target: Tensor, update: Update, lr: float) -> None:
-    """target <- target - lr G, in place (the plain-SGD step every population takes)."""
-    if isinstance(update, Rank1):
+#: a learning rate: one number for every seed, or a tensor (S,) with one per ensemble member
+#: (a batched sweep, simulator.sweep, holds members with different rates in one run)
+Rate = float | Tensor
+
+
+def rate_active(lr: Rate) -> bool:
+    """Whether a rate changes anything (a zero rate skips the update entirely)."""
+    return bool((lr != 0).any()) if isinstance(lr, Tensor) else bool(lr)
+
+
+def apply_update(target: Tensor, update: Update, lr: Rate) -> None:
+    """target <- target - lr G, in place (the plain-SGD step every population takes).
+
+    A per-member rate (S,) scales each seed's G; it rounds exactly as the scalar form does
+    (-(lr post) pre == (-lr post) pre), so a member of a batch equals its run alone."""
+    if isinstance(lr, Tensor):
+        if isinstance(update, Rank1):
+            target.addcmul_((update.post * lr.unsqueeze(1)).unsqueeze(2), update.pre.unsqueeze(1),
+                            value=-1.0)
+        else:
+            target.sub_(update.grad * lr.view(-1, *[1] * (update.grad.dim() - 1)))
+    elif isinstance(update, Rank1):
         target.addcmul_(update.post.unsqueeze(2), update.pre.unsqueeze(1), value=-lr)
     else:
         target.add_(update.grad, alpha=-lr)
@@ -89,7 +108,7 @@ class StepContext:
     e: Tensor
     plastic: frozenset[str]
     _credit: Tensor | None = None
-    lr: Mapping[str, float] | None = None
+    lr: Mapping[str, Rate] | None = None
     loss_kind: str | None = None
 
     @property
@@ -195,11 +214,18 @@ class Rule(ABC):
             return
         out.applied.add(name)
         lr = ctx.lr.get(name, 0.0)
-        if name in ctx.plastic and lr:
+        if name in ctx.plastic and rate_active(lr):
             apply_update(self.populations()[name], update, lr)
 
+    @classmethod
+    def rate_settings(cls, args: Mapping[str, Any]) -> dict[str, str]:
+        """Population -> the setting that holds its learning rate, for these settings. A
+        batched sweep may give each member its own value of these (simulator.sweep); every
+        other setting shapes the computation and must be shared."""
+        return dict(cls.own_populations)
+
     def learning_rates(self) -> dict[str, float]:
-        return {pop: float(self.args[key]) for pop, key in self.own_populations.items()}
+        return {pop: float(self.args[key]) for pop, key in self.rate_settings(self.args).items()}
 
     def set_args(self, **changes: Any) -> None:
         """Change settings mid-run (learning rates...); subclasses may refuse others."""

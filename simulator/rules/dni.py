@@ -142,10 +142,11 @@ class DNI(Rule):
                 "jacobian" not in names:  # before the first step, J~ starts at the new W_rec
             self.J.copy_(net.W_rec)
 
-    def learning_rates(self) -> dict[str, float]:
-        rates = {"apical": float(self.args["lr_apical"])}
-        if self.learned:
-            rates["jacobian"] = float(self.args["lr_jacobian"])
+    @classmethod
+    def rate_settings(cls, args: Mapping[str, Any]) -> dict[str, str]:
+        rates = {"apical": "lr_apical"}
+        if args["jacobian"] == "learned":
+            rates["jacobian"] = "lr_jacobian"
         return rates
 
     def set_args(self, **changes: object) -> None:
