@@ -383,6 +383,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Output("autostart", "data"),
         Output("transport-msg", "children", allow_duplicate=True),
         Output("compare", "value"),
+        Output("speed", "value"),
         Input("url", "search"),
         Input({"type": "preset", "id": ALL}, "n_clicks"),
         Input("phase-preset", "value"),
@@ -405,7 +406,8 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                 raise PreventUpdate
             setup = dict(preset["setup"])
             setup["present"] = bool((current or {}).get("present"))
-            autostart = {"setup": setup, "stamp": time.time(), "preset": preset["title"]}
+            autostart = {"setup": setup, "stamp": time.time(), "preset": preset["title"],
+                         "note": preset.get("note", "")}
         elif trigger == "phase-preset":
             if not phase_preset:
                 raise PreventUpdate
@@ -447,6 +449,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
             bool(setup.get("present")), setup.get("focus", "loss"),
             live_out, autostart, message,
             list(setup.get("compare") or []),
+            urlstate.speed_index(setup.get("speed", urlstate.DEFAULT_SPEED)),
         )
 
     @app.callback(
@@ -482,11 +485,12 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Input("panels", "value"), Input("log-y", "value"),
         Input("present-store", "data"), Input("focus-store", "data"),
         Input("compare", "value"),
+        Input("speed", "value"),
     )
     def collect(task: str, rules: list[str], values: list, names: list, steps: list, pops: list,
                 count: int, race: list, align: list, units: list, seed_index: int | None,
                 panels: list, log_y: list, present: bool, focus: str,
-                compare: list | None = None) -> tuple:
+                compare: list | None = None, speed: int | None = None) -> tuple:
         field_ids = _ids_of(ctx.inputs_list[2])
         base = {**urlstate.default_setup(), "task": task, "rules": list(rules or [])}
         count = max(1, min(int(count or 1), layout.MAX_PHASE_ROWS))
@@ -500,7 +504,8 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                      seed_index=int(seed_index or 0),
                      panels=[p for p in urlstate.PANELS if p in (panels or [])],
                      log_y=bool(log_y), present=bool(present), focus=focus or "loss",
-                     compare=list(compare or []))
+                     compare=list(compare or []),
+                     speed=layout.SPEEDS[_speed_index(speed)])
         errors = {field_for(k, task): v for k, v in urlstate.validate(setup).items()}
         msg_keys = _ids_of(ctx.outputs_list[1])
         messages = [errors.get(k, "") for k in msg_keys]
@@ -577,6 +582,10 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
 
 
 # ---- transport ----------------------------------------------------------------------------------
+#: disabled while a transport action is in flight (see ``transport``'s ``running``)
+TRANSPORT_BUTTONS = ("btn-play", "btn-reset", "btn-step", "btn-stop", "btn-ff", "btn-test")
+
+
 def _register_transport(app: dash.Dash, svc: Service) -> None:
     def start_group(setup: Mapping[str, Any], start: bool, speed: int | None) -> dict[str, Any]:
         configs = urlstate.validated_configs(setup)
@@ -605,7 +614,7 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         return {"runs": created, "group": created, "variants": variants, "n": time.time()}
 
     def set_speed(rid: str, speed: int) -> None:
-        sps = layout.SPEEDS[max(0, min(int(speed), len(layout.SPEEDS) - 1))]
+        sps = layout.SPEEDS[_speed_index(speed)]
         if sps:
             svc.backend.control(rid, "speed", steps_per_second=float(sps))
         else:
@@ -622,13 +631,22 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         Input("btn-play", "n_clicks"), Input("btn-reset", "n_clicks"),
         Input("btn-step", "n_clicks"), Input("btn-ff", "n_clicks"),
         Input("speed", "value"), Input("autostart", "data"), Input("btn-test", "n_clicks"),
+        Input("btn-stop", "n_clicks"),
         State("setup-store", "data"), State("live-store", "data"),
         State("step-k", "value"), State("ff-to", "value"),
         prevent_initial_call=True,
+        # one action at a time per tab: Dash drops the answer of a callback that is fired
+        # again while in flight, so a play pressed during a reset lost the reset's group
+        # (and its runs held slots unseen); now the buttons wait, with a spinner
+        running=[(Output("transport", "className"), "transport busy", "transport"),
+                 (Output("presets", "className"), "preset-grid busy", "preset-grid"),
+                 *[(Output(b, "disabled"), True, False) for b in TRANSPORT_BUTTONS]],
     )
     def transport(_play: int, _reset: int, _step: int, _ff: int, speed: int, auto: dict | None,
-                  _test: int, setup: dict | None, live: dict | None, k: Any, ff_to: Any) -> tuple:
-        trigger = ctx.triggered_id
+                  _test: int, _stop: int, setup: dict | None, live: dict | None, k: Any,
+                  ff_to: Any) -> tuple:
+        # a preset sets the speed and starts at once: the start wins over the speed change
+        trigger = "autostart" if "autostart.data" in ctx.triggered_prop_ids else ctx.triggered_id
         live = live or {"runs": [], "group": []}
         group = list(live.get("group") or [])
         infos = svc.infos(group)
@@ -641,8 +659,15 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
                 if errors:
                     return no_update, _refusal(errors)
                 stop_group(group)
+                speed = urlstate.speed_index(auto["setup"].get("speed", urlstate.DEFAULT_SPEED))
                 return (start_group(auto["setup"], True, speed),
-                        f"{auto.get('preset', 'preset')}: started")
+                        auto.get("note") or "")
+            if trigger == "btn-stop":
+                if not active:
+                    return no_update, "nothing to stop"
+                stop_group(group)
+                return {**live, "n": time.time()}, f"stopped {len(active)} run(s) at step " \
+                    f"{max(int(i.get('step', 0)) for i in active):,}; ↺ or ▶ starts anew"
             if trigger == "speed":
                 for info in active:
                     set_speed(info["id"], speed)
@@ -687,6 +712,14 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         except (ServiceError, ConfigError) as err:
             return no_update, error_text(err)
         raise PreventUpdate
+
+
+def _speed_index(value: Any) -> int:
+    """The transport's radio value, clamped to an index into SPEEDS."""
+    try:
+        return max(0, min(int(value), len(layout.SPEEDS) - 1))
+    except (TypeError, ValueError):
+        return layout.DEFAULT_SPEED
 
 
 def _steps(value: Any, default: int = 10) -> int:

@@ -24,9 +24,10 @@ from simulator.settings import Setting
 from simulator.tasks import TASKS
 
 MAX_PHASE_ROWS = 6
-SPEEDS = (10, 30, 100, 300, 1000, 0)  # steps per second; 0: as fast as possible
+SPEEDS = urlstate.SPEEDS  # steps per second; 0: as fast as possible
 SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 3: "300/s", 4: "1k/s", 5: "max"}
-DEFAULT_SPEED = 5
+#: paced for teaching: 100 steps/s (a preset may set its own; ``speed=`` in the URL)
+DEFAULT_SPEED = urlstate.speed_index(urlstate.DEFAULT_SPEED)
 PANEL_TITLES = {
     "loss": "Loss",
     "voltage": "Compartment voltages",
@@ -259,6 +260,8 @@ def header() -> html.Header:
                     title="Reset: new run(s) from the controls at step 0 (key r)"),
         html.Button("▶", id="btn-play", n_clicks=0, className="tbtn play",
                     title="Play / pause (space)"),
+        html.Button("■", id="btn-stop", n_clicks=0, className="tbtn",
+                    title="Stop: end the runs on screen (they stay in the table; ↺ starts anew)"),
         html.Button("Step", id="btn-step", n_clicks=0, className="tbtn text",
                     title="Step (s or →): advance a few steps, then pause"),
         html.Div(dcc.Input(id="step-k", type="number", value=10, min=1, max=100000,
@@ -273,6 +276,7 @@ def header() -> html.Header:
                   html.Button("FF »", id="btn-ff", n_clicks=0, className="tbtn text",
                               title="Fast-forward: no drawing until that step, then live")],
                  className="ff-box"),
+        html.Span(className="spinner", title="working: the other controls wait"),
     ], className="transport", id="transport")
     return html.Header([
         html.Div([html.Span("Plasticity", className="brand-a"), html.Span(" Lab", className="brand-b")],

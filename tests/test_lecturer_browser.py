@@ -1,0 +1,64 @@
+"""Issue 12 in a real headless Chromium against ``python -m app serve``: a lifecycle that
+never jams (a randomised press of the transport buttons), paced by default.
+
+Reuses the server/browser/page fixtures of tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from test_dashboard_browser import _api, _open, _wait_until, browser, page, server  # noqa: F401
+
+pytestmark = pytest.mark.browser
+
+ACTIVE = ("ready", "running", "paused")
+BUTTONS = ("btn-reset", "btn-play", "btn-step", "btn-stop")
+
+#: what the screen says: the runs of the status chips, {id: status}
+CHIPS_JS = """() => Object.fromEntries([...document.querySelectorAll('#live-status .chip')]
+    .map((c) => [c.title, c.innerText.split(' · ')[1]]))"""
+#: a user's click: nothing happens on a disabled or missing button (as for a real click)
+CLICK_JS = "(id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); }"
+BUSY_JS = "() => document.querySelector('#transport.busy') !== null"
+
+
+def _active_runs(base: str) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in _api(base, "/api/runs")["runs"]
+            if r["status"] in ACTIVE}
+
+
+def test_random_transport_presses_never_jam(page: Any, server: str) -> None:  # noqa: F811
+    """Reset, play, step and stop pressed in random order and timing: at the end the tab
+    shows one group, no run the screen does not show is still active (no orphan slots),
+    nothing was refused for lack of slots, and the chips say what the server says."""
+    _open(page, server, "?steps=100000&n=16")
+    rng = random.Random(12)
+    messages: set[str] = set()
+    deadline = time.time() + 30
+    presses = 0
+    while time.time() < deadline:
+        page.evaluate(CLICK_JS, rng.choice(BUTTONS))
+        presses += 1
+        page.wait_for_timeout(rng.choice((0, 50, 150, 400, 900)))
+        messages.add(page.inner_text("#transport-msg"))
+    # let the last action land and the 1 s status refresh catch up
+    _wait_until(lambda: not page.evaluate(BUSY_JS), 30, "the transport to settle", page=page)
+
+    def agrees() -> bool:
+        chips = page.evaluate(CHIPS_JS)
+        active = _active_runs(server)
+        shown_active = {k: v for k, v in chips.items() if v in ACTIVE}
+        return set(active) <= set(chips) and shown_active == active
+
+    try:
+        _wait_until(agrees, 15, "the screen to agree with the server", page=page)
+    except AssertionError:
+        raise AssertionError(f"after {presses} presses: screen {page.evaluate(CHIPS_JS)}, "
+                             f"server {_active_runs(server)}, messages {messages}") from None
+    assert len(_active_runs(server)) <= 1, _active_runs(server)  # one tab, one rule: one group
+    assert not any("active" in m and "max" in m for m in messages), messages
+    assert not page.errors, page.errors
