@@ -20,7 +20,7 @@ BUTTONS = ("btn-reset", "btn-play", "btn-step", "btn-stop")
 
 #: what the screen says: the runs of the status chips, {id: status}
 CHIPS_JS = """() => Object.fromEntries([...document.querySelectorAll('#live-status .chip')]
-    .map((c) => [c.title, c.innerText.split(' · ')[1]]))"""
+    .map((c) => [c.title, c.dataset.status || c.innerText.split(' · ')[1]]))"""
 #: a user's click: nothing happens on a disabled or missing button (as for a real click)
 CLICK_JS = "(id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); }"
 BUSY_JS = "() => document.querySelector('#transport.busy') !== null"

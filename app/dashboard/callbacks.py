@@ -36,7 +36,7 @@ import dash
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, no_update
 from dash.exceptions import PreventUpdate
 
-from app.dashboard import figures, layout, presets, urlstate
+from app.dashboard import figures, layout, names, presets, urlstate
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -82,11 +82,11 @@ def seed_options(seeds: Any) -> list[dict[str, Any]]:
     return [{"label": f"seed {s}", "value": i} for i, s in enumerate(parsed[:64])]
 
 
-def table_row(info: Mapping[str, Any], live: Sequence[str]) -> dict[str, Any]:
+def table_row(info: Mapping[str, Any], live: Sequence[str], name: str = "") -> dict[str, Any]:
     cfg = info.get("config") or {}
     seeds = cfg.get("seeds") or []
     return {
-        "id": info["id"], "rule": cfg.get("rule", "?"), "task": cfg.get("task", "?"),
+        "id": info["id"], "rule": name or cfg.get("rule", "?"), "task": cfg.get("task", "?"),
         "status": info.get("status", ""), "step": info.get("step", 0),
         "best": fmt_loss(info.get("best_test_loss")), "last": fmt_loss(info.get("last_test_loss")),
         "phases": info.get("phases") or cfg.get("phases", ""),
@@ -100,14 +100,16 @@ def status_chips(infos: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) 
     from dash import html
 
     chips = []
+    named = names.names_by_id(infos)
     for info in infos:
         cfg = info.get("config") or {}
         target = info.get("target_steps") or cfg.get("steps") or 0
         sps = info.get("steps_per_second") or 0
-        text = (f"{cfg.get('rule', '?')} · {info.get('status', '')} · step "
+        text = (f"{named[info['id']]} · {info.get('status', '')} · step "
                 f"{info.get('step', 0):,}/{target:,}" + (f" · {sps:,.0f}/s" if sps else ""))
         chips.append(html.Span([html.Span("●", style={"color": colors.get(info["id"], "#555")}),
-                                " " + text], className="chip", title=info["id"]))
+                                " " + text], className="chip", title=info["id"],
+                               **{"data-status": str(info.get("status", ""))}))
     return chips or ["no run yet — press ▶"]
 
 
@@ -785,13 +787,14 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
                                                               seed_index=i))
         colors = figures.assign_colors([(i.get("config") or {}).get("rule", "?") for i in infos])
         variants = (live or {}).get("variants") or {}
+        named = names.names_by_id(infos)
         runs = []
         for info, color in zip(infos, colors, strict=True):
             rid = info["id"]
             last = recent[rid][-1] if recent[rid] else {}
             rule = (info.get("config") or {}).get("rule", "?")
             runs.append(figures.make_run_view(
-                info, color, variant=variants.get(rid, ""),
+                info, color, variant=variants.get(rid, ""), name=named[rid],
                 pops=list((last.get("weight_change") or {}).keys()) or None,
                 diagnostics=list(getattr(RULES.get(rule), "diagnostic_names", ())),
                 alignment=run_has_alignment(info, histories[rid])))
@@ -912,14 +915,17 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
     def table(_n: int, live: dict | None) -> list[dict[str, Any]]:
         shown = set((live or {}).get("runs") or [])
         rows = []
-        for info in backend.list_runs():
+        infos = backend.list_runs()
+        named = names.names_by_id(infos)
+        for info in infos:
             if is_terminal(info.get("status", "")):
                 row = dict(row_cache(info["id"], info["status"], info.get("step", 0)))
                 row["live"] = 1 if info["id"] in shown else 0
                 row["id"] = info["id"]
+                row["rule"] = named[info["id"]]
                 rows.append(row)
             else:
-                rows.append(table_row(info, list(shown)))
+                rows.append(table_row(info, list(shown), named[info["id"]]))
         return rows
 
     @app.callback(

@@ -199,12 +199,15 @@ DEFAULT_PANELS = ("loss", "voltage", "weights", "alignment", "task")
 
 def make_run_view(info: Mapping[str, Any], color: str, *, variant: str = "",
                   pops: Sequence[str] | None = None,
-                  diagnostics: Sequence[str] = (), alignment: bool = False) -> RunView:
+                  diagnostics: Sequence[str] = (), alignment: bool = False,
+                  name: str = "") -> RunView:
+    """``name``: the run's name among those shown (app.dashboard.names); without it, the
+    rule, the variant and the short id."""
     config = info.get("config") or {}
     target = int(info.get("target_steps") or config.get("steps") or 0)
     rule = str(config.get("rule", "?"))
     return RunView(
-        id=str(info["id"]), rule=rule, label=run_label(rule, str(info["id"]), variant),
+        id=str(info["id"]), rule=rule, label=name or run_label(rule, str(info["id"]), variant),
         color=color, target=target, stride=loss_stride(target), tau=smoothing_tau(target),
         n=int(config.get("n", 0) or 0), seeds=[int(s) for s in config.get("seeds") or [0]],
         pops=ordered_pops(pops or guess_populations(rule, config.get("rule_args"))),
@@ -281,6 +284,18 @@ def voltage_pairs(view: View) -> list[tuple[str, int]]:
     per_run = max(1, MAX_VOLTAGE_PAIRS // len(runs))
     pairs = [(run["id"], u) for run in runs for u in units[:per_run] if u < max(run["n"], 1)]
     return pairs[:MAX_VOLTAGE_PAIRS]
+
+
+def voltage_cap_note(view: View) -> str:
+    """"showing 1 of 3 units per run" when a race leaves room for fewer units than chosen."""
+    runs, units = view["runs"], list(view.get("units") or [0])
+    if not runs:
+        return ""
+    per_run = max(1, MAX_VOLTAGE_PAIRS // len(runs))
+    if per_run >= len(units):
+        return ""
+    return (f"showing {per_run} of {len(units)} units per run "
+            f"(at most {MAX_VOLTAGE_PAIRS} lines)")
 
 
 COMPARTMENTS = (("V", "basal V"), ("U", "apical U"), ("r", "rate r"))
@@ -661,6 +676,12 @@ def voltage_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]]
     layout["annotations"] += _phase_legend(view)
     if not pairs:
         layout["annotations"].append(_empty_note(view, "voltages appear when a run steps"))
+    capped = voltage_cap_note(view)
+    if capped:
+        layout["annotations"].append({
+            "xref": "paper", "x": 1.0, "xanchor": "right", "yref": "paper", "y": 1.0,
+            "yanchor": "bottom", "showarrow": False, "text": capped, "name": "cap",
+            "font": {**_font(view, 11), "color": "#b54708"}})
     return {"data": data, "layout": layout}
 
 

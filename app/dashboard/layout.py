@@ -353,7 +353,7 @@ def panels() -> html.Main:
 
 LOSS_FORMAT = Format(precision=4, scheme=Scheme.fixed).to_plotly_json()
 TABLE_COLUMNS = [
-    {"id": "id", "name": "run"}, {"id": "rule", "name": "rule"}, {"id": "task", "name": "task"},
+    {"id": "id", "name": "run"}, {"id": "rule", "name": "run name"}, {"id": "task", "name": "task"},
     {"id": "status", "name": "status"}, {"id": "step", "name": "step", "type": "numeric"},
     # numbers, not text, so that sorting puts 0.45 before 0.6
     {"id": "best", "name": "best test", "type": "numeric", "format": LOSS_FORMAT},
