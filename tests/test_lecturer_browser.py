@@ -11,7 +11,8 @@ import time
 from typing import Any
 
 import pytest
-from test_dashboard_browser import _api, _open, _wait_until, browser, page, server  # noqa: F401
+from test_dashboard_browser import (  # noqa: F401
+    POINTS_JS, _api, _open, _wait_until, browser, page, server)
 
 pytestmark = pytest.mark.browser
 
@@ -61,4 +62,18 @@ def test_random_transport_presses_never_jam(page: Any, server: str) -> None:  # 
                              f"server {_active_runs(server)}, messages {messages}") from None
     assert len(_active_runs(server)) <= 1, _active_runs(server)  # one tab, one rule: one group
     assert not any("active" in m and "max" in m for m in messages), messages
+    assert not page.errors, page.errors
+
+
+def test_a_run_start_logs_no_console_errors(page: Any, server: str) -> None:  # noqa: F811
+    """Every run start used to log `<path> attribute d: Expected number, "MNaN,NaNHNaN"`
+    (the axis lines of the weight-norm subplot before its first point)."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    _open(page, server, "?steps=100000&n=16&speed=300")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(POINTS_JS, "weight-change-graph") > 3, 40,
+                "weight norms", page=page)
+    page.click("#btn-stop")
+    assert not [c for c in console if "NaN" in c], console
     assert not page.errors, page.errors

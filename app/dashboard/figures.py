@@ -782,8 +782,10 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
             data.append(_line(name, color, width=2, dash=dash, x=xs, y=ys, xaxis="x2",
                               yaxis="y2", group=run["id"],
                               hovertemplate=f"‖{pop}‖ %{{y:.3f}}<extra>{_esc(run['label'])}</extra>"))
-    layout["xaxis2"] = _axis(view, "step", anchor="y2")
-    layout["yaxis2"] = _axis(view, "‖W‖", domain=[0, 0.36], anchor="x2")
+    # no axis lines on the norm subplot: Plotly drew them from NaN ("MNaN,NaNHNaN", a console
+    # error at every run start) while the subplot had no point yet; the grid marks the axes
+    layout["xaxis2"] = _axis(view, "step", anchor="y2", showline=False)
+    layout["yaxis2"] = _axis(view, "‖W‖", domain=[0, 0.36], anchor="x2", showline=False)
     layout["legend"].update(orientation="h", y=-0.16, yanchor="top", x=0.0)
     layout["margin"]["b"] = round(70 * view.get("scale", 1.0))
     layout["meta"]["shade"] = {"xref": "x2", "y0": 0.0, "y1": 0.36}
