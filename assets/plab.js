@@ -153,7 +153,9 @@
         }
         if (meta.window) {
             const lo = firstX(gd);
-            phases = phases.filter((s) => s.x1 >= lo);
+            // clipped to the window: a span reaching back before it would stretch the
+            // axis's autorange and squash the window into its right end
+            phases = phases.filter((s) => s.x1 >= lo).map((s) => ({...s, x0: Math.max(s.x0, lo - 0.5)}));
         }
         if (phases.length > 400) phases = phases.slice(phases.length - 400);
         gd.layout.shapes = fixed.concat(phases);

@@ -61,3 +61,43 @@ def test_the_voltage_panel_says_when_it_caps_the_units_per_run() -> None:
     whole = figures.voltage_figure(view(["dni"], [0, 1, 2]))
     assert not [a for a in whole["layout"]["annotations"] if a.get("name") == "cap"]
     assert len(whole["data"]) == 9  # 3 units x V, U, r
+
+
+def _loss_view(target: int = 20000, phase_steps: tuple[int, ...] = (), refs: dict | None = None,
+               phase_names: tuple[str, ...] = ()) -> dict:
+    from app.dashboard import figures
+
+    run = figures.make_run_view({"id": "r1", "config": {"rule": "dni-b", "n": 32,
+                                                        "steps": target}}, "#000")
+    return figures.make_view([run], epoch=1, refs=refs or {}, phase_steps=phase_steps,
+                             phase_names=phase_names)
+
+
+def test_the_log_loss_axis_has_decimal_ticks_and_reference_labels_sit_outside_the_plot() -> None:
+    from app.dashboard import figures
+
+    fig = figures.loss_figure(_loss_view(refs={"nothing learned": 0.66, "t1 learned": 0.52,
+                                               "optimum": 0.45}))
+    y = fig["layout"]["yaxis"]
+    assert y["type"] == "log" and y["tickmode"] == "array"
+    labels = dict(zip(y["tickvals"], y["ticktext"], strict=True))
+    assert labels[0.7] == "0.7" and labels[0.5] == "0.5" and labels[1.0] == "1"
+    refs = [a for a in fig["layout"]["annotations"] if a.get("name") == "ref"]
+    assert len(refs) == 3
+    assert all(a["xref"] == "paper" and a["x"] >= 1.0 and a["xanchor"] == "left" for a in refs)
+    assert fig["layout"]["margin"]["r"] >= figures.REF_MARGIN  # room for them
+    assert "nothing learned 0.66" in [a["text"] for a in refs]
+
+
+def test_short_phases_over_a_long_run_are_a_thin_strip_not_hatching() -> None:
+    from app.dashboard import figures
+
+    names = ("a", "b")
+    hatching = _loss_view(20000 * 3, (100, 100), phase_names=names)  # 1.3 px stripes
+    shade = figures.loss_figure(hatching)["layout"]["meta"]["shade"]
+    assert shade["y1"] - shade["y0"] == figures.STRIP
+    wide = _loss_view(20000, (2000, 2000), phase_names=names)  # 80 px stripes
+    assert figures.loss_figure(wide)["layout"]["meta"]["shade"] == {"xref": "x", "y0": 0.0,
+                                                                     "y1": 1.0}
+    # the scrolling windows keep full-height stripes (200 steps wide)
+    assert figures.voltage_figure(hatching)["layout"]["meta"]["shade"]["y1"] == 1.0

@@ -11,8 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from test_dashboard_browser import (  # noqa: F401
-    POINTS_JS, _api, _open, _wait_until, browser, page, server)
+from test_dashboard_browser import POINTS_JS, _api, _open, _wait_until, browser, page, server  # noqa: F401
 
 pytestmark = pytest.mark.browser
 

@@ -247,6 +247,15 @@ def phase_source(infos: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[s
     return (infos[0]["id"] if infos else None), []
 
 
+def phase_lengths(infos: Sequence[Mapping[str, Any]], run_id: str | None) -> list[int]:
+    """The phase lengths (steps) of the shaded run's schedule."""
+    for info in infos:
+        if info["id"] == run_id:
+            phases = str(info.get("phases") or (info.get("config") or {}).get("phases", "all"))
+            return [int(r["steps"]) for r in urlstate.schedule_rows(phases) or []]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
@@ -808,7 +817,8 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             refs=first.get("reference_levels") or {},
             loss_kind=getattr(TASKS.get(task), "loss", "cross_entropy"),
             task_view=first.get("task_view") or {}, phase_names=phase_names,
-            phase_run=phase_run, align_supported=svc.align is not None)
+            phase_run=phase_run, align_supported=svc.align is not None,
+            phase_steps=phase_lengths(infos, phase_run))
         figs, carry = figures.build_figures(view, histories, recent)
         cursor_store = {"epoch": epoch, "cursors": cursors, "carry": carry}
         return (*[figs[g] for g in GRAPHS], view, cursor_store)
