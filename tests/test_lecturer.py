@@ -101,3 +101,33 @@ def test_short_phases_over_a_long_run_are_a_thin_strip_not_hatching() -> None:
                                                                      "y1": 1.0}
     # the scrolling windows keep full-height stripes (200 steps wide)
     assert figures.voltage_figure(hatching)["layout"]["meta"]["shade"]["y1"] == 1.0
+
+
+def test_weights_past_the_bound_are_diverged_not_finished() -> None:
+    """Apical weights at 2e5 with a finite loss were reported "finished"; now any rule's
+    run whose weights pass the bound is "diverged at step N"."""
+    import torch
+
+    from simulator.config import RunConfig
+    from simulator.engine import WEIGHT_BOUND, Run
+
+    run = Run(RunConfig(task="add", rule="dni", n=8, seeds=[0], steps=100, dtype="float64"))
+    run.advance(5)
+    assert run.status == "running"
+    with torch.no_grad():
+        run.populations()["apical"].fill_(2e5)
+    tel = run.advance(5)
+    assert tel.diverged_at == 9
+    assert bool(torch.isfinite(tel.loss).all())  # the loss alone would not have said so
+    assert run.status.startswith("diverged at step 9: the apical weights reached |w| = ")
+    assert float(run.status.split("|w| = ")[1].split()[0]) > WEIGHT_BOUND
+    assert f"bound {WEIGHT_BOUND:g}" in run.status
+    rtrl = Run(RunConfig(task="add", rule="rtrl", n=8, seeds=[0], steps=100, dtype="float64"))
+    with torch.no_grad():
+        rtrl.populations()["basal"][0, 0, 0] = float("inf")
+    assert rtrl.advance(3).diverged_at is not None
+
+
+def test_zero_steps_is_refused_with_a_message() -> None:
+    setup = {**urlstate.default_setup(), "steps": "0"}
+    assert urlstate.validate(setup)["steps"] == "got '0'; allowed: an integer in [1, 1e+09]"
