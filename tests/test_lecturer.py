@@ -131,3 +131,33 @@ def test_weights_past_the_bound_are_diverged_not_finished() -> None:
 def test_zero_steps_is_refused_with_a_message() -> None:
     setup = {**urlstate.default_setup(), "steps": "0"}
     assert urlstate.validate(setup)["steps"] == "got '0'; allowed: an integer in [1, 1e+09]"
+
+
+def test_phase_steps_below_one_get_a_message_even_in_a_single_all_row() -> None:
+    from app.dashboard.callbacks import phase_row_error
+
+    assert phase_row_error([{"name": "all", "steps": "100"}]) == ""
+    assert phase_row_error([{"name": "all", "steps": "0"}]) == (
+        "phase 1 steps: got '0'; allowed: an integer in [1, 1e9]")
+    assert phase_row_error([{"steps": "5"}, {"steps": ""}]).startswith("phase 2 steps: got ''")
+
+
+def test_large_n_warns_and_suggests_an_apical_rate_for_dni() -> None:
+    from app.dashboard.callbacks import large_n_advice
+
+    assert large_n_advice({**urlstate.default_setup(), "n": "64"}) == ""
+    advice = large_n_advice({**urlstate.default_setup(), "n": "4000", "rules": ["dni", "bptt"]})
+    assert advice == ("n = 4,000 is large: each step is slow and the default rates may "
+                      "diverge; try dni: lr_apical ≈ 4e-4 (now 0.05; its step grows with n)")
+
+
+def test_stale_transport_messages_are_recognised() -> None:
+    from app.dashboard.callbacks import stale_message
+
+    running = [{"status": "running", "step": 5000}]
+    assert not stale_message("fast-forwarding to step 12,000", running)
+    assert stale_message("fast-forwarding to step 12,000", [{"status": "running",
+                                                             "step": 12000}])
+    assert stale_message("fast-forwarding to step 12,000", [{"status": "stopped", "step": 9}])
+    assert stale_message("ready at step 0: ▶ to play", running)
+    assert not stale_message("max_runs: 4 runs are active", running)

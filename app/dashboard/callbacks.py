@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dash
-from dash import ALL, ClientsideFunction, Input, Output, State, ctx, no_update
+from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
 from app.dashboard import figures, layout, names, presets, urlstate
@@ -41,7 +41,7 @@ from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
 from simulator.rules import RULES
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 from simulator.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -247,6 +247,59 @@ def phase_source(infos: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[s
     return (infos[0]["id"] if infos else None), []
 
 
+def phase_row_error(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The first phase row whose steps are not a whole number >= 1, as a message."""
+    for i, row in enumerate(rows):
+        text = str(row.get("steps") if row.get("steps") is not None else "").strip()
+        if not (text.isdigit() and 1 <= int(text) <= 10**9):
+            return (f"phase {i + 1} steps: got {quote(text)}; allowed: an "
+                    "integer in [1, 1e9]")
+    return ""
+
+
+#: from this many units on, the cost line warns and suggests a smaller apical rate
+LARGE_N = 256
+
+
+def large_n_advice(setup: Mapping[str, Any]) -> str:
+    """For large n: a warning, and for rules with an apical rate (dni, dni-b) a rate scaled
+    down with n (their apical step grows with n; the defaults suit n = 32)."""
+    try:
+        n = int(str(setup.get("n", "")).strip())
+    except ValueError:
+        return ""
+    if n < LARGE_N:
+        return ""
+    text = f"n = {n:,} is large: each step is slow and the default rates may diverge"
+    tips = []
+    for rule in setup.get("rules") or []:
+        args = urlstate.rule_args_of(setup, rule)
+        if "lr_apical" in args:
+            try:
+                rate = float(args["lr_apical"])
+            except ValueError:
+                continue
+            tips.append(f"{rule}: lr_apical ≈ {names.num(rate * 32 / n)} "
+                        f"(now {names.num(rate)}; its step grows with n)")
+    return text + ("; try " + ", ".join(tips) if tips else "")
+
+
+def stale_message(message: str, infos: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a transport message no longer holds: a fast-forward that has arrived (or
+    whose runs ended), "ready at step 0" once the runs move."""
+    if message.startswith("fast-forwarding to step "):
+        try:
+            to = int(message.removeprefix("fast-forwarding to step ").split()[0].replace(",", ""))
+        except ValueError:
+            return True
+        return all(int(i.get("step", 0)) >= to or not is_active(i.get("status", ""))
+                   for i in infos)
+    if message.startswith("ready at step 0"):
+        return any(int(i.get("step", 0)) > 0 or not is_active(i.get("status", ""))
+                   for i in infos)
+    return False
+
+
 def phase_lengths(infos: Sequence[Mapping[str, Any]], run_id: str | None) -> list[int]:
     """The phase lengths (steps) of the shaded run's schedule."""
     for info in infos:
@@ -363,10 +416,26 @@ def _register_estimate(app: dash.Dash, svc: Service) -> None:
     settings = getattr(svc.backend, "settings", None)
 
     @app.callback(Output("cost-estimate", "children"), Input("setup-store", "data"))
-    def estimate(setup: dict | None) -> str:
-        if not setup or settings is None:
+    def estimate(setup: dict | None) -> Any:
+        if not setup:
             return ""
-        return cost_text(setup, settings)
+        text = cost_text(setup, settings) if settings is not None else ""
+        advice = large_n_advice(setup)
+        return [text, html.Div(advice, className="cost-warning", role="alert")] if advice \
+            else text
+
+    @app.callback(
+        Output("transport-msg", "children", allow_duplicate=True),
+        Input("slow-clock", "n_intervals"),
+        State("transport-msg", "children"), State("live-store", "data"),
+        prevent_initial_call=True,
+    )
+    def clear_stale(_n: int, message: Any, live: dict | None) -> str:
+        if not isinstance(message, str) or not message:
+            raise PreventUpdate
+        if not stale_message(message, svc.infos((live or {}).get("group") or [])):
+            raise PreventUpdate
+        return ""
 
 
 def _ids_of(group: Any) -> list[str]:
@@ -518,6 +587,9 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                      compare=list(compare or []),
                      speed=layout.SPEEDS[_speed_index(speed)])
         errors = {field_for(k, task): v for k, v in urlstate.validate(setup).items()}
+        row_error = phase_row_error(rows_)
+        if row_error:  # a single "all" row hides its steps from the schedule string
+            errors.setdefault("phases", row_error)
         msg_keys = _ids_of(ctx.outputs_list[1])
         messages = [errors.get(k, "") for k in msg_keys]
         classes = [("invalid " if k in errors else "") + _base_class(k) for k in field_ids]
