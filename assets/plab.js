@@ -413,8 +413,15 @@
     // l log-y, f full screen, Esc leaves presenter mode.
     const KEYS = {
         " ": "btn-play", "k": "btn-play", "s": "btn-step", "ArrowRight": "btn-step",
-        "r": "btn-reset", "p": "btn-present",
+        "r": "btn-reset", "p": "btn-present", "n": "btn-notes",
     };
+    // presenter mode's notes come on demand: a class on the body, no round trip
+    document.addEventListener("click", function (ev) {
+        if (ev.target && ev.target.closest && ev.target.closest("#btn-notes")) {
+            document.body.classList.toggle("show-notes");
+            setTimeout(() => window.dispatchEvent(new Event("resize")), 60);
+        }
+    });
     const CLICK = {"l": "#log-y input"};
     const PANEL_KEYS = {"1": "loss", "2": "voltage", "3": "weights", "4": "alignment", "5": "task"};
     document.addEventListener("keydown", function (ev) {

@@ -76,3 +76,82 @@ def test_a_run_start_logs_no_console_errors(page: Any, server: str) -> None:  # 
     page.click("#btn-stop")
     assert not [c for c in console if "NaN" in c], console
     assert not page.errors, page.errors
+
+
+#: the boxes that must not overlap: the header's parts, and each visible panel's title and tools
+BOXES_JS = """() => {
+  const box = (el) => { const r = el.getBoundingClientRect();
+    return {x: r.x, y: r.y, w: r.width, h: r.height}; };
+  const visible = (el) => el && el.offsetParent !== null && el.getBoundingClientRect().width > 0;
+  const groups = [];
+  const head = ['.brand', '#transport', '#live-status', '#transport-msg', '.header-right']
+    .map((s) => document.querySelector(s)).filter(visible);
+  groups.push(head.map((el) => [el.id || el.className, box(el)]));
+  const right = [...document.querySelectorAll('.header-right > *')].filter(visible);
+  groups.push(right.map((el) => [el.id || el.className, box(el)]));
+  const parts = [];  // one group: a panel's tools must not spill onto its neighbour's title
+  for (const p of document.querySelectorAll('.panel')) {
+    if (!visible(p)) continue;
+    for (const el of [p.querySelector('.panel-head h3'), ...p.querySelectorAll('.panel-tools > *')]) {
+      if (visible(el)) parts.push([p.id + ' ' + (el.id || el.className || el.tagName), box(el)]);
+    }
+  }
+  groups.push(parts);
+  const header = document.querySelector('.header').getBoundingClientRect().height;
+  const focus = document.querySelector('.panel.panel-focus .graph-box');
+  const note = document.querySelector('.panel.panel-focus .note');
+  return {groups, header, graph: focus ? focus.getBoundingClientRect().width : null,
+          note: note ? visible(note) && getComputedStyle(note).display !== 'none' : null,
+          width: window.innerWidth,
+          widths: [...document.querySelectorAll('.header > *, #transport > *')].map(
+            (el) => (el.id || el.className) + ':' + Math.round(el.getBoundingClientRect().width))};
+}"""
+
+
+def _overlaps(groups: list) -> list[str]:
+    bad = []
+    for group in groups:
+        for i, (na, a) in enumerate(group):
+            for nb, b in group[i + 1:]:
+                dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+                dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+                if dx > 1 and dy > 1:
+                    bad.append(f"{na} overlaps {nb}")
+    return bad
+
+
+def test_layout_fits_a_projector_in_normal_and_presenter_mode(page: Any,  # noqa: F811
+                                                              server: str) -> None:
+    """At 1280x720 and 1920x1080, with a race of two runs on screen: the header is one line,
+    nothing overlaps; presenter mode gives the plot >= 85% of the width, notes on demand."""
+    _open(page, server, "?rules=dni,dni-b&steps=100000&n=16")
+    page.click("#btn-play")
+    _wait_until(lambda: len(page.evaluate(CHIPS_JS)) == 2, 30, "two chips", page=page)
+    problems = []
+    for width, height in ((1280, 720), (1920, 1080)):
+        page.set_viewport_size({"width": width, "height": height})
+        for presenting in (False, True):
+            if presenting != page.evaluate("document.body.classList.contains('presenting')"):
+                page.keyboard.press("p")
+                _wait_until(lambda p=presenting: page.evaluate(
+                    "document.body.classList.contains('presenting')") == p, 10, "presenter",
+                    page=page)
+            page.wait_for_timeout(300)
+            got = page.evaluate(BOXES_JS)
+            where = f"{width}x{height} {'presenter' if presenting else 'normal'}"
+            problems += [f"{where}: {o}" for o in _overlaps(got["groups"])]
+            if got["header"] > (80 if presenting else 64):
+                problems.append(f"{where}: the header wraps ({got['header']:.0f} px high; "
+                                f"{got['widths']})")
+            if presenting:
+                if got["graph"] < 0.85 * got["width"]:
+                    problems.append(f"{where}: the plot is {got['graph'] / got['width']:.0%} "
+                                    "of the width")
+                if got["note"]:
+                    problems.append(f"{where}: notes shown before they are asked for")
+    assert not problems, "\n".join(problems)
+    page.keyboard.press("p")
+    page.keyboard.press("n")  # notes on demand
+    _wait_until(lambda: page.evaluate(BOXES_JS)["note"], 10, "the notes", page=page)
+    page.click("#btn-stop")
+    assert not page.errors, page.errors

@@ -289,6 +289,8 @@ def header() -> html.Header:
             html.Span(id="perf-meter", className="perf", children="idle",
                       title="panel updates per second and lag from simulation to screen"),
             dcc.Clipboard(id="copy-link", title="copy a link to this setup", className="clip"),
+            html.Button("Notes", id="btn-notes", n_clicks=0, className="hbtn notes-btn",
+                        title="presenter mode: show or hide the panel's notes (n)"),
             html.Button("Presenter", id="btn-present", n_clicks=0, className="hbtn",
                         title="presenter mode: large fonts, controls hidden, one panel (p; "
                               "1-5 pick the panel; Esc leaves)"),
