@@ -596,7 +596,7 @@ def _log10(v: float) -> float:
 #: tick values of a log loss axis: decimals at fixed values, so 0.7 never reads as "7"
 LOG_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
              1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
-REF_MARGIN = 96  # px on the right of the loss plot for the reference labels
+REF_MARGIN = 128  # px on the right of the loss plot for the reference labels
 
 
 def log_ticks() -> dict[str, Any]:
