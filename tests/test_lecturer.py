@@ -161,3 +161,27 @@ def test_stale_transport_messages_are_recognised() -> None:
     assert stale_message("fast-forwarding to step 12,000", [{"status": "stopped", "step": 9}])
     assert stale_message("ready at step 0: ▶ to play", running)
     assert not stale_message("max_runs: 4 runs are active", running)
+
+
+def test_exports_are_named_by_run_and_panel_at_2x_without_cloud_buttons(tmp_path) -> None:
+    import io
+    import zipfile
+
+    from app.dashboard.callbacks import export_name, image_config, zip_files
+
+    assert export_name("dni · random fb · learned J̃", "ab12cd34", "csv") == (
+        "plasticity-dni_random-fb_learned-J-ab12cd34.csv")
+    assert export_name("dni-b · lr 3e-3", "ab12", "png", "loss") == (
+        "plasticity-loss-dni-b_lr-3e-3-ab12.png")
+    config = image_config("loss", ["dni-b · lr 3e-3"], ["ab12"])
+    assert config["toImageButtonOptions"] == {"format": "png", "scale": 2,
+                                              "filename": "plasticity-loss-dni-b_lr-3e-3-ab12"}
+    assert config["showSendToCloud"] is False and config["showEditInChartStudio"] is False
+    assert image_config("task", ["a", "b"], ["1", "2"])["toImageButtonOptions"]["filename"] == (
+        "plasticity-task-2-runs")
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text("step,loss\n0,1\n")
+    b.write_text("step,loss\n0,2\n")
+    with zipfile.ZipFile(io.BytesIO(zip_files({"x.csv": a, "y.csv": b}))) as zf:
+        assert zf.namelist() == ["x.csv", "y.csv"]
+        assert zf.read("y.csv") == b"step,loss\n0,2\n"

@@ -11,7 +11,7 @@ import time
 from typing import Any
 
 import pytest
-from test_dashboard_browser import POINTS_JS, _api, _open, _wait_until, browser, page, server  # noqa: F401
+from test_dashboard_browser import POINTS_JS, _api, _open, _wait_until, browser, page, server
 
 pytestmark = pytest.mark.browser
 
@@ -31,7 +31,7 @@ def _active_runs(base: str) -> dict[str, str]:
             if r["status"] in ACTIVE}
 
 
-def test_random_transport_presses_never_jam(page: Any, server: str) -> None:  # noqa: F811
+def test_random_transport_presses_never_jam(page: Any, server: str) -> None:
     """Reset, play, step and stop pressed in random order and timing: at the end the tab
     shows one group, no run the screen does not show is still active (no orphan slots),
     nothing was refused for lack of slots, and the chips say what the server says."""
@@ -64,7 +64,7 @@ def test_random_transport_presses_never_jam(page: Any, server: str) -> None:  # 
     assert not page.errors, page.errors
 
 
-def test_a_run_start_logs_no_console_errors(page: Any, server: str) -> None:  # noqa: F811
+def test_a_run_start_logs_no_console_errors(page: Any, server: str) -> None:
     """Every run start used to log `<path> attribute d: Expected number, "MNaN,NaNHNaN"`
     (the axis lines of the weight-norm subplot before its first point)."""
     console: list[str] = []
@@ -120,7 +120,7 @@ def _overlaps(groups: list) -> list[str]:
     return bad
 
 
-def test_layout_fits_a_projector_in_normal_and_presenter_mode(page: Any,  # noqa: F811
+def test_layout_fits_a_projector_in_normal_and_presenter_mode(page: Any,
                                                               server: str) -> None:
     """At 1280x720 and 1920x1080, with a race of two runs on screen: the header is one line,
     nothing overlaps; presenter mode gives the plot >= 85% of the width, notes on demand."""
@@ -154,4 +154,38 @@ def test_layout_fits_a_projector_in_normal_and_presenter_mode(page: Any,  # noqa
     page.keyboard.press("n")  # notes on demand
     _wait_until(lambda: page.evaluate(BOXES_JS)["note"], 10, "the notes", page=page)
     page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+def test_csv_of_two_ticked_runs_is_one_file_each_named_by_run(page: Any,
+                                                              server: str, tmp_path: Any) -> None:
+    """With two runs ticked, only the first used to download; now a zip of one CSV per run,
+    each named by what differs (here: the rule)."""
+    import csv
+    import io
+    import zipfile
+
+    _open(page, server, "?rules=dni,dni-b&steps=300&n=8&speed=max")
+    page.click("#btn-play")
+    _wait_until(lambda: sum(r["status"] == "finished" for r in _api(server, "/api/runs")["runs"]
+                            if r["config"]["steps"] == 300) >= 2, 60, "two finished runs",
+                page=page)
+    ours = {r["id"] for r in _api(server, "/api/runs")["runs"] if r["config"]["steps"] == 300}
+    _wait_until(lambda: len(page.query_selector_all("#run-table td input[type=checkbox]")) >= 2,
+                20, "the table rows", page=page)
+    for row in page.query_selector_all("#run-table tr"):
+        if any(rid in row.inner_text() for rid in ours):
+            row.query_selector("input[type=checkbox]").check()
+    with page.expect_download(timeout=30_000) as dl:
+        page.click("#tbl-csv")
+    path = tmp_path / "runs.zip"
+    dl.value.save_as(path)
+    assert dl.value.suggested_filename == "runs-csv.zip"
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(zf.namelist())
+        assert [n.rsplit("-", 1)[0] for n in names] == ["plasticity-dni", "plasticity-dni-b"]
+        assert {n.rsplit("-", 1)[1].removesuffix(".csv") for n in names} == ours
+        for n in names:
+            rows = list(csv.reader(io.StringIO(zf.read(n).decode())))
+            assert len(rows) > 100 and "step" in rows[0]
     assert not page.errors, page.errors

@@ -306,7 +306,10 @@ def panel(name: str, graph_id: str, extra: list[Any] | None = None) -> html.Sect
         html.Div([
             html.Div(dcc.Graph(id=graph_id, figure=_empty_figure(graph_id), responsive=True,
                                config={"displaylogo": False, "responsive": True,
-                                       "modeBarButtonsToRemove": ["lasso2d", "select2d"]},
+                                       "showSendToCloud": False, "showEditInChartStudio": False,
+                                       "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+                                       "toImageButtonOptions": {"format": "png", "scale": 2,
+                                                                "filename": f"plasticity-{name}"}},
                                className="graph"), className="graph-box"),
             html.Div([html.P(lines[0]), html.P(lines[1], className="look-for")],
                      className="note", id=f"note-{name}"),
