@@ -430,7 +430,7 @@ def build_layout(preset_items: list[dict[str, Any]], *, align_supported: bool) -
         *stores(),
         header(),
         html.Div([controls(preset_items, align_supported), panels()], className="body"),
-        html.Footer(["Keys: space play/pause · s step · r reset · p presenter · 1–5 panel · "
+        html.Footer(["Keys: space play/pause · s step · r reset · p presenter · n notes · 1–5 panel · "
                      "l log-y · f full screen. Marschall, Cho & Savin (2019), ",
                      html.I("Using local plasticity rules to train recurrent neural networks"),
                      "."], className="footer"),
