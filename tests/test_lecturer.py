@@ -185,3 +185,20 @@ def test_exports_are_named_by_run_and_panel_at_2x_without_cloud_buttons(tmp_path
     with zipfile.ZipFile(io.BytesIO(zip_files({"x.csv": a, "y.csv": b}))) as zf:
         assert zf.namelist() == ["x.csv", "y.csv"]
         assert zf.read("y.csv") == b"step,loss\n0,2\n"
+
+
+def test_the_heatmap_shows_the_picked_run_titled_with_its_name() -> None:
+    from app.dashboard import figures
+
+    runs = [figures.make_run_view({"id": rid, "config": {"rule": r, "n": 8}}, color, name=r)
+            for rid, r, color in (("a", "dni", "#111111"), ("b", "dni-b", "#222222"))]
+    first = figures.weight_figure(figures.make_view(runs, epoch=1))
+    picked = figures.weight_figure(figures.make_view(runs, epoch=1, heat_run="b"))
+
+    def title(fig: dict) -> dict:
+        return next(a for a in fig["layout"]["annotations"] if a.get("name") == "heat-run")
+
+    assert title(first)["text"] == "<b>ΔW of dni</b>"
+    assert title(picked)["text"] == "<b>ΔW of dni-b</b>"
+    assert title(picked)["font"]["color"] == "#222222"
+    assert figures.focus_run(figures.make_view(runs, epoch=1, heat_run="gone"))["id"] == "a"

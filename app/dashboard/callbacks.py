@@ -838,11 +838,13 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
         Input("live-store", "data"), Input("units", "value"), Input("seed-index", "value"),
         Input("panels", "value"),
         Input("log-y", "value"), Input("present-store", "data"), Input("rebuild-req", "data"),
+        Input("heat-run", "value"),
         State("view-store", "data"),
         prevent_initial_call="initial_duplicate",
     )
     def show(live: dict | None, units: list | None, seed_index: int | None, panels: list | None,
-             log_y: list | None, present: bool, _rebuild: Any, old: dict | None) -> tuple:
+             log_y: list | None, present: bool, _rebuild: Any, heat_run: str | None,
+             old: dict | None) -> tuple:
         epoch = int((old or {}).get("epoch", 0)) + 1
         ids = list((live or {}).get("runs") or [])
         infos = svc.infos(ids)
@@ -892,10 +894,21 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             loss_kind=getattr(TASKS.get(task), "loss", "cross_entropy"),
             task_view=first.get("task_view") or {}, phase_names=phase_names,
             phase_run=phase_run, align_supported=svc.align is not None,
-            phase_steps=phase_lengths(infos, phase_run))
+            phase_steps=phase_lengths(infos, phase_run), heat_run=heat_run)
         figs, carry = figures.build_figures(view, histories, recent)
         cursor_store = {"epoch": epoch, "cursors": cursors, "carry": carry}
         return (*[figs[g] for g in GRAPHS], view, cursor_store)
+
+    @app.callback(
+        Output("heat-run", "options"), Output("heat-run", "value"),
+        Input("live-store", "data"), State("heat-run", "value"),
+    )
+    def heat_runs(live: dict | None, current: str | None) -> tuple:
+        """The heatmap's run picker: every run shown, by name; keeps the pick while shown."""
+        named = names.names_by_id(svc.infos((live or {}).get("runs") or []))
+        options = [{"label": name, "value": rid} for rid, name in named.items()]
+        value = current if current in named else next(iter(named), None)
+        return options, value
 
     @app.callback(
         Output("live-status", "children"), Output("btn-play", "children"),

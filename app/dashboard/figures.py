@@ -117,6 +117,7 @@ class View(TypedDict, total=False):
     window: int
     align_supported: bool
     phase_steps: list[int]  # the schedule's phase lengths (decides stripes or a strip)
+    heat_run: str | None  # the run the weight-change heatmap shows (the picker beside it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -223,7 +224,8 @@ def make_view(runs: Sequence[RunView], *, epoch: int, units: Sequence[int] = (0,
               refs: Mapping[str, float] | None = None, loss_kind: str = "cross_entropy",
               task_view: Mapping[str, Any] | None = None,
               phase_names: Sequence[str] = (), phase_run: str | None = None,
-              align_supported: bool = True, phase_steps: Sequence[int] = ()) -> View:
+              align_supported: bool = True, phase_steps: Sequence[int] = (),
+              heat_run: str | None = None) -> View:
     return View(epoch=epoch, runs=list(runs), units=[int(u) for u in units][:4] or [0],
                 seed_index=max(0, int(seed_index)),
                 panels=list(panels), log_y=bool(log_y), scale=float(scale),
@@ -231,7 +233,7 @@ def make_view(runs: Sequence[RunView], *, epoch: int, units: Sequence[int] = (0,
                 phase_names=list(dict.fromkeys(phase_names)), window=WINDOW,
                 phase_run=phase_run or (runs[0]["id"] if runs else None),
                 align_supported=bool(align_supported),
-                phase_steps=[int(k) for k in phase_steps])
+                phase_steps=[int(k) for k in phase_steps], heat_run=heat_run)
 
 
 #: the plot width a stripe is judged at (a 1280-px projector's panel) and the narrowest
@@ -333,6 +335,10 @@ def voltage_slots(view: View) -> list[str]:
 
 
 def focus_run(view: View) -> RunView | None:
+    """The run whose weight changes the heatmap shows: the one picked, else the first."""
+    for run in view["runs"]:
+        if run["id"] == view.get("heat_run"):
+            return run
     return view["runs"][0] if view["runs"] else None
 
 
@@ -806,6 +812,11 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
     layout["yaxis"] = _axis(view, "", domain=HEAT_DOMAIN, anchor="x", autorange="reversed",
                             showticklabels=False, showgrid=False, zeroline=False, ticks="",
                             showline=False)
+    layout["annotations"].append({  # whose weights these are, in the run's colour
+        "xref": "paper", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
+        "yanchor": "bottom", "showarrow": False, "name": "heat-run",
+        "text": f"<b>ΔW of {_esc(focus['label'])}</b>",
+        "font": {**_font(view, 12.5), "color": focus["color"]}})
     titles = _block_titles(blocks)
     for k in range(len(focus["pops"])):
         text, x = titles[k] if k < len(titles) else ("", 0.0)

@@ -348,7 +348,11 @@ def panels() -> html.Main:
             panel("loss", "loss-graph", [log_y]),
             panel("voltage", "voltage-graph", [html.Span("units", className="tlabel"), units,
                                                html.Span("seed", className="tlabel"), seed]),
-            panel("weights", "weight-change-graph"),
+            panel("weights", "weight-change-graph", [
+                html.Span("run", className="tlabel"),
+                dcc.Dropdown(id="heat-run", options=[], value=None, clearable=False,
+                             searchable=False, className="dropdown heat-run",
+                             placeholder="first run")]),
             panel("alignment", "alignment-graph"),
             panel("task", "task-graph"),
         ], className="panel-grid", id="panel-grid"),
