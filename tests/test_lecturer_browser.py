@@ -189,3 +189,28 @@ def test_csv_of_two_ticked_runs_is_one_file_each_named_by_run(page: Any,
             rows = list(csv.reader(io.StringIO(zf.read(n).decode())))
             assert len(rows) > 100 and "step" in rows[0]
     assert not page.errors, page.errors
+
+
+HEAT_TITLE_JS = """() => {
+  const gd = document.querySelector('#weight-change-graph .js-plotly-plot');
+  const a = ((gd && gd.layout && gd.layout.annotations) || []).find((x) => x.name === 'heat-run');
+  return a ? a.text : null;
+}"""
+
+
+def test_the_heatmap_run_picker_names_the_runs_and_switches(page: Any, server: str) -> None:
+    """A race used to show only its first run's weights, unlabelled."""
+    _open(page, server, "?rules=dni,dni-b&steps=100000&n=8")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(HEAT_TITLE_JS) == "<b>ΔW of dni</b>", 30,
+                "the heatmap titled with the first run", page=page)
+    page.click("#heat-run")
+    page.get_by_role("option", name="dni-b", exact=True).click()
+    try:
+        _wait_until(lambda: page.evaluate(HEAT_TITLE_JS) == "<b>ΔW of dni-b</b>", 20,
+                    "the heatmap to show dni-b", page=page)
+    except AssertionError:
+        raise AssertionError(f"{page.inner_text('#panel-weights .panel-tools')!r} "
+                             f"{page.evaluate(HEAT_TITLE_JS)!r}") from None
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
