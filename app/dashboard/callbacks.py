@@ -508,6 +508,10 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                 if missing:
                     message = (f"run {', '.join(missing)} not found; press ▶ to start this "
                                "setup anew")
+        # opening runs (?run=ID) leaves their pace alone unless the link names one
+        speed_out: Any = urlstate.speed_index(setup.get("speed", urlstate.DEFAULT_SPEED))
+        if live_out is not no_update and "speed=" not in (search or ""):
+            speed_out = no_update
         rows_ = urlstate.schedule_rows(setup.get("phases", "all")) or [
             {"name": "", "steps": "100", "pops": list(layout.POPULATIONS)}]
         rows_ = rows_[:layout.MAX_PHASE_ROWS]
@@ -531,7 +535,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
             bool(setup.get("present")), setup.get("focus", "loss"),
             live_out, autostart, message,
             list(setup.get("compare") or []),
-            urlstate.speed_index(setup.get("speed", urlstate.DEFAULT_SPEED)),
+            speed_out,
         )
 
     @app.callback(
@@ -754,8 +758,8 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
                 return {**live, "n": time.time()}, f"stopped {len(active)} run(s) at step " \
                     f"{max(int(i.get('step', 0)) for i in active):,}; ↺ or ▶ starts anew"
             if trigger == "speed":
-                for info in active:
-                    set_speed(info["id"], speed)
+                for info in active:  # quiet: a viewer's page may not pace the runs
+                    _quiet(lambda r=info["id"]: set_speed(r, speed))
                 raise PreventUpdate
             if trigger in ("btn-play", "btn-reset", "btn-step") and (
                     trigger == "btn-reset" or not active):
