@@ -153,7 +153,9 @@
         }
         if (meta.window) {
             const lo = firstX(gd);
-            phases = phases.filter((s) => s.x1 >= lo);
+            // clipped to the window: a span reaching back before it would stretch the
+            // axis's autorange and squash the window into its right end
+            phases = phases.filter((s) => s.x1 >= lo).map((s) => ({...s, x0: Math.max(s.x0, lo - 0.5)}));
         }
         if (phases.length > 400) phases = phases.slice(phases.length - 400);
         gd.layout.shapes = fixed.concat(phases);
@@ -411,8 +413,15 @@
     // l log-y, f full screen, Esc leaves presenter mode.
     const KEYS = {
         " ": "btn-play", "k": "btn-play", "s": "btn-step", "ArrowRight": "btn-step",
-        "r": "btn-reset", "p": "btn-present",
+        "r": "btn-reset", "p": "btn-present", "n": "btn-notes",
     };
+    // presenter mode's notes come on demand: a class on the body, no round trip
+    document.addEventListener("click", function (ev) {
+        if (ev.target && ev.target.closest && ev.target.closest("#btn-notes")) {
+            document.body.classList.toggle("show-notes");
+            setTimeout(() => window.dispatchEvent(new Event("resize")), 60);
+        }
+    });
     const CLICK = {"l": "#log-y input"};
     const PANEL_KEYS = {"1": "loss", "2": "voltage", "3": "weights", "4": "alignment", "5": "task"};
     document.addEventListener("keydown", function (ev) {

@@ -23,7 +23,7 @@ SCALARS = (
     Setting("n", 32, "recurrent units", int, 1, 4096),
     Setting("alpha", 1.0, "leak: r = (1 - alpha) r + alpha tanh(V)", float, 1e-3, 1.0),
     Setting("lr", 1e-3, "network learning rate (basal W and readout)", float, 0.0, 10.0),
-    Setting("steps", 10_000, "training steps", int, 0, 10**9),
+    Setting("steps", 10_000, "training steps (a run needs at least one)", int, 1, 10**9),
     Setting("test_steps", 1_000, "held-out steps for the test loss", int, 0, 10**7),
     Setting("device", "cpu", "where tensors live", str, choices=("cpu", "cuda")),
     Setting("dtype", "float32", "floating-point precision", str, choices=("float32", "float64")),

@@ -76,6 +76,21 @@ class Telemetry:
         return self.loss.shape[0]
 
 
+#: a weight past this size (or not finite) ends a run as "diverged", in every rule: such a
+#: run has stopped learning anything, though its loss may stay finite for a while
+WEIGHT_BOUND = 1e4
+
+
+def blown_up(pops: dict[str, Tensor]) -> tuple[str, float] | None:
+    """(population, its largest |w|) of the first population past WEIGHT_BOUND or not
+    finite; None when all are within bounds. One reduction per population."""
+    for name, w in pops.items():
+        size = float(w.detach().abs().amax()) if w.numel() else 0.0
+        if not size <= WEIGHT_BOUND:  # also true for NaN
+            return name, size
+    return None
+
+
 class Diverged(RuntimeError):
     """Raised by ``advance`` callers that want an exception; the run's status says it too."""
 
@@ -495,7 +510,16 @@ class Run:
                            "a learning rate is too large for this network; lower lr or the "
                            "rule's own rates (dni's apical step grows with n)")
         else:
-            self.status = "running"
+            blown = blown_up(pops)
+            if blown:
+                name, size = blown
+                step = start + k - 1
+                telemetry.diverged_at = step
+                self.status = (f"diverged at step {step}: the {name} weights reached "
+                               f"|w| = {size:.3g} (bound {WEIGHT_BOUND:g}); lower lr or the "
+                               "rule's own rates (dni's apical step grows with n)")
+            else:
+                self.status = "running"
         return telemetry
 
     @torch.no_grad()

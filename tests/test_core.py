@@ -274,7 +274,9 @@ def test_divergence_stops_with_a_status_instead_of_crashing():
             break
     assert tel is not None and tel.diverged_at is not None
     assert run.status.startswith(f"diverged at step {tel.diverged_at}")
-    assert not torch.isfinite(tel.loss[tel.diverged_at - tel.start]).all()
+    # a non-finite loss, or (usually first) weights past the engine's bound
+    assert (not torch.isfinite(tel.loss[tel.diverged_at - tel.start]).all()
+            or "weights reached" in run.status), run.status
     assert torch.isfinite(tel.loss[: tel.diverged_at - tel.start]).all()
 
 

@@ -33,15 +33,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dash
-from dash import ALL, ClientsideFunction, Input, Output, State, ctx, no_update
+from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
-from app.dashboard import figures, layout, presets, urlstate
+from app.dashboard import figures, layout, names, presets, urlstate
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
 from simulator.rules import RULES
-from simulator.settings import ConfigError
+from simulator.settings import ConfigError, quote
 from simulator.tasks import TASKS
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 TERMINAL = ("finished", "stopped", "failed", "diverged", "interrupted")
 ACTIVE = ("ready", "running", "paused", "parked")  # parked: ▶ (or any action) resumes it
 GRAPHS = tuple(figures.BUILDERS)
+PANEL_OF = {"loss-graph": "loss", "voltage-graph": "voltage", "weight-change-graph": "weights",
+            "alignment-graph": "alignment", "task-graph": "task"}
 #: live-settable rule settings -> the "set" action's parameter
 LIVE_RULE_ARGS = {name: pop for name, pop in layout.LIVE_RULE_ARGS.items()
                   if pop in ACTIONS.get("set", ())}
@@ -82,11 +84,11 @@ def seed_options(seeds: Any) -> list[dict[str, Any]]:
     return [{"label": f"seed {s}", "value": i} for i, s in enumerate(parsed[:64])]
 
 
-def table_row(info: Mapping[str, Any], live: Sequence[str]) -> dict[str, Any]:
+def table_row(info: Mapping[str, Any], live: Sequence[str], name: str = "") -> dict[str, Any]:
     cfg = info.get("config") or {}
     seeds = cfg.get("seeds") or []
     return {
-        "id": info["id"], "rule": cfg.get("rule", "?"), "task": cfg.get("task", "?"),
+        "id": info["id"], "rule": name or cfg.get("rule", "?"), "task": cfg.get("task", "?"),
         "status": info.get("status", ""), "step": info.get("step", 0),
         "best": fmt_loss(info.get("best_test_loss")), "last": fmt_loss(info.get("last_test_loss")),
         "phases": info.get("phases") or cfg.get("phases", ""),
@@ -100,17 +102,19 @@ def status_chips(infos: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) 
     from dash import html
 
     chips = []
+    named = names.names_by_id(infos)
     for info in infos:
         cfg = info.get("config") or {}
         target = info.get("target_steps") or cfg.get("steps") or 0
         sps = info.get("steps_per_second") or 0
-        text = (f"{cfg.get('rule', '?')} · {info.get('status', '')} · step "
+        text = (f"{named[info['id']]} · {info.get('status', '')} · step "
                 f"{info.get('step', 0):,}/{target:,}" + (f" · {sps:,.0f}/s" if sps else ""))
         parked = info.get("status") == "parked"
         chips.append(html.Span([html.Span("●", style={"color": colors.get(info["id"], "#555")}),
                                 " " + text], className="chip chip-parked" if parked else "chip",
                                title=f"{info['id']}: idle, so its worker was released; ▶ "
-                                     "resumes it from its checkpoint" if parked else info["id"]))
+                                     "resumes it from its checkpoint" if parked else info["id"],
+                               **{"data-status": str(info.get("status", ""))}))
     return chips or ["no run yet — press ▶"]
 
 
@@ -248,6 +252,68 @@ def phase_source(infos: Sequence[Mapping[str, Any]]) -> tuple[str | None, list[s
     return (infos[0]["id"] if infos else None), []
 
 
+def phase_row_error(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The first phase row whose steps are not a whole number >= 1, as a message."""
+    for i, row in enumerate(rows):
+        text = str(row.get("steps") if row.get("steps") is not None else "").strip()
+        if not (text.isdigit() and 1 <= int(text) <= 10**9):
+            return (f"phase {i + 1} steps: got {quote(text)}; allowed: an "
+                    "integer in [1, 1e9]")
+    return ""
+
+
+#: from this many units on, the cost line warns and suggests a smaller apical rate
+LARGE_N = 256
+
+
+def large_n_advice(setup: Mapping[str, Any]) -> str:
+    """For large n: a warning, and for rules with an apical rate (dni, dni-b) a rate scaled
+    down with n (their apical step grows with n; the defaults suit n = 32)."""
+    try:
+        n = int(str(setup.get("n", "")).strip())
+    except ValueError:
+        return ""
+    if n < LARGE_N:
+        return ""
+    text = f"n = {n:,} is large: each step is slow and the default rates may diverge"
+    tips = []
+    for rule in setup.get("rules") or []:
+        args = urlstate.rule_args_of(setup, rule)
+        if "lr_apical" in args:
+            try:
+                rate = float(args["lr_apical"])
+            except ValueError:
+                continue
+            tips.append(f"{rule}: lr_apical ≈ {names.num(rate * 32 / n)} "
+                        f"(now {names.num(rate)}; its step grows with n)")
+    return text + ("; try " + ", ".join(tips) if tips else "")
+
+
+def stale_message(message: str, infos: Sequence[Mapping[str, Any]]) -> bool:
+    """True when a transport message no longer holds: a fast-forward that has arrived (or
+    whose runs ended), "ready at step 0" once the runs move."""
+    if message.startswith("fast-forwarding to step "):
+        try:
+            to = int(message.removeprefix("fast-forwarding to step ").split()[0].replace(",", ""))
+        except ValueError:
+            return True
+        return all(int(i.get("step", 0)) >= to or not is_active(i.get("status", ""))
+                   for i in infos)
+    if message.startswith("ready at step 0"):
+        return any(int(i.get("step", 0)) > 0 or not is_active(i.get("status", ""))
+                   for i in infos)
+    return False
+
+
+def phase_lengths(infos: Sequence[Mapping[str, Any]], run_id: str | None) -> list[int]:
+    """The phase lengths (steps) of the shaded run's schedule."""
+    for info in infos:
+        if info["id"] == run_id:
+            phases = str(info.get("phases") or (info.get("config") or {}).get("phases", "all"))
+            return [int(r["steps"]) for r in urlstate.schedule_rows(phases) or []]
+    return []
+
+
 # ---------------------------------------------------------------------------------------------
 # registration
 # ---------------------------------------------------------------------------------------------
@@ -355,10 +421,26 @@ def _register_estimate(app: dash.Dash, svc: Service) -> None:
     settings = getattr(svc.backend, "settings", None)
 
     @app.callback(Output("cost-estimate", "children"), Input("setup-store", "data"))
-    def estimate(setup: dict | None) -> str:
-        if not setup or settings is None:
+    def estimate(setup: dict | None) -> Any:
+        if not setup:
             return ""
-        return cost_text(setup, settings)
+        text = cost_text(setup, settings) if settings is not None else ""
+        advice = large_n_advice(setup)
+        return [text, html.Div(advice, className="cost-warning", role="alert")] if advice \
+            else text
+
+    @app.callback(
+        Output("transport-msg", "children", allow_duplicate=True),
+        Input("slow-clock", "n_intervals"),
+        State("transport-msg", "children"), State("live-store", "data"),
+        prevent_initial_call=True,
+    )
+    def clear_stale(_n: int, message: Any, live: dict | None) -> str:
+        if not isinstance(message, str) or not message:
+            raise PreventUpdate
+        if not stale_message(message, svc.infos((live or {}).get("group") or [])):
+            raise PreventUpdate
+        return ""
 
 
 def _ids_of(group: Any) -> list[str]:
@@ -386,6 +468,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Output("autostart", "data"),
         Output("transport-msg", "children", allow_duplicate=True),
         Output("compare", "value"),
+        Output("speed", "value"),
         Input("url", "search"),
         Input({"type": "preset", "id": ALL}, "n_clicks"),
         Input("phase-preset", "value"),
@@ -408,7 +491,8 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                 raise PreventUpdate
             setup = dict(preset["setup"])
             setup["present"] = bool((current or {}).get("present"))
-            autostart = {"setup": setup, "stamp": time.time(), "preset": preset["title"]}
+            autostart = {"setup": setup, "stamp": time.time(), "preset": preset["title"],
+                         "note": preset.get("note", "")}
         elif trigger == "phase-preset":
             if not phase_preset:
                 raise PreventUpdate
@@ -427,6 +511,10 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                 if missing:
                     message = (f"run {', '.join(missing)} not found; press ▶ to start this "
                                "setup anew")
+        # opening runs (?run=ID) leaves their pace alone unless the link names one
+        speed_out: Any = urlstate.speed_index(setup.get("speed", urlstate.DEFAULT_SPEED))
+        if live_out is not no_update and "speed=" not in (search or ""):
+            speed_out = no_update
         rows_ = urlstate.schedule_rows(setup.get("phases", "all")) or [
             {"name": "", "steps": "100", "pops": list(layout.POPULATIONS)}]
         rows_ = rows_[:layout.MAX_PHASE_ROWS]
@@ -450,6 +538,7 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
             bool(setup.get("present")), setup.get("focus", "loss"),
             live_out, autostart, message,
             list(setup.get("compare") or []),
+            speed_out,
         )
 
     @app.callback(
@@ -485,11 +574,12 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
         Input("panels", "value"), Input("log-y", "value"),
         Input("present-store", "data"), Input("focus-store", "data"),
         Input("compare", "value"),
+        Input("speed", "value"),
     )
     def collect(task: str, rules: list[str], values: list, names: list, steps: list, pops: list,
                 count: int, race: list, align: list, units: list, seed_index: int | None,
                 panels: list, log_y: list, present: bool, focus: str,
-                compare: list | None = None) -> tuple:
+                compare: list | None = None, speed: int | None = None) -> tuple:
         field_ids = _ids_of(ctx.inputs_list[2])
         base = {**urlstate.default_setup(), "task": task, "rules": list(rules or [])}
         count = max(1, min(int(count or 1), layout.MAX_PHASE_ROWS))
@@ -503,8 +593,12 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
                      seed_index=int(seed_index or 0),
                      panels=[p for p in urlstate.PANELS if p in (panels or [])],
                      log_y=bool(log_y), present=bool(present), focus=focus or "loss",
-                     compare=list(compare or []))
+                     compare=list(compare or []),
+                     speed=layout.SPEEDS[_speed_index(speed)])
         errors = {field_for(k, task): v for k, v in urlstate.validate(setup).items()}
+        row_error = phase_row_error(rows_)
+        if row_error:  # a single "all" row hides its steps from the schedule string
+            errors.setdefault("phases", row_error)
         msg_keys = _ids_of(ctx.outputs_list[1])
         messages = [errors.get(k, "") for k in msg_keys]
         classes = [("invalid " if k in errors else "") + _base_class(k) for k in field_ids]
@@ -580,6 +674,10 @@ def _register_setup(app: dash.Dash, svc: Service, keys: list[str]) -> None:
 
 
 # ---- transport ----------------------------------------------------------------------------------
+#: disabled while a transport action is in flight (see ``transport``'s ``running``)
+TRANSPORT_BUTTONS = ("btn-play", "btn-reset", "btn-step", "btn-stop", "btn-ff", "btn-test")
+
+
 def _register_transport(app: dash.Dash, svc: Service) -> None:
     def start_group(setup: Mapping[str, Any], start: bool, speed: int | None) -> dict[str, Any]:
         configs = urlstate.validated_configs(setup)
@@ -608,7 +706,7 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         return {"runs": created, "group": created, "variants": variants, "n": time.time()}
 
     def set_speed(rid: str, speed: int) -> None:
-        sps = layout.SPEEDS[max(0, min(int(speed), len(layout.SPEEDS) - 1))]
+        sps = layout.SPEEDS[_speed_index(speed)]
         if sps:
             svc.backend.control(rid, "speed", steps_per_second=float(sps))
         else:
@@ -625,13 +723,22 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         Input("btn-play", "n_clicks"), Input("btn-reset", "n_clicks"),
         Input("btn-step", "n_clicks"), Input("btn-ff", "n_clicks"),
         Input("speed", "value"), Input("autostart", "data"), Input("btn-test", "n_clicks"),
+        Input("btn-stop", "n_clicks"),
         State("setup-store", "data"), State("live-store", "data"),
         State("step-k", "value"), State("ff-to", "value"),
         prevent_initial_call=True,
+        # one action at a time per tab: Dash drops the answer of a callback that is fired
+        # again while in flight, so a play pressed during a reset lost the reset's group
+        # (and its runs held slots unseen); now the buttons wait, with a spinner
+        running=[(Output("transport", "className"), "transport busy", "transport"),
+                 (Output("presets", "className"), "preset-grid busy", "preset-grid"),
+                 *[(Output(b, "disabled"), True, False) for b in TRANSPORT_BUTTONS]],
     )
     def transport(_play: int, _reset: int, _step: int, _ff: int, speed: int, auto: dict | None,
-                  _test: int, setup: dict | None, live: dict | None, k: Any, ff_to: Any) -> tuple:
-        trigger = ctx.triggered_id
+                  _test: int, _stop: int, setup: dict | None, live: dict | None, k: Any,
+                  ff_to: Any) -> tuple:
+        # a preset sets the speed and starts at once: the start wins over the speed change
+        trigger = "autostart" if "autostart.data" in ctx.triggered_prop_ids else ctx.triggered_id
         live = live or {"runs": [], "group": []}
         group = list(live.get("group") or [])
         infos = svc.infos(group)
@@ -644,11 +751,18 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
                 if errors:
                     return no_update, _refusal(errors)
                 stop_group(group)
+                speed = urlstate.speed_index(auto["setup"].get("speed", urlstate.DEFAULT_SPEED))
                 return (start_group(auto["setup"], True, speed),
-                        f"{auto.get('preset', 'preset')}: started")
+                        auto.get("note") or "")
+            if trigger == "btn-stop":
+                if not active:
+                    return no_update, "nothing to stop"
+                stop_group(group)
+                return {**live, "n": time.time()}, f"stopped {len(active)} run(s) at step " \
+                    f"{max(int(i.get('step', 0)) for i in active):,}; ↺ or ▶ starts anew"
             if trigger == "speed":
-                for info in active:
-                    set_speed(info["id"], speed)
+                for info in active:  # quiet: a viewer's page may not pace the runs
+                    _quiet(lambda r=info["id"]: set_speed(r, speed))
                 raise PreventUpdate
             if trigger in ("btn-play", "btn-reset", "btn-step") and (
                     trigger == "btn-reset" or not active):
@@ -692,6 +806,14 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         raise PreventUpdate
 
 
+def _speed_index(value: Any) -> int:
+    """The transport's radio value, clamped to an index into SPEEDS."""
+    try:
+        return max(0, min(int(value), len(layout.SPEEDS) - 1))
+    except (TypeError, ValueError):
+        return layout.DEFAULT_SPEED
+
+
 def _steps(value: Any, default: int = 10) -> int:
     try:
         return max(1, int(value))
@@ -723,11 +845,13 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
         Input("live-store", "data"), Input("units", "value"), Input("seed-index", "value"),
         Input("panels", "value"),
         Input("log-y", "value"), Input("present-store", "data"), Input("rebuild-req", "data"),
+        Input("heat-run", "value"),
         State("view-store", "data"),
         prevent_initial_call="initial_duplicate",
     )
     def show(live: dict | None, units: list | None, seed_index: int | None, panels: list | None,
-             log_y: list | None, present: bool, _rebuild: Any, old: dict | None) -> tuple:
+             log_y: list | None, present: bool, _rebuild: Any, heat_run: str | None,
+             old: dict | None) -> tuple:
         epoch = int((old or {}).get("epoch", 0)) + 1
         ids = list((live or {}).get("runs") or [])
         infos = svc.infos(ids)
@@ -755,13 +879,14 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
                                                               seed_index=i))
         colors = figures.assign_colors([(i.get("config") or {}).get("rule", "?") for i in infos])
         variants = (live or {}).get("variants") or {}
+        named = names.names_by_id(infos)
         runs = []
         for info, color in zip(infos, colors, strict=True):
             rid = info["id"]
             last = recent[rid][-1] if recent[rid] else {}
             rule = (info.get("config") or {}).get("rule", "?")
             runs.append(figures.make_run_view(
-                info, color, variant=variants.get(rid, ""),
+                info, color, variant=variants.get(rid, ""), name=named[rid],
                 pops=list((last.get("weight_change") or {}).keys()) or None,
                 diagnostics=list(getattr(RULES.get(rule), "diagnostic_names", ())),
                 alignment=run_has_alignment(info, histories[rid])))
@@ -775,10 +900,22 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             refs=first.get("reference_levels") or {},
             loss_kind=getattr(TASKS.get(task), "loss", "cross_entropy"),
             task_view=first.get("task_view") or {}, phase_names=phase_names,
-            phase_run=phase_run, align_supported=svc.align is not None)
+            phase_run=phase_run, align_supported=svc.align is not None,
+            phase_steps=phase_lengths(infos, phase_run), heat_run=heat_run)
         figs, carry = figures.build_figures(view, histories, recent)
         cursor_store = {"epoch": epoch, "cursors": cursors, "carry": carry}
         return (*[figs[g] for g in GRAPHS], view, cursor_store)
+
+    @app.callback(
+        Output("heat-run", "options"), Output("heat-run", "value"),
+        Input("live-store", "data"), State("heat-run", "value"),
+    )
+    def heat_runs(live: dict | None, current: str | None) -> tuple:
+        """The heatmap's run picker: every run shown, by name; keeps the pick while shown."""
+        named = names.names_by_id(svc.infos((live or {}).get("runs") or []))
+        options = [{"label": name, "value": rid} for rid, name in named.items()]
+        value = current if current in named else next(iter(named), None)
+        return options, value
 
     @app.callback(
         Output("live-status", "children"), Output("btn-play", "children"),
@@ -865,9 +1002,51 @@ def _finite_json(x: Any) -> Any:
     return x
 
 
+def export_name(name: str, run_id: str, ext: str, panel: str = "") -> str:
+    """A file name for a run's export: plasticity-<panel>-<run name>-<id>.<ext>, safe
+    characters only ("dni · random fb" -> "dni_random-fb")."""
+    import re
+
+    words = [re.sub(r"[^A-Za-z0-9.+-]+", "-", w.strip()).strip("-")
+             for w in (name or "").split("·")]
+    stem = "_".join(w for w in words if w)[:80]
+    parts = ["plasticity", panel, stem, run_id]
+    return "-".join(p for p in parts if p) + f".{ext}"
+
+
+def zip_files(files: Mapping[str, Any]) -> bytes:
+    """A zip (in memory) of {name in the zip: path on disk}."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, path in files.items():
+            zf.write(str(path), arcname=name)
+    return buf.getvalue()
+
+
+def image_config(panel: str, labels: Sequence[str], ids: Sequence[str]) -> dict[str, Any]:
+    """A graph's toolbar: PNG at 2x named by panel and run(s), no cloud buttons."""
+    if len(ids) == 1:
+        filename = export_name(labels[0] if labels else "", ids[0], "png", panel)[:-4]
+    else:
+        filename = f"plasticity-{panel}-{len(ids)}-runs" if ids else f"plasticity-{panel}"
+    return {"displaylogo": False, "responsive": True, "showSendToCloud": False,
+            "showEditInChartStudio": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+            "toImageButtonOptions": {"format": "png", "scale": 2, "filename": filename}}
+
+
 # ---- the run table ------------------------------------------------------------------------------
 def _register_table(app: dash.Dash, svc: Service) -> None:
     backend = svc.backend
+
+    @app.callback(*[Output(gid, "config") for gid in GRAPHS], Input("view-store", "data"),
+                  prevent_initial_call=True)
+    def image_names(view: dict | None) -> tuple:
+        runs = (view or {}).get("runs") or []
+        labels, ids = [r["label"] for r in runs], [r["id"] for r in runs]
+        return tuple(image_config(PANEL_OF[gid], labels, ids) for gid in GRAPHS)
 
     def finished_row(rid: str, status: str, step: int) -> dict[str, Any]:
         """A finished run's row does not change: shared by every client via the cache."""
@@ -882,14 +1061,17 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
     def table(_n: int, live: dict | None) -> list[dict[str, Any]]:
         shown = set((live or {}).get("runs") or [])
         rows = []
-        for info in backend.list_runs():
+        infos = backend.list_runs()
+        named = names.names_by_id(infos)
+        for info in infos:
             if is_terminal(info.get("status", "")):
                 row = dict(row_cache(info["id"], info["status"], info.get("step", 0)))
                 row["live"] = 1 if info["id"] in shown else 0
                 row["id"] = info["id"]
+                row["rule"] = named[info["id"]]
                 rows.append(row)
             else:
-                rows.append(table_row(info, list(shown)))
+                rows.append(table_row(info, list(shown), named[info["id"]]))
         return rows
 
     @app.callback(
@@ -924,11 +1106,15 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
                 return ({**live, "runs": runs, "n": time.time()}, no_update,
                         f"overlaying {len(runs)} run(s)", no_update)
             if trigger == "tbl-csv":
-                rid = selected[0]
-                path = backend.export_csv(rid)
-                data = dash.dcc.send_file(str(path), filename=f"run-{rid}.csv")
-                return no_update, data, f"CSV of {rid}" + (" (first ticked run)"
-                                                           if len(selected) > 1 else ""), no_update
+                named = names.names_by_id(svc.infos(selected))
+                files = {export_name(named.get(rid, ""), rid, "csv"): backend.export_csv(rid)
+                         for rid in selected}
+                if len(files) == 1:
+                    (name, path), = files.items()
+                    return (no_update, dash.dcc.send_file(str(path), filename=name),
+                            f"CSV of {selected[0]}", no_update)
+                return (no_update, dash.dcc.send_bytes(zip_files(files), "runs-csv.zip"),
+                        f"CSV of {len(files)} runs, one file each, in runs-csv.zip", no_update)
             if trigger == "tbl-json":
                 configs = {rid: backend.export_config(rid) for rid in selected}
                 body = configs[selected[0]] if len(selected) == 1 else configs

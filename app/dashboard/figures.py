@@ -116,6 +116,8 @@ class View(TypedDict, total=False):
     phase_run: str | None
     window: int
     align_supported: bool
+    phase_steps: list[int]  # the schedule's phase lengths (decides stripes or a strip)
+    heat_run: str | None  # the run the weight-change heatmap shows (the picker beside it)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -199,12 +201,15 @@ DEFAULT_PANELS = ("loss", "voltage", "weights", "alignment", "task")
 
 def make_run_view(info: Mapping[str, Any], color: str, *, variant: str = "",
                   pops: Sequence[str] | None = None,
-                  diagnostics: Sequence[str] = (), alignment: bool = False) -> RunView:
+                  diagnostics: Sequence[str] = (), alignment: bool = False,
+                  name: str = "") -> RunView:
+    """``name``: the run's name among those shown (app.dashboard.names); without it, the
+    rule, the variant and the short id."""
     config = info.get("config") or {}
     target = int(info.get("target_steps") or config.get("steps") or 0)
     rule = str(config.get("rule", "?"))
     return RunView(
-        id=str(info["id"]), rule=rule, label=run_label(rule, str(info["id"]), variant),
+        id=str(info["id"]), rule=rule, label=name or run_label(rule, str(info["id"]), variant),
         color=color, target=target, stride=loss_stride(target), tau=smoothing_tau(target),
         n=int(config.get("n", 0) or 0), seeds=[int(s) for s in config.get("seeds") or [0]],
         pops=ordered_pops(pops or guess_populations(rule, config.get("rule_args"))),
@@ -219,14 +224,41 @@ def make_view(runs: Sequence[RunView], *, epoch: int, units: Sequence[int] = (0,
               refs: Mapping[str, float] | None = None, loss_kind: str = "cross_entropy",
               task_view: Mapping[str, Any] | None = None,
               phase_names: Sequence[str] = (), phase_run: str | None = None,
-              align_supported: bool = True) -> View:
+              align_supported: bool = True, phase_steps: Sequence[int] = (),
+              heat_run: str | None = None) -> View:
     return View(epoch=epoch, runs=list(runs), units=[int(u) for u in units][:4] or [0],
                 seed_index=max(0, int(seed_index)),
                 panels=list(panels), log_y=bool(log_y), scale=float(scale),
                 refs=dict(refs or {}), loss_kind=loss_kind, task_view=dict(task_view or {}),
                 phase_names=list(dict.fromkeys(phase_names)), window=WINDOW,
                 phase_run=phase_run or (runs[0]["id"] if runs else None),
-                align_supported=bool(align_supported))
+                align_supported=bool(align_supported),
+                phase_steps=[int(k) for k in phase_steps], heat_run=heat_run)
+
+
+#: the plot width a stripe is judged at (a 1280-px projector's panel) and the narrowest
+#: stripe that still reads as one; narrower phases are drawn as a thin strip at the bottom
+PLOT_PX = 800
+MIN_STRIPE_PX = 4
+STRIP = 0.035  # the strip's height, as a fraction of the shaded height
+
+
+def phase_strip(view: View) -> bool:
+    """True when the shortest phase would be a stripe narrower than MIN_STRIPE_PX on a
+    whole-run time axis (100-step phases over 20,000 steps: 4 px; over 50,000: 1.6 px)."""
+    lengths = [k for k in view.get("phase_steps") or [] if k > 0]
+    target = max((int(r["target"]) for r in view["runs"]), default=0)
+    if not lengths or not target:
+        return False
+    return min(lengths) * PLOT_PX / target < MIN_STRIPE_PX
+
+
+def _shade(view: View, xref: str, y0: float, y1: float, whole_run: bool = True
+           ) -> dict[str, Any]:
+    """Where phases are shaded (layout.meta.shade, which plab.js also follows)."""
+    if whole_run and phase_strip(view):
+        y1 = y0 + STRIP * (y1 - y0)
+    return {"xref": xref, "y0": y0, "y1": y1}
 
 
 def clamp_seed_index(seed_index: Any, seeds: int) -> int:
@@ -283,6 +315,18 @@ def voltage_pairs(view: View) -> list[tuple[str, int]]:
     return pairs[:MAX_VOLTAGE_PAIRS]
 
 
+def voltage_cap_note(view: View) -> str:
+    """"showing 1 of 3 units per run" when a race leaves room for fewer units than chosen."""
+    runs, units = view["runs"], list(view.get("units") or [0])
+    if not runs:
+        return ""
+    per_run = max(1, MAX_VOLTAGE_PAIRS // len(runs))
+    if per_run >= len(units):
+        return ""
+    return (f"showing {per_run} of {len(units)} units per run "
+            f"(at most {MAX_VOLTAGE_PAIRS} lines)")
+
+
 COMPARTMENTS = (("V", "basal V"), ("U", "apical U"), ("r", "rate r"))
 
 
@@ -291,6 +335,10 @@ def voltage_slots(view: View) -> list[str]:
 
 
 def focus_run(view: View) -> RunView | None:
+    """The run whose weight changes the heatmap shows: the one picked, else the first."""
+    for run in view["runs"]:
+        if run["id"] == view.get("heat_run"):
+            return run
     return view["runs"][0] if view["runs"] else None
 
 
@@ -551,6 +599,18 @@ def _log10(v: float) -> float:
     return math.log10(v) if v > 0 else 0.0
 
 
+#: tick values of a log loss axis: decimals at fixed values, so 0.7 never reads as "7"
+LOG_TICKS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8,
+             1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+REF_MARGIN = 128  # px on the right of the loss plot for the reference labels
+
+
+def log_ticks() -> dict[str, Any]:
+    """Fixed decimal ticks for a log axis (Plotly shows those inside its range)."""
+    return {"tickmode": "array", "tickvals": list(LOG_TICKS),
+            "ticktext": [f"{v:g}" for v in LOG_TICKS]}
+
+
 def loss_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | None = None,
                 carry: dict[str, Any] | None = None) -> Figure:
     """Train loss (smoothed, raw faint), test loss, reference levels, phase shading.
@@ -592,20 +652,23 @@ def loss_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | None = 
     layout = _base_layout(
         view, height=340,
         xaxis=_axis(view, "step", rangemode="tozero"),
-        yaxis=_axis(view, f"loss ({unit})", type="log" if log_y else "linear"),
+        yaxis=_axis(view, f"loss ({unit})", type="log" if log_y else "linear",
+                    **(log_ticks() if log_y else {})),
     )
-    layout["meta"]["shade"] = {"xref": "x", "y0": 0.0, "y1": 1.0}
+    # reference labels in the right margin, beside their dashed line, never over the curve
+    layout["margin"]["r"] = round((REF_MARGIN if view.get("refs") else 16) * s)
+    layout["meta"]["shade"] = _shade(view, "x", 0.0, 1.0)
     refs = view.get("refs") or {}
-    for i, (label, level) in enumerate(sorted(refs.items(), key=lambda kv: -kv[1])):
+    for label, level in sorted(refs.items(), key=lambda kv: -kv[1]):
         layout["shapes"].append({
             "type": "line", "name": "ref", "xref": "paper", "x0": 0, "x1": 1, "yref": "y",
             "y0": level, "y1": level, "layer": "above",
             "line": {"color": "#5b6270", "width": 1.2, "dash": "dash"}})
         layout["annotations"].append({
-            "xref": "paper", "x": 0.995 if i % 2 == 0 else 0.60, "xanchor": "right", "yref": "y",
-            "y": _log10(level) if log_y else level, "yanchor": "bottom", "showarrow": False,
-            "text": f"{label}  {level:.3f}", "font": {**_font(view, 10.5), "color": "#4b5260"},
-            "bgcolor": "rgba(255,255,255,0.75)"})
+            "xref": "paper", "x": 1.0, "xanchor": "left", "xshift": 4, "yref": "y",
+            "y": _log10(level) if log_y else level, "yanchor": "middle", "showarrow": False,
+            "text": f"{_esc(label)} {level:.2f}", "name": "ref",
+            "font": {**_font(view, 10.5), "color": "#4b5260"}})
     source = histories.get(view.get("phase_run") or "") or {}
     spans = merge_spans(source.get("phases") or []) if shaded(view) else []
     layout["shapes"] += phase_shapes(spans, phase_colors(view), layout["meta"]["shade"])
@@ -657,10 +720,16 @@ def voltage_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]]
                                      showticklabels=row == 2,
                                      **({"matches": "x"} if row else {}))
     layout["meta"].update(window=view.get("window", WINDOW),
-                          shade={"xref": "x", "y0": 0.0, "y1": 1.0})
+                          shade=_shade(view, "x", 0.0, 1.0, whole_run=False))
     layout["annotations"] += _phase_legend(view)
     if not pairs:
         layout["annotations"].append(_empty_note(view, "voltages appear when a run steps"))
+    capped = voltage_cap_note(view)
+    if capped:
+        layout["annotations"].append({
+            "xref": "paper", "x": 1.0, "xanchor": "right", "yref": "paper", "y": 1.0,
+            "yanchor": "bottom", "showarrow": False, "text": capped, "name": "cap",
+            "font": {**_font(view, 11), "color": "#b54708"}})
     return {"data": data, "layout": layout}
 
 
@@ -743,6 +812,11 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
     layout["yaxis"] = _axis(view, "", domain=HEAT_DOMAIN, anchor="x", autorange="reversed",
                             showticklabels=False, showgrid=False, zeroline=False, ticks="",
                             showline=False)
+    layout["annotations"].append({  # whose weights these are, in the run's colour
+        "xref": "paper", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
+        "yanchor": "bottom", "showarrow": False, "name": "heat-run",
+        "text": f"<b>ΔW of {_esc(focus['label'])}</b>",
+        "font": {**_font(view, 12.5), "color": focus["color"]}})
     titles = _block_titles(blocks)
     for k in range(len(focus["pops"])):
         text, x = titles[k] if k < len(titles) else ("", 0.0)
@@ -761,11 +835,13 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
             data.append(_line(name, color, width=2, dash=dash, x=xs, y=ys, xaxis="x2",
                               yaxis="y2", group=run["id"],
                               hovertemplate=f"‖{pop}‖ %{{y:.3f}}<extra>{_esc(run['label'])}</extra>"))
-    layout["xaxis2"] = _axis(view, "step", anchor="y2")
-    layout["yaxis2"] = _axis(view, "‖W‖", domain=[0, 0.36], anchor="x2")
+    # no axis lines on the norm subplot: Plotly drew them from NaN ("MNaN,NaNHNaN", a console
+    # error at every run start) while the subplot had no point yet; the grid marks the axes
+    layout["xaxis2"] = _axis(view, "step", anchor="y2", showline=False)
+    layout["yaxis2"] = _axis(view, "‖W‖", domain=[0, 0.36], anchor="x2", showline=False)
     layout["legend"].update(orientation="h", y=-0.16, yanchor="top", x=0.0)
     layout["margin"]["b"] = round(70 * view.get("scale", 1.0))
-    layout["meta"]["shade"] = {"xref": "x2", "y0": 0.0, "y1": 0.36}
+    layout["meta"]["shade"] = _shade(view, "x2", 0.0, 0.36)
     layout["annotations"] += _phase_legend(view, y=0.37)
     return {"data": data, "layout": layout}
 
@@ -822,7 +898,7 @@ def alignment_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | No
     layout["xaxis"] = _axis(view, "", anchor="y", matches="x2", showticklabels=False)
     layout["yaxis2"] = _axis(view, "rule's prediction loss", domain=bottom, type="log", anchor="x2")
     layout["xaxis2"] = _axis(view, "step", anchor="y2")
-    layout["meta"]["shade"] = {"xref": "x2", "y0": 0.0, "y1": 1.0}
+    layout["meta"]["shade"] = _shade(view, "x2", 0.0, 1.0)
     if view["runs"] and not any(run["alignment"] for run in view["runs"]):
         how = ("Tick <b>measure alignment</b> under Network and press ↺ Reset:<br>an exact "
                "gradient (RTRL) then runs beside the rule." if view.get("align_supported", True)
@@ -888,7 +964,7 @@ def task_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | 
     layout["yaxis2"] = _axis(view, "target / prediction", domain=bottom, anchor="x2", **extra)
     layout["xaxis2"] = _axis(view, "step", anchor="y2")
     layout["meta"].update(window=view.get("window", WINDOW),
-                          shade={"xref": "x2", "y0": 0.0, "y1": 1.0})
+                          shade=_shade(view, "x2", 0.0, 1.0, whole_run=False))
     if tv.get("kind") not in (None, "lines"):
         layout["annotations"].append({
             "xref": "paper", "yref": "paper", "x": 0, "y": -0.18, "xanchor": "left",

@@ -24,9 +24,10 @@ from simulator.settings import Setting
 from simulator.tasks import TASKS
 
 MAX_PHASE_ROWS = 6
-SPEEDS = (10, 30, 100, 300, 1000, 0)  # steps per second; 0: as fast as possible
+SPEEDS = urlstate.SPEEDS  # steps per second; 0: as fast as possible
 SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 3: "300/s", 4: "1k/s", 5: "max"}
-DEFAULT_SPEED = 5
+#: paced for teaching: 100 steps/s (a preset may set its own; ``speed=`` in the URL)
+DEFAULT_SPEED = urlstate.speed_index(urlstate.DEFAULT_SPEED)
 PANEL_TITLES = {
     "loss": "Loss",
     "voltage": "Compartment voltages",
@@ -259,6 +260,8 @@ def header() -> html.Header:
                     title="Reset: new run(s) from the controls at step 0 (key r)"),
         html.Button("▶", id="btn-play", n_clicks=0, className="tbtn play",
                     title="Play / pause (space)"),
+        html.Button("■", id="btn-stop", n_clicks=0, className="tbtn",
+                    title="Stop: end the runs on screen (they stay in the table; ↺ starts anew)"),
         html.Button("Step", id="btn-step", n_clicks=0, className="tbtn text",
                     title="Step (s or →): advance a few steps, then pause"),
         html.Div(dcc.Input(id="step-k", type="number", value=10, min=1, max=100000,
@@ -273,6 +276,7 @@ def header() -> html.Header:
                   html.Button("FF »", id="btn-ff", n_clicks=0, className="tbtn text",
                               title="Fast-forward: no drawing until that step, then live")],
                  className="ff-box"),
+        html.Span(className="spinner", title="working: the other controls wait"),
     ], className="transport", id="transport")
     return html.Header([
         html.Div([html.Span("Plasticity", className="brand-a"), html.Span(" Lab", className="brand-b")],
@@ -285,6 +289,8 @@ def header() -> html.Header:
             html.Span(id="perf-meter", className="perf", children="idle",
                       title="panel updates per second and lag from simulation to screen"),
             dcc.Clipboard(id="copy-link", title="copy a link to this setup", className="clip"),
+            html.Button("Notes", id="btn-notes", n_clicks=0, className="hbtn notes-btn",
+                        title="presenter mode: show or hide the panel's notes (n)"),
             html.Button("Presenter", id="btn-present", n_clicks=0, className="hbtn",
                         title="presenter mode: large fonts, controls hidden, one panel (p; "
                               "1-5 pick the panel; Esc leaves)"),
@@ -300,7 +306,10 @@ def panel(name: str, graph_id: str, extra: list[Any] | None = None) -> html.Sect
         html.Div([
             html.Div(dcc.Graph(id=graph_id, figure=_empty_figure(graph_id), responsive=True,
                                config={"displaylogo": False, "responsive": True,
-                                       "modeBarButtonsToRemove": ["lasso2d", "select2d"]},
+                                       "showSendToCloud": False, "showEditInChartStudio": False,
+                                       "modeBarButtonsToRemove": ["lasso2d", "select2d"],
+                                       "toImageButtonOptions": {"format": "png", "scale": 2,
+                                                                "filename": f"plasticity-{name}"}},
                                className="graph"), className="graph-box"),
             html.Div([html.P(lines[0]), html.P(lines[1], className="look-for")],
                      className="note", id=f"note-{name}"),
@@ -339,7 +348,11 @@ def panels() -> html.Main:
             panel("loss", "loss-graph", [log_y]),
             panel("voltage", "voltage-graph", [html.Span("units", className="tlabel"), units,
                                                html.Span("seed", className="tlabel"), seed]),
-            panel("weights", "weight-change-graph"),
+            panel("weights", "weight-change-graph", [
+                html.Span("run", className="tlabel"),
+                dcc.Dropdown(id="heat-run", options=[], value=None, clearable=False,
+                             searchable=False, className="dropdown heat-run",
+                             placeholder="first run")]),
             panel("alignment", "alignment-graph"),
             panel("task", "task-graph"),
         ], className="panel-grid", id="panel-grid"),
@@ -349,7 +362,7 @@ def panels() -> html.Main:
 
 LOSS_FORMAT = Format(precision=4, scheme=Scheme.fixed).to_plotly_json()
 TABLE_COLUMNS = [
-    {"id": "id", "name": "run"}, {"id": "rule", "name": "rule"}, {"id": "task", "name": "task"},
+    {"id": "id", "name": "run"}, {"id": "rule", "name": "run name"}, {"id": "task", "name": "task"},
     {"id": "status", "name": "status"}, {"id": "step", "name": "step", "type": "numeric"},
     # numbers, not text, so that sorting puts 0.45 before 0.6
     {"id": "best", "name": "best test", "type": "numeric", "format": LOSS_FORMAT},
@@ -421,7 +434,7 @@ def build_layout(preset_items: list[dict[str, Any]], *, align_supported: bool) -
         *stores(),
         header(),
         html.Div([controls(preset_items, align_supported), panels()], className="body"),
-        html.Footer(["Keys: space play/pause · s step · r reset · p presenter · 1–5 panel · "
+        html.Footer(["Keys: space play/pause · s step · r reset · p presenter · n notes · 1–5 panel · "
                      "l log-y · f full screen. Marschall, Cho & Savin (2019), ",
                      html.I("Using local plasticity rules to train recurrent neural networks"),
                      "."], className="footer"),

@@ -41,6 +41,9 @@ def race_rules(rules: Sequence[str] | None = None, limit: int | None = None) -> 
 
 def presets(max_runs: int | None = None) -> list[dict[str, Any]]:
     """All presets (cheap to build; the dashboard caches the list)."""
+    chosen = race_rules(limit=max_runs)
+    race_note = (f"All rules race: {len(chosen)} of {len(RULES)} (limit {max_runs}): pick which "
+                 "in Rules" if len(chosen) < len(RULES) else "")
     out = [
         {"id": "paper", "title": "The paper's rule on Add(5,9)",
          "blurb": "DNI-b: apical synthetic gradient, learned J̃, random feedback, tanh label",
@@ -51,8 +54,8 @@ def presets(max_runs: int | None = None) -> list[dict[str, Any]]:
          "setup": _setup(rules=["dni", "dni-b"], steps="20000")},
         {"id": "race", "title": "All rules race",
          "blurb": "every rule, same seed, same input stream, same initial weights",
-         "setup": _setup(rules=race_rules(limit=max_runs), n="16", steps="10000",
-                         units=[0])},
+         "setup": _setup(rules=chosen, n="16", steps="10000", units=[0]),
+         "note": race_note},
     ]
     if "apical-then-basal" in PHASE_PRESETS:
         out.append({

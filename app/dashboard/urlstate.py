@@ -31,6 +31,10 @@ CORE_FIELDS = ("n", "alpha", "lr", "seeds", "steps")
 PANELS = ("loss", "voltage", "weights", "alignment", "task")
 SCALAR_SETTINGS = {s.name: s for s in SCALARS}
 DEFAULT_STEPS = "20000"
+#: the transport's speeds in steps per second (0: as fast as the CPU runs)
+SPEEDS = (10, 30, 100, 300, 1000, 0)
+#: paced for teaching: 100 steps/s unless a preset or the URL says otherwise
+DEFAULT_SPEED = 100
 
 DEFAULT_SETUP: dict[str, Any] = {
     "task": "add",
@@ -52,6 +56,7 @@ DEFAULT_SETUP: dict[str, Any] = {
     "log_y": True,
     "present": False,
     "focus": "loss",
+    "speed": DEFAULT_SPEED,  # steps/s, one of SPEEDS (0: max)
 }
 
 
@@ -130,9 +135,35 @@ def encode(setup: Mapping[str, Any], runs: Sequence[str] = ()) -> str:
         items.append(("present", "1"))
     if setup.get("focus", "loss") != "loss":
         items.append(("focus", str(setup["focus"])))
+    if int(setup.get("speed", DEFAULT_SPEED)) != DEFAULT_SPEED:
+        items.append(("speed", speed_text(int(setup["speed"]))))
     if runs:
         items.append(("runs" if len(runs) > 1 else "run", ",".join(runs)))
     return urlencode(items, safe=",:=")
+
+
+def speed_text(sps: int) -> str:
+    return "max" if sps == 0 else str(sps)
+
+
+def parse_speed(value: str) -> int:
+    """A URL's speed (steps/s, or "max") -> the nearest of SPEEDS."""
+    value = value.strip().lower()
+    if value in ("max", "0"):
+        return 0
+    try:
+        sps = float(value)
+    except ValueError:
+        return DEFAULT_SPEED
+    return min((s for s in SPEEDS if s), key=lambda s: abs(s - sps))
+
+
+def speed_index(sps: Any) -> int:
+    """The transport's radio value (an index into SPEEDS) for a speed in steps/s."""
+    try:
+        return SPEEDS.index(int(sps))
+    except (TypeError, ValueError):
+        return SPEEDS.index(DEFAULT_SPEED)
 
 
 def _flag(value: str) -> bool:
@@ -188,6 +219,8 @@ def decode(query: str) -> tuple[dict[str, Any], list[str]]:
             setup["present"] = _flag(value)
         elif key == "focus" and value in PANELS:
             setup["focus"] = value
+        elif key == "speed":
+            setup["speed"] = parse_speed(value)
         elif key in ("run", "runs"):
             runs += [r.strip() for r in value.split(",") if r.strip()]
     if "rules" in given and not setup["rules"]:

@@ -1,0 +1,216 @@
+"""Issue 12 in a real headless Chromium against ``python -m app serve``: a lifecycle that
+never jams (a randomised press of the transport buttons), paced by default.
+
+Reuses the server/browser/page fixtures of tests/test_dashboard_browser.py.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import pytest
+from test_dashboard_browser import POINTS_JS, _api, _open, _wait_until, browser, page, server
+
+pytestmark = pytest.mark.browser
+
+ACTIVE = ("ready", "running", "paused")
+BUTTONS = ("btn-reset", "btn-play", "btn-step", "btn-stop")
+
+#: what the screen says: the runs of the status chips, {id: status}
+CHIPS_JS = """() => Object.fromEntries([...document.querySelectorAll('#live-status .chip')]
+    .map((c) => [c.title, c.dataset.status || c.innerText.split(' · ')[1]]))"""
+#: a user's click: nothing happens on a disabled or missing button (as for a real click)
+CLICK_JS = "(id) => { const b = document.getElementById(id); if (b && !b.disabled) b.click(); }"
+BUSY_JS = "() => document.querySelector('#transport.busy') !== null"
+
+
+def _active_runs(base: str) -> dict[str, str]:
+    return {r["id"]: r["status"] for r in _api(base, "/api/runs")["runs"]
+            if r["status"] in ACTIVE}
+
+
+def test_random_transport_presses_never_jam(page: Any, server: str) -> None:
+    """Reset, play, step and stop pressed in random order and timing: at the end the tab
+    shows one group, no run the screen does not show is still active (no orphan slots),
+    nothing was refused for lack of slots, and the chips say what the server says."""
+    _open(page, server, "?steps=100000&n=16")
+    rng = random.Random(12)
+    messages: set[str] = set()
+    deadline = time.time() + 30
+    presses = 0
+    while time.time() < deadline:
+        page.evaluate(CLICK_JS, rng.choice(BUTTONS))
+        presses += 1
+        page.wait_for_timeout(rng.choice((0, 50, 150, 400, 900)))
+        messages.add(page.inner_text("#transport-msg"))
+    # let the last action land and the 1 s status refresh catch up
+    _wait_until(lambda: not page.evaluate(BUSY_JS), 30, "the transport to settle", page=page)
+
+    def agrees() -> bool:
+        chips = page.evaluate(CHIPS_JS)
+        active = _active_runs(server)
+        shown_active = {k: v for k, v in chips.items() if v in ACTIVE}
+        return set(active) <= set(chips) and shown_active == active
+
+    try:
+        _wait_until(agrees, 15, "the screen to agree with the server", page=page)
+    except AssertionError:
+        raise AssertionError(f"after {presses} presses: screen {page.evaluate(CHIPS_JS)}, "
+                             f"server {_active_runs(server)}, messages {messages}") from None
+    assert len(_active_runs(server)) <= 1, _active_runs(server)  # one tab, one rule: one group
+    assert not any("active" in m and "max" in m for m in messages), messages
+    assert not page.errors, page.errors
+
+
+def test_a_run_start_logs_no_console_errors(page: Any, server: str) -> None:
+    """Every run start used to log `<path> attribute d: Expected number, "MNaN,NaNHNaN"`
+    (the axis lines of the weight-norm subplot before its first point)."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    _open(page, server, "?steps=100000&n=16&speed=300")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(POINTS_JS, "weight-change-graph") > 3, 40,
+                "weight norms", page=page)
+    page.click("#btn-stop")
+    assert not [c for c in console if "NaN" in c], console
+    assert not page.errors, page.errors
+
+
+#: the boxes that must not overlap: the header's parts, and each visible panel's title and tools
+BOXES_JS = """() => {
+  const box = (el) => { const r = el.getBoundingClientRect();
+    return {x: r.x, y: r.y, w: r.width, h: r.height}; };
+  const visible = (el) => el && el.offsetParent !== null && el.getBoundingClientRect().width > 0;
+  const groups = [];
+  const head = ['.brand', '#transport', '#live-status', '#transport-msg', '.header-right']
+    .map((s) => document.querySelector(s)).filter(visible);
+  groups.push(head.map((el) => [el.id || el.className, box(el)]));
+  const right = [...document.querySelectorAll('.header-right > *')].filter(visible);
+  groups.push(right.map((el) => [el.id || el.className, box(el)]));
+  const parts = [];  // one group: a panel's tools must not spill onto its neighbour's title
+  for (const p of document.querySelectorAll('.panel')) {
+    if (!visible(p)) continue;
+    for (const el of [p.querySelector('.panel-head h3'), ...p.querySelectorAll('.panel-tools > *')]) {
+      if (visible(el)) parts.push([p.id + ' ' + (el.id || el.className || el.tagName), box(el)]);
+    }
+  }
+  groups.push(parts);
+  const header = document.querySelector('.header').getBoundingClientRect().height;
+  const focus = document.querySelector('.panel.panel-focus .graph-box');
+  const note = document.querySelector('.panel.panel-focus .note');
+  return {groups, header, graph: focus ? focus.getBoundingClientRect().width : null,
+          note: note ? visible(note) && getComputedStyle(note).display !== 'none' : null,
+          width: window.innerWidth,
+          widths: [...document.querySelectorAll('.header > *, #transport > *')].map(
+            (el) => (el.id || el.className) + ':' + Math.round(el.getBoundingClientRect().width))};
+}"""
+
+
+def _overlaps(groups: list) -> list[str]:
+    bad = []
+    for group in groups:
+        for i, (na, a) in enumerate(group):
+            for nb, b in group[i + 1:]:
+                dx = min(a["x"] + a["w"], b["x"] + b["w"]) - max(a["x"], b["x"])
+                dy = min(a["y"] + a["h"], b["y"] + b["h"]) - max(a["y"], b["y"])
+                if dx > 1 and dy > 1:
+                    bad.append(f"{na} overlaps {nb}")
+    return bad
+
+
+def test_layout_fits_a_projector_in_normal_and_presenter_mode(page: Any,
+                                                              server: str) -> None:
+    """At 1280x720 and 1920x1080, with a race of two runs on screen: the header is one line,
+    nothing overlaps; presenter mode gives the plot >= 85% of the width, notes on demand."""
+    _open(page, server, "?rules=dni,dni-b&steps=100000&n=16")
+    page.click("#btn-play")
+    _wait_until(lambda: len(page.evaluate(CHIPS_JS)) == 2, 30, "two chips", page=page)
+    problems = []
+    for width, height in ((1280, 720), (1920, 1080)):
+        page.set_viewport_size({"width": width, "height": height})
+        for presenting in (False, True):
+            if presenting != page.evaluate("document.body.classList.contains('presenting')"):
+                page.keyboard.press("p")
+                _wait_until(lambda p=presenting: page.evaluate(
+                    "document.body.classList.contains('presenting')") == p, 10, "presenter",
+                    page=page)
+            page.wait_for_timeout(300)
+            got = page.evaluate(BOXES_JS)
+            where = f"{width}x{height} {'presenter' if presenting else 'normal'}"
+            problems += [f"{where}: {o}" for o in _overlaps(got["groups"])]
+            if got["header"] > (80 if presenting else 64):
+                problems.append(f"{where}: the header wraps ({got['header']:.0f} px high; "
+                                f"{got['widths']})")
+            if presenting:
+                if got["graph"] < 0.85 * got["width"]:
+                    problems.append(f"{where}: the plot is {got['graph'] / got['width']:.0%} "
+                                    "of the width")
+                if got["note"]:
+                    problems.append(f"{where}: notes shown before they are asked for")
+    assert not problems, "\n".join(problems)
+    page.keyboard.press("p")
+    page.keyboard.press("n")  # notes on demand
+    _wait_until(lambda: page.evaluate(BOXES_JS)["note"], 10, "the notes", page=page)
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+def test_csv_of_two_ticked_runs_is_one_file_each_named_by_run(page: Any,
+                                                              server: str, tmp_path: Any) -> None:
+    """With two runs ticked, only the first used to download; now a zip of one CSV per run,
+    each named by what differs (here: the rule)."""
+    import csv
+    import io
+    import zipfile
+
+    _open(page, server, "?rules=dni,dni-b&steps=300&n=8&speed=max")
+    page.click("#btn-play")
+    _wait_until(lambda: sum(r["status"] == "finished" for r in _api(server, "/api/runs")["runs"]
+                            if r["config"]["steps"] == 300) >= 2, 60, "two finished runs",
+                page=page)
+    ours = {r["id"] for r in _api(server, "/api/runs")["runs"] if r["config"]["steps"] == 300}
+    _wait_until(lambda: len(page.query_selector_all("#run-table td input[type=checkbox]")) >= 2,
+                20, "the table rows", page=page)
+    for row in page.query_selector_all("#run-table tr"):
+        if any(rid in row.inner_text() for rid in ours):
+            row.query_selector("input[type=checkbox]").check()
+    with page.expect_download(timeout=30_000) as dl:
+        page.click("#tbl-csv")
+    path = tmp_path / "runs.zip"
+    dl.value.save_as(path)
+    assert dl.value.suggested_filename == "runs-csv.zip"
+    with zipfile.ZipFile(path) as zf:
+        names = sorted(zf.namelist())
+        assert sorted(n.rsplit("-", 1)[0] for n in names) == ["plasticity-dni", "plasticity-dni-b"]
+        assert {n.rsplit("-", 1)[1].removesuffix(".csv") for n in names} == ours
+        for n in names:
+            rows = list(csv.reader(io.StringIO(zf.read(n).decode())))
+            assert len(rows) > 100 and "step" in rows[0]
+    assert not page.errors, page.errors
+
+
+HEAT_TITLE_JS = """() => {
+  const gd = document.querySelector('#weight-change-graph .js-plotly-plot');
+  const a = ((gd && gd.layout && gd.layout.annotations) || []).find((x) => x.name === 'heat-run');
+  return a ? a.text : null;
+}"""
+
+
+def test_the_heatmap_run_picker_names_the_runs_and_switches(page: Any, server: str) -> None:
+    """A race used to show only its first run's weights, unlabelled."""
+    _open(page, server, "?rules=dni,dni-b&steps=100000&n=8")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(HEAT_TITLE_JS) == "<b>ΔW of dni</b>", 30,
+                "the heatmap titled with the first run", page=page)
+    page.click("#heat-run")
+    page.get_by_role("option", name="dni-b", exact=True).click()
+    try:
+        _wait_until(lambda: page.evaluate(HEAT_TITLE_JS) == "<b>ΔW of dni-b</b>", 20,
+                    "the heatmap to show dni-b", page=page)
+    except AssertionError:
+        raise AssertionError(f"{page.inner_text('#panel-weights .panel-tools')!r} "
+                             f"{page.evaluate(HEAT_TITLE_JS)!r}") from None
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
