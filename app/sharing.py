@@ -38,7 +38,9 @@ def _store() -> AccessStore:
 
 
 def _optional_body() -> dict[str, Any]:
-    return _body() if request.get_data(cache=True).strip() else {}
+    """The JSON object body, or {} when there is none (no peeking: _body reads the stream)."""
+    chunked = "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    return _body() if request.content_length or chunked else {}
 
 
 def make_share(backend: GuardedBackend, store: AccessStore, runs: list[str],
