@@ -11,14 +11,16 @@ its smoothing state (``carry``) and a ring of the last ``keep`` *items*, each th
 operations (figures.tick_ops) for the frames that arrived since the item before it. Polls
 drive it: the first poll at least ``min_interval`` after the last read asks the backend for new
 frames (under the channel's lock; concurrent polls wait for that one read and then share its
-result) and, when there are any, computes one item (``computed`` counts them). Every poll then
-answers from the ring:
+result) and, when there are any, computes one item (``computed`` counts them): numbers rounded
+to DIGITS significant digits, the weight heatmap's contents at most every SET_EVERY_S. Every
+poll then answers from the ring:
 
 - ``since`` equal to the newest item's number: **304 Not Modified** with an empty body (the
   ETag is the item number; If-None-Match is honoured too);
 - an older ``since`` still in the ring: 200 with every item after it, encoded once per
-  (since, newest) pair and shared; the client merges them and draws once, so a viewer who
-  fell behind jumps to the newest frame instead of replaying a queue;
+  (since, newest) pair and shared; a heatmap's contents only from the newest item that has
+  them; the client merges them and draws once, so a viewer who fell behind jumps to the
+  newest frame instead of replaying a queue;
 - ``since`` = -1 (a client that just built its figures) with its cursors ``c``: the items after
   those cursors;
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
@@ -107,6 +109,24 @@ def _finite(x: Any) -> Any:
     return x
 
 
+#: a heatmap's whole contents (the "set" op, ~30 KB at n=32) go out at most this often (s); its
+#: lines (extend) every frame
+SET_EVERY_S = 0.5
+#: significant digits of the numbers drawn (a plot shows no more; JSON shrinks about 3x)
+DIGITS = 5
+
+
+def _rounded(x: Any) -> Any:
+    """``x`` (per-graph ops) with every float rounded to DIGITS significant digits."""
+    if isinstance(x, float):
+        return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else x
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_rounded(v) for v in x]
+    return x
+
+
 def view_key(view: Mapping[str, Any]) -> str:
     """The channel of a view: everything in it but the client's epoch, its font scale (the
     figures' look, not their data) and this key."""
@@ -125,6 +145,7 @@ class Channel:
     items: deque = field(default_factory=lambda: deque(maxlen=KEEP))  # (seq, item, to)
     encoded: dict[int, bytes] = field(default_factory=dict)  # since -> body, for this seq
     read_at: float = 0.0
+    set_at: float = 0.0
     used_at: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -218,7 +239,21 @@ class LiveHub:
 
     @staticmethod
     def _encode(seq: int, items: list[dict[str, Any]]) -> bytes:
-        return to_json({"seq": seq, "items": items}).encode()
+        """The answer with ``items``; a heatmap's contents and block titles (``set``,
+        ``titles``: each replaces the last) only from the newest item that has them."""
+        newest: dict[tuple[str, str], int] = {}
+        for k, item in enumerate(items):
+            for gid, ops in (item.get("graphs") or {}).items():
+                for op in ("set", "titles"):
+                    if op in ops:
+                        newest[gid, op] = k
+        out = []
+        for k, item in enumerate(items):
+            graphs = {gid: {op: v for op, v in ops.items()
+                            if op not in ("set", "titles") or newest[gid, op] == k}
+                      for gid, ops in (item.get("graphs") or {}).items()}
+            out.append({**item, "graphs": {gid: ops for gid, ops in graphs.items() if ops}})
+        return to_json({"seq": seq, "items": out}).encode()
 
     # ---- the shared work ----------------------------------------------------------------------
     def _advance(self, chan: Channel) -> None:
@@ -230,8 +265,17 @@ class LiveHub:
             return
         chan.carry = payload["carry"]
         chan.cursors = payload["to"]
-        item = {k: payload[k] for k in ("from", "to", "graphs", "wall", "built", "has_frames",
-                                        "rebuild", "server_ms")}
+        item = {k: payload[k] for k in ("from", "to", "wall", "built", "has_frames", "rebuild",
+                                        "server_ms")}
+        graphs = _rounded(payload["graphs"])
+        now = time.monotonic()
+        if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most twice a second
+            graphs = {gid: {op: v for op, v in ops.items() if op not in ("set", "titles")}
+                      for gid, ops in graphs.items()}
+            graphs = {gid: ops for gid, ops in graphs.items() if ops}
+        elif any("set" in ops for ops in graphs.values()):
+            chan.set_at = now
+        item["graphs"] = graphs
         chan.seq += 1
         chan.items.append((chan.seq, item, dict(payload["to"])))
         chan.encoded = {}

@@ -282,6 +282,7 @@
 
     // ---- the live loop: GET _plab/live/<key>, one request in flight ---------------------------
     const POLL_MS = 50;        // while frames arrive
+    const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): ~6 answers/s, all items merged
     const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
     plab.view = null;
     plab.state = null;         // {epoch, cursors, seq}: the last shared item applied
@@ -367,7 +368,9 @@
         pumping = true;
         while (true) {
             const t0 = Date.now();
-            let wait = POLL_MS;
+            const root = document.getElementById("root");
+            let wait = plab.pollMs = root && root.classList.contains("viewer") ? VIEWER_POLL_MS
+                : POLL_MS;
             try {
                 if (!document.hidden) await tickOnce();
             } catch (err) {

@@ -222,9 +222,9 @@ def test_twenty_viewers_share_one_computation_per_frame_and_get_304s(lab: Lab, s
             t.start()
         for t in threads:
             t.join(30)
-        after = lab.admin("GET", "/_plab/live-stats")
     finally:
-        ctx.close()
+        ctx.close()  # the page polls no more: the channel stops where the viewers left it
+    after = lab.admin("GET", "/_plab/live-stats")
     assert not errors, errors[:3]
     computed = after["computed"] - before["computed"]
     seqs = after["items"][key] - before["items"][key]
@@ -238,8 +238,8 @@ def test_twenty_viewers_share_one_computation_per_frame_and_get_304s(lab: Lab, s
         for _status, since, seq, n in joined[1:]:
             assert n == seq - since, (since, seq, n)  # every item after since, none twice
             delivered += n
-        assert joined[-1][2] >= after["items"][key] - 2  # and kept up with the newest
-    assert delivered >= 15 * computed  # the same items went to every viewer
+        assert joined[-1][2] >= after["items"][key] - 3  # and kept up with the newest
+    assert delivered >= 15 * computed  # the same items went to (almost) every viewer
     # backend reads are bounded by time (at most one per 30 ms per channel), not by viewers
     polls = after["polls"] - before["polls"]
     assert after["reads"] - before["reads"] <= 4.5 / 0.03 + 10 < polls

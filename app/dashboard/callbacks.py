@@ -863,6 +863,9 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
         Input("slow-clock", "n_intervals"), Input("live-store", "data"),
     )
     def table(_n: int, live: dict | None) -> list[dict[str, Any]]:
+        who = security.current()
+        if who is not None and who.name is None:
+            raise PreventUpdate  # a viewer link's page has no run table (share.decorate)
         shown = set((live or {}).get("runs") or [])
         rows = []
         for info in backend.list_runs():
