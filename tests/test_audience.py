@@ -213,7 +213,7 @@ def test_twenty_viewers_share_one_computation_per_frame_and_get_304s(lab: Lab, s
                     else:
                         errors.append(f"{answer.status} {answer.body[:200]!r}")
                         return
-                    time.sleep(0.05)  # the page's poll interval while frames arrive
+                    time.sleep(0.05)  # the lecturer page's poll interval while frames arrive
             finally:
                 conn.close()
 
