@@ -184,7 +184,8 @@ class LiveHub:
             if chan is None:
                 chan = self._channels[key] = Channel(
                     key, {k: v for k, v in view.items() if k != "live"},
-                    {str(k): int(v) for k, v in cursors.items()}, json.loads(json.dumps(carry)))
+                    {str(k): int(v) for k, v in cursors.items()}, json.loads(json.dumps(carry)),
+                    items=deque(maxlen=self.keep))
                 return key
         with chan.lock:
             stale = now - chan.used_at > 2.0

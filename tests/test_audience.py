@@ -343,3 +343,48 @@ def _artifacts() -> Path:
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
     return out
+
+
+# ---- the shared channel, without a server ---------------------------------------------------------
+def test_a_late_client_gets_every_missed_item_once_and_only_the_newest_heatmap() -> None:
+    from app.live import LiveHub, view_key
+
+    items = [{"from": {"r": k}, "to": {"r": k + 1}, "wall": 1.7e9 + k, "has_frames": True,
+              "graphs": {"loss-graph": {"extend": {"idx": [0], "x": [[k]], "y": [[0.1]]}},
+                         "weight-change-graph": {"set": [{"i": 0, "z": [[k]]}]}}}
+             for k in range(3)]
+    body = json.loads(LiveHub._encode(3, items))
+    assert [it["graphs"]["loss-graph"]["extend"]["x"] for it in body["items"]] == [[[0]], [[1]],
+                                                                                 [[2]]]
+    sets = [it["graphs"].get("weight-change-graph") for it in body["items"]]
+    assert sets == [None, None, {"set": [{"i": 0, "z": [[2]]}]}]  # the newest contents only
+    assert body["items"][2]["wall"] == 1.7e9 + 2  # times are not rounded
+
+    class Frames:  # one new frame per read
+        def __init__(self) -> None:
+            self.t = 0
+
+        def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
+            self.t += 1
+            return [{"seq": after + 1, "t0": self.t, "t1": self.t + 1, "wall": 1.7e9 + self.t,
+                     "loss": {"t": [self.t], "mean": [0.123456789]}}], after + 1
+
+    from app.dashboard import figures
+
+    run = figures.make_run_view({"id": "r", "config": {"rule": "dni-b", "steps": 1000, "n": 4}},
+                                "#000")
+    view = figures.make_view([run], epoch=7, panels=["loss"])
+    hub = LiveHub(Frames(), min_interval=0.0, keep=4)
+    key = hub.join(view, {"r": 0}, {})
+    assert key == view_key({**view, "epoch": 99})  # the epoch is per page, not per channel
+    status, raw, seq = hub.poll(key, -1, {"r": 0})
+    assert status == 200 and seq == 1 and len(json.loads(raw)["items"]) == 1
+    for _ in range(3):
+        hub.poll(key, 1)  # others poll meanwhile: items 2, 3, 4
+    status, raw, seq = hub.poll(key, 1)
+    assert seq == 5 and [it["to"]["r"] for it in json.loads(raw)["items"]] == [2, 3, 4, 5]
+    assert hub.counts["computed"] == 5 == hub.counts["reads"]
+    status, raw, seq = hub.poll(key, 5)  # item 6; the ring keeps 3 to 6
+    assert seq == 6 and [it["to"]["r"] for it in json.loads(raw)["items"]] == [6]
+    status, raw, _ = hub.poll(key, 1)  # fell further behind than the ring: rebuild, then join
+    assert json.loads(raw)["resync"] is True
