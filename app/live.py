@@ -109,9 +109,9 @@ def _finite(x: Any) -> Any:
     return x
 
 
-#: a heatmap's whole contents (the "set" op, ~30 KB at n=32) go out at most this often (s); its
+#: a heatmap's whole contents (the "set" op, ~34 KB at n=32) go out at most this often (s); its
 #: lines (extend) every frame
-SET_EVERY_S = 0.5
+SET_EVERY_S = 1.0
 #: significant digits of the numbers drawn (a plot shows no more; JSON shrinks about 3x)
 DIGITS = 5
 
@@ -270,7 +270,7 @@ class LiveHub:
                                         "server_ms")}
         graphs = _rounded(payload["graphs"])
         now = time.monotonic()
-        if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most twice a second
+        if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most once a second
             graphs = {gid: {op: v for op, v in ops.items() if op not in ("set", "titles")}
                       for gid, ops in graphs.items()}
             graphs = {gid: ops for gid, ops in graphs.items() if ops}
