@@ -65,6 +65,10 @@ def check_name(name: str) -> str:
     return name
 
 
+#: how long a viewer link's record is reused without reading the file again (s)
+SHARE_CACHE_S = 2.0
+
+
 class AccessStore:
     """Users (hashed tokens), run owners and viewer links in one small SQLite file."""
 
@@ -72,6 +76,7 @@ class AccessStore:
         self.path = Path(data_dir) / FILE
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._shares: dict[str, tuple[float, dict[str, Any] | None]] = {}
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
@@ -152,8 +157,19 @@ class AccessStore:
         return self._share(rows[0]) if rows and same(rows[0][1], d) else None
 
     def share(self, share_id: str) -> dict[str, Any] | None:
+        """The link ``share_id`` (None: revoked or unknown). Every request of a viewer asks
+        this, so an answer is kept for SHARE_CACHE_S (a class of viewers polling must not queue
+        on this file); revoking here drops it at once (another server process: within that)."""
+        now = time.monotonic()
+        hit = self._shares.get(share_id)
+        if hit is not None and hit[0] > now:
+            return hit[1]
         rows = self._run("SELECT * FROM shares WHERE id = ?", (share_id,))
-        return self._share(rows[0]) if rows else None
+        share = self._share(rows[0]) if rows else None
+        if len(self._shares) > 10_000:
+            self._shares.clear()
+        self._shares[share_id] = (now + SHARE_CACHE_S, share)
+        return share
 
     def shares(self, owner: str | None = None) -> list[dict[str, Any]]:
         """Every link (of ``owner`` only when given), newest first."""
@@ -165,3 +181,4 @@ class AccessStore:
 
     def remove_share(self, share_id: str) -> None:
         self._run("DELETE FROM shares WHERE id = ?", (share_id,))
+        self._shares.pop(share_id, None)

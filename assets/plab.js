@@ -5,13 +5,14 @@
  * The live loop (see app/dashboard/callbacks.py):
  *   the server's show() callback rebuilds the figures and writes view-store and cursor-store;
  *   plab.follow (a clientside callback) hands both to the loop here, which then, with exactly
- *   one request in flight, POSTs {view, cursors, carry} to _plab/tick every 50 ms (1 s when
- *   nothing new arrives), merges the per-graph ops it gets back into pending updates and
+ *   one request in flight, GETs _plab/live/<view key>?since=N every 50 ms (1 s when nothing
+ *   new arrives): 304 when nothing is new, else the items after N, shared by every client of
+ *   the same view (app/live.py); it merges their per-graph ops into pending updates and
  *   draws them from requestAnimationFrame within a time budget per frame: one Plotly.react per
  *   graph with only the new points appended, heatmap contents swapped and phase shading
  *   extended. Graphs scrolled out of view keep merging until they are visible again.
- * A tick is accepted only if it continues the cursors last accepted for the figures on
- * screen (same epoch), so a stale or duplicate tick can never draw twice.
+ * Items are accepted only for the figures on screen (same epoch) and in order (since=N), so
+ * a stale or duplicate item can never draw twice.
  */
 (function () {
     "use strict";
@@ -281,73 +282,87 @@
     }
     setInterval(meter, 1000);
 
-    // ---- the live loop: POST _plab/tick, one request in flight ------------------------------
+    // ---- the live loop: GET _plab/live/<key>, one request in flight ---------------------------
     const POLL_MS = 50;        // while frames arrive
+    const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): ~6 answers/s, all items merged
     const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
     plab.view = null;
-    plab.state = null;         // {epoch, cursors, carry}
+    plab.state = null;         // {epoch, cursors, seq}: the last shared item applied
+    plab.polls = 0;
+    plab.notModified = 0;
+    plab.updates = 0;
     plab.rtts = [];
     let pumping = false;
 
-    function tickUrl() {
+    function liveUrl(key) {
         let prefix = "/";
         try {
             const cfg = JSON.parse(document.getElementById("_dash-config").textContent);
             prefix = cfg.requests_pathname_prefix || cfg.url_base_pathname || "/";
         } catch (err) { /* default prefix */ }
-        return prefix.replace(/\/?$/, "/") + "_plab/tick";
+        return prefix.replace(/\/?$/, "/") + "_plab/live/" + encodeURIComponent(key);
     }
 
-    function csrfToken() {  // the anti-forgery cookie, repeated as a header (app/security.py)
-        const m = document.cookie.match(/(?:^|;\s*)_csrf_token=([^;]*)/);
-        return m ? decodeURIComponent(m[1]) : "";
-    }
-
+    // One poll of the view's shared channel (app/live.py): 304 when nothing is new; else the
+    // items after the last one applied, merged and drawn once (a late client skips ahead).
     async function tickOnce() {
         const view = plab.view, state = plab.state;
-        if (!view || !state || !view.runs || !view.runs.length) return false;
+        if (!view || !state || !view.runs || !view.runs.length || !view.live) return false;
         if (state.epoch !== view.epoch) return false;
         const sent = Date.now();
-        const res = await fetch(plab.url || (plab.url = tickUrl()), {
-            method: "POST", headers: {"Content-Type": "application/json", "X-CSRFToken": csrfToken()},
-            body: JSON.stringify({view: view, cursors: state.cursors, carry: state.carry}),
-        });
-        if (!res.ok) throw new Error("tick " + res.status);
-        const payload = await res.json();
-        plab.rtts.push({rtt: Date.now() - sent, server: payload.server_ms});
+        let url = liveUrl(view.live) + "?since=" + state.seq;
+        const headers = {};
+        if (state.seq < 0) url += "&c=" + encodeURIComponent(JSON.stringify(state.cursors));
+        else headers["If-None-Match"] = '"' + state.seq + '"';
+        const res = await fetch(url, {headers: headers, cache: "no-store"});
+        plab.polls += 1;
+        if (res.status === 304) { plab.notModified += 1; return false; }
+        if (!res.ok) throw new Error("live " + res.status);
+        const body = await res.json();
+        plab.rtts.push({rtt: Date.now() - sent});
         if (plab.rtts.length > 200) plab.rtts.shift();
-        return accept(payload);
+        if (plab.state !== state || state.epoch !== view.epoch) { plab.dropped += 1; return false; }
+        if (body.resync) { rebuild(Date.now(), 1000); return false; }
+        return accept(body);
     }
 
-    function accept(payload) {
-        const state = plab.state;
-        if (!state || payload.epoch !== state.epoch || !sameCursors(payload.from, state.cursors)) {
-            plab.dropped += 1;  // the view changed while this tick was out: drop it
-            return false;
+    function rebuild(now, every) {  // figures from the run's history again (show())
+        if (now - (plab.lastRebuild || 0) > every && window.dash_clientside &&
+                window.dash_clientside.set_props) {
+            plab.lastRebuild = now;
+            window.dash_clientside.set_props("rebuild-req", {data: now});
         }
-        const graphs = payload.graphs || {};
-        for (const gid of Object.keys(graphs)) {
-            const gd = graphDiv(gid);
-            if (!gd || !gd.layout || (gd.layout.meta || {}).epoch !== payload.epoch) {
-                plab.dropped += 1;  // figures of this epoch not on screen yet: fetch again
-                return false;
+    }
+
+    function accept(body) {
+        const state = plab.state;
+        const items = body.items || [];
+        for (const item of items) {
+            for (const gid of Object.keys(item.graphs || {})) {
+                const gd = graphDiv(gid);
+                if (!gd || !gd.layout || (gd.layout.meta || {}).epoch !== state.epoch) {
+                    plab.dropped += 1;  // figures of this epoch not on screen yet: fetch again
+                    return false;
+                }
             }
         }
         const recv = Date.now();
-        for (const gid of Object.keys(graphs)) {
-            watch(gid);
-            mergeInto(gid, payload.epoch, graphs[gid], payload.wall, recv);
+        let fresh = false, cursors = state.cursors;
+        for (const item of items) {
+            for (const gid of Object.keys(item.graphs || {})) {
+                watch(gid);
+                mergeInto(gid, state.epoch, item.graphs[gid], item.wall, recv);
+            }
+            cursors = Object.assign({}, cursors, item.to);
+            if (item.has_frames) fresh = true;
+            if (item.rebuild) rebuild(recv, 5000);  // at most one history back-fill per 5 s
+            if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
         }
-        plab.state = {epoch: state.epoch, cursors: payload.to, carry: payload.carry};
-        plab.applied += 1;
-        if (payload.has_frames) plab.lastData = recv;
-        if (payload.rebuild && recv - (plab.lastRebuild || 0) > 5000 &&
-                window.dash_clientside && window.dash_clientside.set_props) {
-            plab.lastRebuild = recv;  // at most one rebuild (history back-fill) per 5 s
-            window.dash_clientside.set_props("rebuild-req", {data: recv});
-        }
+        plab.state = {epoch: state.epoch, cursors: cursors, seq: body.seq};
+        plab.applied += items.length;
+        if (fresh) { plab.lastData = recv; plab.updates += 1; }
         schedule();
-        return payload.has_frames;
+        return fresh;
     }
 
     async function pump() {
@@ -355,7 +370,9 @@
         pumping = true;
         while (true) {
             const t0 = Date.now();
-            let wait = POLL_MS;
+            const root = document.getElementById("root");
+            let wait = plab.pollMs = root && root.classList.contains("viewer") ? VIEWER_POLL_MS
+                : POLL_MS;
             try {
                 if (!document.hidden) await tickOnce();
             } catch (err) {
@@ -374,8 +391,7 @@
         follow: function (view, cursor) {
             plab.view = view || null;
             if (cursor && view && cursor.epoch === view.epoch) {
-                plab.state = {epoch: cursor.epoch, cursors: cursor.cursors || {},
-                              carry: cursor.carry || {}};
+                plab.state = {epoch: cursor.epoch, cursors: cursor.cursors || {}, seq: -1};
                 for (const gid of Object.keys(plab.pending)) {
                     if (plab.pending[gid].epoch !== view.epoch) delete plab.pending[gid];
                 }
@@ -397,6 +413,15 @@
 
         // presenter mode and the full-screen panel are CSS classes on the page root
         present: function (on, focus) {
+            // a viewer link on a phone: one panel at a time, large type (presenter mode)
+            const root = document.getElementById("root");
+            const phone = !!root && root.classList.contains("viewer") &&
+                window.matchMedia("(max-width: 760px)").matches;
+            document.body.classList.toggle("phone", phone);
+            if (phone && !on && !plab.phoneStarted && window.dash_clientside.set_props) {
+                plab.phoneStarted = true;
+                window.dash_clientside.set_props("present-store", {data: true});
+            }
             document.body.classList.toggle("presenting", !!on);
             document.querySelectorAll(".panel").forEach((el) => {
                 el.classList.toggle("panel-focus", !!on && el.dataset.panel === focus);
@@ -408,6 +433,24 @@
             return on ? "presenting" : "";
         },
     };
+
+    // On a phone: swipe left/right over the panel to show the next/previous one (its tab).
+    let touch = null;
+    document.addEventListener("touchstart", function (ev) {
+        const t = ev.touches && ev.touches[0];
+        touch = t && document.body.classList.contains("phone") ? {x: t.clientX, y: t.clientY} : null;
+    }, {passive: true});
+    document.addEventListener("touchend", function (ev) {
+        const t = ev.changedTouches && ev.changedTouches[0];
+        if (!touch || !t) return;
+        const dx = t.clientX - touch.x, dy = t.clientY - touch.y;
+        touch = null;
+        if (Math.abs(dx) < 60 || Math.abs(dx) < 2 * Math.abs(dy)) return;
+        const tabs = Array.from(document.querySelectorAll("#panel-tabs .tab"));
+        const at = tabs.findIndex((el) => el.classList.contains("active"));
+        const next = tabs[(Math.max(at, 0) + (dx < 0 ? 1 : tabs.length - 1)) % tabs.length];
+        if (next) next.click();
+    }, {passive: true});
 
     // Keyboard shortcuts: space play/pause, s or → step, r reset, p presenter, 1-5 panels,
     // l log-y, f full screen, Esc leaves presenter mode.

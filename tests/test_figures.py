@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+from app import live
 from app.dashboard import callbacks, figures, layout, presets, urlstate
 from simulator.config import RunConfig
 from simulator.rules import RULES
@@ -534,7 +535,7 @@ def test_tick_payload_with_a_fake_backend() -> None:
     v = view(run_view())
     _, carry = figures.build_figures(v)
     fake = Fake()
-    payload = callbacks.tick_payload(fake, v, {RID: 4}, carry)  # type: ignore[arg-type]
+    payload = live.tick_payload(fake, v, {RID: 4}, carry)  # type: ignore[arg-type]
     assert fake.calls == [(RID, 4)]
     assert payload["from"] == {RID: 4} and payload["to"] == {RID: 6}
     assert payload["epoch"] == 3 and payload["has_frames"] and not payload["rebuild"]

@@ -7,8 +7,9 @@ The live loop (one request in flight, O(new frames) per tick, about 20 polls/s):
 
     show() -> figures + view-store + cursor-store (cursors, smoothing state after history)
     plab.follow (JS) takes the view and cursors; plab.js then loops:
-        POST _plab/tick {view, cursors, carry} -> tick_payload() -> per-graph ops
-        -> merged per graph, drawn from requestAnimationFrame (one Plotly.react per graph)
+        GET _plab/live/<view key>?since=N -> 304, or the shared items after N (app.live:
+        computed once per new frame for every client of that view) -> merged per graph,
+        drawn from requestAnimationFrame (one Plotly.react per graph)
 
 The loop runs outside Dash's callback machinery on purpose: at 20 ticks/s, routing every
 tick through dcc.Interval and stores cost about a third of the browser's main thread in
@@ -27,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -36,6 +36,7 @@ import dash
 from dash import ALL, ClientsideFunction, Input, Output, State, ctx, html, no_update
 from dash.exceptions import PreventUpdate
 
+from app import live, security
 from app.dashboard import figures, layout, names, presets, urlstate
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
@@ -327,6 +328,9 @@ class Service:
         self.max_runs = getattr(getattr(backend, "settings", None), "max_runs", None)
         self._presets = cache.memoize(timeout=3600)(self._presets_uncached)
         self._finished_history = cache.memoize(timeout=3600)(self._history_uncached)
+        #: the live channels (app.live): frames are read with the server's own rights; each
+        #: poll is checked against the caller's (see _register_live_route)
+        self.hub = live.LiveHub(getattr(backend, "inner", backend))
 
     def presets(self) -> list[dict[str, Any]]:
         return self._presets(self.max_runs)
@@ -383,7 +387,8 @@ def register(app: dash.Dash, backend: Backend, cache: Any) -> Service:
     _register_view(app, svc)
     _register_table(app, svc)
     _register_clientside(app)
-    _register_tick_route(app, backend)
+    _register_live_route(app, backend, svc.hub)
+    app.server.extensions["plasticity_live"] = svc.hub
     _register_estimate(app, svc)
     return svc
 
@@ -903,7 +908,8 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             phase_run=phase_run, align_supported=svc.align is not None,
             phase_steps=phase_lengths(infos, phase_run), heat_run=heat_run)
         figs, carry = figures.build_figures(view, histories, recent)
-        cursor_store = {"epoch": epoch, "cursors": cursors, "carry": carry}
+        view["live"] = svc.hub.join(view, cursors, carry)  # the shared live channel (app.live)
+        cursor_store = {"epoch": epoch, "cursors": cursors}
         return (*[figs[g] for g in GRAPHS], view, cursor_store)
 
     @app.callback(
@@ -932,74 +938,54 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
                 "tbtn play running" if running else "tbtn play")
 
 
-def tick_payload(backend: Backend, view: Mapping[str, Any], cursors: Mapping[str, int],
-                 carry: dict[str, Any]) -> dict[str, Any]:
-    """One tick: the frames after each run's cursor -> per-graph ops (figures.tick_ops)."""
-    built = time.time()
-    before = {str(k): int(v) for k, v in (cursors or {}).items()}
-    after = dict(before)
-    frames_by_run: dict[str, list[dict[str, Any]]] = {}
-    walls = []
-    for run in view.get("runs") or []:
-        rid = run["id"]
-        try:
-            frames, new = backend.frames(rid, after=int(before.get(rid, -1)))
-        except (ServiceError, LookupError):
-            continue
-        frames_by_run[rid] = frames
-        after[rid] = new
-        walls += [f["wall"] for f in frames if f.get("wall")]
-    gap = figures.loss_gap(view, frames_by_run, carry)  # type: ignore[arg-type]
-    ops, carry = figures.tick_ops(view, frames_by_run, carry)  # type: ignore[arg-type]
-    return {
-        "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
-        "wall": max(walls) if walls else None, "built": built,
-        "has_frames": any(frames_by_run.values()),
-        "rebuild": gap or figures.populations_changed(view, frames_by_run),  # type: ignore[arg-type]
-        "server_ms": round((time.time() - built) * 1000, 2),
-    }
+def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) -> None:
+    """GET {url_base}_plab/live/<key>?since=N: the live loop's endpoint (assets/plab.js).
 
-
-def _register_tick_route(app: dash.Dash, backend: Backend) -> None:
-    """POST {url_base}_plab/tick: the live loop's endpoint (assets/plab.js calls it).
-
-    Body {"view": View, "cursors": {run: seq}, "carry": {...}}; the server keeps no
-    per-client state: cursors and smoothing state travel with each request.
+    ``key`` is the channel show() joined (view["live"]); ``since`` the last item the client
+    applied (-1 right after show(), with its cursors as ``c``, JSON). 304 when nothing is new
+    (If-None-Match: "N" works too); otherwise the items after N (app.live). Only clients that
+    may read every run of the channel get an answer (404 otherwise, as for the REST API).
     """
     from flask import jsonify, request
 
     base = app.config.routes_pathname_prefix or "/"
 
-    def tick_route() -> Any:
-        body = request.get_json(silent=True) or {}
-        view = body.get("view") or {}
-        if not isinstance(view, dict) or not isinstance(view.get("runs"), list):
-            return jsonify({"error": "view: expected the dashboard's view object"}), 400
+    def live_route(key: str) -> Any:
+        chan = hub.channel(key)
+        if chan is not None and hasattr(backend, "readable"):
+            try:
+                for rid in chan.runs:
+                    backend.readable(rid)
+            except (ServiceError, LookupError):
+                return jsonify({"error": "live: no such view (sign in, or open the link "
+                                         "again)", "field": "live"}), 404
+        raw_since = request.args.get("since", "-1")
+        match = request.headers.get("If-None-Match", "").strip().strip('W/"')
         try:
-            payload = tick_payload(backend, view, body.get("cursors") or {}, body.get("carry") or {})
-        except (KeyError, TypeError, ValueError) as err:
-            return jsonify({"error": f"tick: {err}"}), 400
-        return app.server.response_class(_json(payload), mimetype="application/json")
+            since = int(match if match.lstrip("-").isdigit() else raw_since)
+            cursors = json.loads(request.args["c"]) if since < 0 and "c" in request.args else {}
+            if not isinstance(cursors, dict):
+                raise ValueError("c: expected an object of run id -> cursor")
+            cursors = {str(k): int(v) for k, v in cursors.items()}
+        except (ValueError, TypeError) as err:
+            return jsonify({"error": f"live: since: got {raw_since[:100]!r} ({err}); allowed: "
+                                     "an integer >= -1", "field": "since"}), 400
+        status, body, seq = hub.poll(key, since, cursors)
+        response = app.server.response_class(body, status=status, mimetype="application/json")
+        response.headers["ETag"] = f'"{seq}"'
+        response.headers["Cache-Control"] = "no-cache"
+        return response
 
-    app.server.add_url_rule(f"{base}_plab/tick", "plab_tick", tick_route, methods=["POST"])
+    def live_stats() -> Any:
+        who = security.current()
+        if who is not None and not who.admin:
+            return jsonify({"error": "auth: the live statistics are for the admin",
+                            "field": "auth"}), 403
+        return jsonify(hub.stats())
 
-
-def _json(payload: Any) -> str:
-    """JSON for browsers: NaN/inf (never expected, but never fatal) become null."""
-    try:
-        return json.dumps(payload, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite_json(payload), allow_nan=False)
-
-
-def _finite_json(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _finite_json(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_json(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+    app.server.add_url_rule(f"{base}_plab/live/<key>", "plab_live", live_route, methods=["GET"])
+    app.server.add_url_rule(f"{base}_plab/live-stats", "plab_live_stats", live_stats,
+                            methods=["GET"])
 
 
 def export_name(name: str, run_id: str, ext: str, panel: str = "") -> str:
@@ -1059,6 +1045,9 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
         Input("slow-clock", "n_intervals"), Input("live-store", "data"),
     )
     def table(_n: int, live: dict | None) -> list[dict[str, Any]]:
+        who = security.current()
+        if who is not None and who.name is None:
+            raise PreventUpdate  # a viewer link's page has no run table (share.decorate)
         shown = set((live or {}).get("runs") or [])
         rows = []
         infos = backend.list_runs()

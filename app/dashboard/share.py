@@ -22,6 +22,9 @@ from app import security
 from app.service.base import ServiceError
 from simulator.settings import ConfigError
 
+#: how often a viewer link's page refreshes the run's status (the lecturer's: every second)
+VIEWER_CLOCK_MS = 3000
+
 
 def is_viewer() -> bool:
     """The page is for a viewer link only (nobody signed in)."""
@@ -53,6 +56,9 @@ def decorate(root: html.Div) -> html.Div:
     extra: list[Any] = [overlay]
     if is_viewer():
         root.className = "viewer"
+        for child in root.children:  # a class of viewers: the status refresh every few s
+            if getattr(child, "id", None) == "slow-clock":
+                child.interval = VIEWER_CLOCK_MS
     if watches_a_share():
         extra.insert(0, html.Div([
             html.Span("A shared run, read-only: you watch it live; nothing here changes it."
