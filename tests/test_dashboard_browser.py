@@ -224,6 +224,7 @@ def test_start_from_the_controls_and_all_graphs_grow_then_pause_and_resume(page:
 
 
 def test_a_url_reproduces_the_setup(page: Any, server: str) -> None:
+    runs_before = _run_count(server)
     phases = "a=apical%2Bjacobian:20,b=basal%2Breadout:30"
     _open(page, server, f"?task=add&t.t1=3&t.t2=7&rules=dni,bptt&n=16&lr=0.002&seeds=0-1"
                         f"&phases={phases}&units=1,2")
@@ -247,7 +248,7 @@ def test_a_url_reproduces_the_setup(page: Any, server: str) -> None:
     assert other.input_value("input[id*='\"key\":\"task_args.add.t2\"']") == "7"
     assert sorted(other.eval_on_selector_all("#rules input:checked",
                                              "els => els.map(e => e.value)")) == ["bptt", "dni"]
-    assert _run_count(server) >= 0  # nothing was started by opening links
+    assert _run_count(server) == runs_before  # nothing was started by opening links
     assert not page.errors, page.errors
 
 
