@@ -1,4 +1,5 @@
-"""The REST API: a Flask blueprint under /api over the Backend, plus its OpenAPI document.
+"""The REST API: a Flask blueprint under /api over the Backend; its OpenAPI document is
+generated from the models in :mod:`app.schema`.
 
 Every handler answers JSON. Bad input answers 400 (malformed body or query), 404 (unknown run
 or path), 405, 409 (state conflict, run limit), 422 (a setting out of range), 503 (storage
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import secrets
 from collections.abc import Iterator
 from typing import Any
@@ -20,18 +20,17 @@ import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app.schema import CREATE_EXTRAS, QUERIES, check_action, openapi_document
 from app.service.admission import estimate_dict
-from app.service.base import ACTIONS, RUN_KEYS, Backend, ServiceError
+from app.service.base import Backend, ServiceError
 from simulator.config import RunConfig
-from simulator.settings import ConfigError, quote
+from simulator.settings import ConfigError, finite, quote
 
 log = logging.getLogger("app.api")
 
 api = Blueprint("plasticity_api", __name__, url_prefix="/api")
 
 BACKEND_KEY = "plasticity_backend"
-#: Body keys of POST /api/runs that are not config fields.
-CREATE_EXTRAS = ("start", "view")
 MAX_BODY = 1 << 20
 
 
@@ -53,18 +52,8 @@ def _json_response(payload: Any, status: int = 200) -> Response:
         text: bytes | str = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS
                                          | orjson.OPT_SERIALIZE_NUMPY)
     except TypeError:  # something orjson does not know: the standard encoder
-        text = json.dumps(_finite(payload), allow_nan=False, separators=(",", ":"), default=str)
+        text = json.dumps(finite(payload), allow_nan=False, separators=(",", ":"), default=str)
     return Response(text, status=status, mimetype="application/json")
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
 
 
 def _error(status: int, message: str, field: str | None) -> Response:
@@ -111,18 +100,15 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _query_int(name: str, default: int | None, low: int, high: int) -> int | None:
+def _query_int(name: str, default: int | None) -> int | None:
+    """An integer query parameter (its range: app.schema.QUERIES); 400 naming it otherwise."""
     raw = request.args.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name}: got {quote(raw)}; allowed: an integer in [{low}, {high}]",
-                         field=name) from None
-    if not low <= value <= high:
-        raise BadRequest(f"{name}: got {value}; allowed: an integer in [{low}, {high}]", field=name)
-    return value
+        return QUERIES[name].parse(raw, "")
+    except ConfigError as exc:
+        raise BadRequest(str(exc), field=name) from None
 
 
 @api.errorhandler(Exception)
@@ -211,16 +197,16 @@ def delete_run(run_id: str) -> Response:
 
 @api.get("/runs/<run_id>/frames")
 def get_frames(run_id: str) -> Response:
-    after = _query_int("after", -1, -1, 2**62)
+    after = _query_int("after", -1)
     frames, cursor = backend().frames(run_id, after)
     return _json_response({"frames": frames, "cursor": cursor})
 
 
 @api.get("/runs/<run_id>/history")
 def get_history(run_id: str) -> Response:
-    max_points = _query_int("max_points", 500, 1, 100_000)
-    start = _query_int("start", None, 0, 10**12)
-    stop = _query_int("stop", None, 0, 10**12)
+    max_points = _query_int("max_points", 500)
+    start = _query_int("start", None)
+    stop = _query_int("stop", None)
     kwargs = {k: v for k, v in (("start", start), ("stop", stop)) if v is not None}
     return _json_response(backend().history(run_id, max_points, **kwargs))
 
@@ -229,16 +215,8 @@ def get_history(run_id: str) -> Response:
 def control(run_id: str) -> Response:
     body = _body()
     backend().get(run_id)  # 404 before 422 for an unknown run
-    if "action" not in body:
-        raise ConfigError("action", f"required; allowed: {', '.join(ACTIONS)}")
-    action = body.pop("action")
-    if not isinstance(action, str) or action not in ACTIONS:
-        raise ConfigError("action", f"got {quote(action)}; allowed: {', '.join(ACTIONS)}")
-    for key in body:
-        if key not in ACTIONS[action]:
-            raise ConfigError(str(key), f"unknown parameter for {action}; allowed: "
-                                        f"{', '.join(ACTIONS[action]) or 'none'}")
-    return _json_response(backend().control(run_id, action, **body))
+    action, params = check_action(body)  # ranges: the backend, with the run's sizes
+    return _json_response(backend().control(run_id, action, **params))
 
 
 @api.get("/runs/<run_id>/export.csv")
@@ -275,259 +253,3 @@ def export_config(run_id: str) -> Response:
 @api.get("/openapi.json")
 def openapi() -> Response:
     return _json_response(openapi_document())
-
-
-# ---- the OpenAPI document --------------------------------------------------------------------
-def _config_schema() -> dict[str, Any]:
-    """RunConfig's fields with their types, limits and choices, from the simulator itself."""
-    from simulator.config import SCALARS
-    from simulator.phases import PRESETS
-    from simulator.rules import RULES
-    from simulator.tasks import TASKS
-
-    props: dict[str, Any] = {
-        "task": {"type": "string", "enum": sorted(TASKS), "default": "add"},
-        "task_args": {"type": "object", "description": "task settings (see the task)",
-                      "additionalProperties": True},
-        "rule": {"type": "string", "enum": sorted(RULES), "default": "dni-b"},
-        "rule_args": {"type": "object", "description": "rule settings (see the rule)",
-                      "additionalProperties": True},
-        "phases": {"type": "string", "default": "all",
-                   "description": f"preset ({', '.join(PRESETS)}) or '[NAME=]POP+POP:STEPS,...'"},
-        "seeds": {"description": "a list of integers, an integer, or text like '0-4' or '0,3,7'",
-                  "oneOf": [{"type": "array", "items": {"type": "integer", "minimum": 0},
-                             "minItems": 1, "maxItems": 256},
-                            {"type": "integer", "minimum": 0}, {"type": "string"}]},
-    }
-    props["align"] = {"type": "string", "nullable": True, "default": None,
-                      "description": "shadow exact gradient for alignment: auto, rtrl or bptt:T "
-                                     "(omit or null: off)"}
-    props["compare"] = {"description": "comparison rules measured passively on this run's "
-                                       "network (JMLR protocol): a list of rule names or text "
-                                       "like 'rflo,kernl,dni-b'; needs an exact gradient "
-                                       "(align, else auto)",
-                        "oneOf": [{"type": "array", "items": {"type": "string",
-                                                              "enum": sorted(RULES)},
-                                   "uniqueItems": True}, {"type": "string"}],
-                        "default": []}
-    for s in SCALARS:
-        if s.choices:
-            props[s.name] = {"type": "string", "enum": list(s.choices), "default": s.default}
-        else:
-            kind = "integer" if s.kind is int else "number"
-            props[s.name] = {"type": kind, "minimum": s.low, "maximum": s.high,
-                             "default": s.default, "description": s.help}
-    return {"type": "object", "properties": props, "additionalProperties": False}
-
-
-def _control_schema() -> dict[str, Any]:
-    params = {
-        "k": {"type": "integer", "minimum": 1, "maximum": 10**7, "description": "step: steps"},
-        "steps_per_frame": {"type": "integer", "minimum": 0, "maximum": 100_000,
-                            "description": "speed: steps per frame (0: automatic)"},
-        "steps_per_second": {"type": "number", "minimum": 0.1, "maximum": 1e7,
-                             "description": "speed: real-time pacing"},
-        "to": {"type": "integer", "minimum": 0, "description": "fast_forward: target step"},
-        "lr": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
-        "apical": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
-        "jacobian": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
-        "phases": {"type": "string", "description": "set: phase schedule"},
-        "units": {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1,
-                  "maxItems": 32, "description": "view: units the traces carry"},
-        "seed_index": {"type": "integer", "minimum": 0, "description": "view: seed shown"},
-        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$",
-                 "description": "checkpoint: a name to keep it under"},
-        "changes": {"type": "object", "description": "branch: config changes, e.g. {\"rule\": \"rtrl\"}",
-                    "additionalProperties": True},
-        "checkpoint": {"type": "string", "description": "branch: from this checkpoint (default: now)"},
-        "steps": {"type": "integer", "minimum": 1, "maximum": 10**6,
-                  "description": "evaluate: held-out steps"},
-    }
-    actions = "; ".join(f"{a}({', '.join(p) or '-'})" for a, p in ACTIONS.items())
-    return {"type": "object", "required": ["action"], "description": f"Actions: {actions}",
-            "properties": {"action": {"type": "string", "enum": list(ACTIONS)}, **params},
-            "additionalProperties": False}
-
-
-def _envelope() -> dict[str, Any]:
-    series = {"type": "array", "items": {"type": "number", "nullable": True}}
-    return {"type": "object", "properties": {"mean": series, "min": series, "max": series}}
-
-
-def openapi_document() -> dict[str, Any]:
-    """OpenAPI 3.0 description of every endpoint, with schemas."""
-    ref = {name: {"$ref": f"#/components/schemas/{name}"} for name in
-           ("RunConfig", "RunInfo", "Frame", "Frames", "History", "Control", "ControlResult",
-            "Error", "Created", "Cost", "Estimate")}
-    err = {"description": "error naming the field", "content": {"application/json": {
-        "schema": ref["Error"]}}}
-
-    def ok(schema: dict[str, Any], description: str = "OK",
-           mime: str = "application/json") -> dict[str, Any]:
-        return {"description": description, "content": {mime: {"schema": schema}}}
-
-    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
-
-    def query(name: str, minimum: int, description: str) -> dict[str, Any]:
-        return {"name": name, "in": "query", "required": False, "description": description,
-                "schema": {"type": "integer", "minimum": minimum}}
-
-    errors = {"400": err, "404": err, "409": err, "413": err, "422": err, "503": err, "507": err}
-    paths = {
-        "/api/runs": {
-            "get": {"summary": "List every run (newest first)", "operationId": "listRuns",
-                    "responses": {"200": ok({"type": "object", "properties": {
-                        "runs": {"type": "array", "items": ref["RunInfo"]}}})}},
-            "post": {"summary": "Create and start a run", "operationId": "createRun",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": {"allOf": [ref["RunConfig"]], "properties": {
-                             "start": {"type": "boolean", "default": True},
-                             "view": {"type": "object", "properties": {
-                                 "units": {"type": "array", "items": {"type": "integer"}},
-                                 "seed_index": {"type": "integer"}}}}}}}},
-                     "responses": {"201": ok(ref["Created"], "created"), **errors}},
-        },
-        "/api/estimate": {
-            "post": {"summary": "Estimate a config's cost against this server's budgets (no run "
-                                "is made)", "operationId": "estimate",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": ref["RunConfig"]}}},
-                     "responses": {"200": ok(ref["Estimate"]), "400": err, "413": err,
-                                   "422": err}},
-        },
-        "/api/runs/{run_id}": {
-            "parameters": [run_id],
-            "get": {"summary": "One run", "operationId": "getRun",
-                    "responses": {"200": ok(ref["RunInfo"]), "404": err}},
-            "delete": {"summary": "Stop and delete a run and its files", "operationId": "deleteRun",
-                       "responses": {"200": ok({"type": "object"}), "404": err}},
-        },
-        "/api/runs/{run_id}/frames": {
-            "parameters": [run_id],
-            "get": {"summary": "Telemetry frames after a cursor (only new ones)",
-                    "operationId": "getFrames",
-                    "parameters": [query("after", -1, "the cursor of the last call (-1: all kept)")],
-                    "responses": {"200": ok(ref["Frames"]), "400": err, "404": err}},
-        },
-        "/api/runs/{run_id}/history": {
-            "parameters": [run_id],
-            "get": {"summary": "Whole-run decimated scalar history (min/max envelopes)",
-                    "operationId": "getHistory",
-                    "parameters": [query("max_points", 1, "bins per series (default 500)"),
-                                   query("start", 0, "first step"), query("stop", 0, "last step")],
-                    "responses": {"200": ok(ref["History"]), "400": err, "404": err}},
-        },
-        "/api/runs/{run_id}/control": {
-            "parameters": [run_id],
-            "post": {"summary": "Control a run: pause, resume, step, stop, speed, fast_forward, "
-                                "set, view, checkpoint, branch, evaluate",
-                     "operationId": "control",
-                     "requestBody": {"required": True, "content": {"application/json": {
-                         "schema": ref["Control"]}}},
-                     "responses": {"200": ok(ref["ControlResult"]), **errors}},
-        },
-        "/api/runs/{run_id}/export.csv": {
-            "parameters": [run_id],
-            "get": {"summary": "Per-step scalar history as CSV (full resolution within the "
-                               "run's history budget, then means over blocks of steps)",
-                    "operationId": "exportCsv",
-                    "responses": {"200": ok({"type": "string"}, "CSV: step, seed, train_loss, "
-                                            "diagnostics..., block (steps the row averages)",
-                                            "text/csv"), "404": err}},
-        },
-        "/api/runs/{run_id}/config.json": {
-            "parameters": [run_id],
-            "get": {"summary": "The run's config (re-POSTable to /api/runs)",
-                    "operationId": "exportConfig",
-                    "responses": {"200": ok(ref["RunConfig"]), "404": err}},
-        },
-        "/api/openapi.json": {
-            "get": {"summary": "This document", "operationId": "openapi",
-                    "responses": {"200": ok({"type": "object"})}},
-        },
-    }
-    number_list = {"type": "array", "items": {"type": "number", "nullable": True}, "nullable": True}
-    run_info_props: dict[str, Any] = {key: {} for key in RUN_KEYS}
-    run_info_props.update({
-        "id": {"type": "string"}, "config": ref["RunConfig"], "status": {
-            "type": "string", "description": "ready, running, paused, parked (checkpointed "
-                                             "and without a worker after --idle-release s "
-                                             "paused or unwatched; holds no run slot; resume "
-                                             "or, if it was running, a poll continues it), "
-                                             "finished, stopped, interrupted, 'failed: "
-                                             "reason', 'failed: reason (resumable)', "
-                                             "'diverged at step N'"},
-        "step": {"type": "integer"}, "steps_per_second": {"type": "number"},
-        "created": {"type": "number"}, "parent": {"type": "string", "nullable": True},
-        "best_test_loss": number_list, "last_test_loss": number_list,
-        "reference_levels": {"type": "object", "additionalProperties": {"type": "number"}},
-        "task_view": {"type": "object"}, "phases": {"type": "string"},
-        "seeds": {"type": "array", "items": {"type": "integer"}},
-        "steps_per_frame": {"type": "integer"}, "target_steps": {"type": "integer"},
-        "checkpoints": {"type": "array", "items": {"type": "string"}},
-        "view": {"type": "object"}, "learning_rates": {"type": "object"},
-        "cursor": {"type": "integer"}, "alive": {"type": "boolean"},
-        "cost": {"allOf": [ref["Cost"]], "nullable": True},
-    })
-    cost_props: dict[str, Any] = {
-        "memory_bytes": {"type": "integer", "description": "estimated peak memory"},
-        "disk_bytes_per_1000_steps": {"type": "integer", "description": "CSV history"},
-        "checkpoint_bytes": {"type": "integer"},
-        "flops_per_step": {"type": "integer", "description": "all seeds"},
-        "work_flops": {"type": "integer", "description": "flops_per_step x steps"},
-        "human": {"type": "string"}}
-    schemas = {
-        "RunConfig": _config_schema(),
-        "RunInfo": {"type": "object", "properties": run_info_props},
-        "Created": {"type": "object", "required": ["id"], "properties": {
-            "id": {"type": "string"}, "run": ref["RunInfo"]}},
-        "Frame": {"type": "object", "description": "simulator.telemetry.make_frame + seq, run, wall",
-                  "required": ["seq", "t0", "t1", "loss"], "properties": {
-                      "seq": {"type": "integer"}, "run": {"type": "string"},
-                      "t0": {"type": "integer"}, "t1": {"type": "integer"},
-                      "step": {"type": "integer"}, "wall": {"type": "number"},
-                      "phase": {"type": "string"}, "phases": {"type": "array"},
-                      "loss": {"allOf": [_envelope()], "properties": {
-                          "step": {"type": "array", "items": {"type": "integer"}}}},
-                      "loss_seeds": number_list, "diagnostics": {"type": "object"},
-                      "alignment": {"type": "object", "nullable": True},
-                      "traces": {"type": "object", "description": "seed, units, step, V, U, r"},
-                      "task": {"type": "object", "description": "step, x, y, pred"},
-                      "weight_change": {"type": "object"}, "weight_norm": {"type": "object"},
-                      "test_loss": number_list, "detail": {"type": "boolean"},
-                      "status": {"type": "string"}, "run_status": {"type": "string"}}},
-        "Frames": {"type": "object", "required": ["frames", "cursor"], "properties": {
-            "frames": {"type": "array", "items": ref["Frame"]}, "cursor": {"type": "integer"}}},
-        "History": {"type": "object", "properties": {
-            "t": {"type": "integer"}, "cursor": {"type": "integer"},
-            "step": {"type": "array", "items": {"type": "integer"}}, "loss": _envelope(),
-            "diagnostics": {"type": "object", "additionalProperties": _envelope()},
-            "alignment": {"allOf": [_envelope()], "nullable": True},
-            "weight_norm": {"type": "object", "additionalProperties": _envelope()},
-            "test_loss": {"type": "object", "properties": {
-                "step": {"type": "array", "items": {"type": "integer"}}, "mean": number_list,
-                "seeds": {"type": "array", "items": number_list}}},
-            "phases": {"type": "array", "items": {"type": "array"}}}},
-        "Cost": {"type": "object", "properties": cost_props},
-        "Estimate": {"type": "object", "properties": {
-            **cost_props, "fits": {"type": "boolean", "description": "within the per-run budgets"},
-            "budgets": {"type": "object", "description": "bytes and FLOP; 0: no limit",
-                        "properties": {k: {"type": "integer"} for k in
-                                       ("run_memory", "total_memory", "run_work")}}}},
-        "Control": _control_schema(),
-        "ControlResult": {"type": "object", "required": ["ok"], "properties": {
-            "ok": {"type": "boolean"}, "status": {"type": "string"}, "step": {"type": "integer"},
-            "id": {"type": "string", "description": "branch: the new run"},
-            "checkpoint": {"type": "string"}, "test_loss": number_list}},
-        "Error": {"type": "object", "required": ["error"], "properties": {
-            "error": {"type": "string", "description": "'field: message'"},
-            "field": {"type": "string", "nullable": True}}},
-    }
-    document = {"openapi": "3.0.3",
-                "info": {"title": "Plasticity Lab run service", "version": "0.1.0",
-                         "description": "Runs in background workers, live telemetry frames after "
-                                        "a cursor, control, persistent history."},
-                "paths": paths, "components": {"schemas": schemas}}
-    from app.sharing import add_openapi  # sign-in, viewer links, copies
-
-    return add_openapi(document)

@@ -1,4 +1,5 @@
-"""The run configuration: typed, validated settings with limits.
+"""The run configuration: typed, validated settings with limits (their one schema, for the
+REST API's document and the CLI's help too: ``simulator.schema``).
 
 ``RunConfig.from_dict`` accepts the same keys as the CLI and the REST API (task, task_args,
 rule, rule_args, n, alpha, lr, phases, seeds, steps, test_steps, device, dtype, w_rec_init,
@@ -34,7 +35,7 @@ SCALARS = (
             "tests start there: their Simulation.run default) or tanh-normal (tanh of an "
             "N(0, 1) draw per unit)", str, choices=("zeros", "tanh-normal")),
 )
-_BY_NAME = {s.name: s for s in SCALARS}
+_DEFAULT = {s.name: s.default for s in SCALARS}
 
 
 def parse_seeds(value: Any) -> list[int]:
@@ -76,17 +77,17 @@ class RunConfig:
     task_args: dict[str, Any] = field(default_factory=dict)
     rule: str = "dni-b"
     rule_args: dict[str, Any] = field(default_factory=dict)
-    n: int = 32
-    alpha: float = 1.0
-    lr: float = 1e-3
+    n: int = _DEFAULT["n"]
+    alpha: float = _DEFAULT["alpha"]
+    lr: float = _DEFAULT["lr"]
     phases: str = "all"
     seeds: list[int] = field(default_factory=lambda: [0])
-    steps: int = 10_000
-    test_steps: int = 1_000
-    device: str = "cpu"
-    dtype: str = "float32"
-    w_rec_init: str = "qr"
-    init_state: str = "zeros"
+    steps: int = _DEFAULT["steps"]
+    test_steps: int = _DEFAULT["test_steps"]
+    device: str = _DEFAULT["device"]
+    dtype: str = _DEFAULT["dtype"]
+    w_rec_init: str = _DEFAULT["w_rec_init"]
+    init_state: str = _DEFAULT["init_state"]
     #: shadow exact gradient for alignment: None (off), "auto", "rtrl" or "bptt:T"
     align: str | None = None
     #: comparison rules measured passively on this run's network (JMLR protocol): a list of
@@ -108,11 +109,10 @@ class RunConfig:
     def validated(self) -> RunConfig:
         """Parse and range-check every field (task and rule settings included)."""
         from simulator.rules import make_rule_args
+        from simulator.schema import validate_settings
         from simulator.tasks import make_task
 
-        values: dict[str, Any] = {}
-        for name, setting in _BY_NAME.items():
-            values[name] = setting.parse(getattr(self, name), "")
+        values = validate_settings(SCALARS, {s.name: getattr(self, s.name) for s in SCALARS}, "")
         for name in ("task", "rule", "phases"):
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(name, "must be a string")

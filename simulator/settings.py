@@ -103,16 +103,26 @@ class Setting:
 
 
 def resolve(settings: Sequence[Setting], given: Mapping[str, Any] | None, where: str) -> dict:
-    """Fill defaults, parse and range-check ``given``; unknown keys are an error."""
-    given = dict(given or {})
-    if not isinstance(given, dict):
+    """Fill defaults, parse and range-check ``given``; unknown keys are an error. The checks
+    are the model generated from ``settings`` (simulator.schema): one schema for validation,
+    the OpenAPI document and the CLI help."""
+    if given is not None and not isinstance(given, Mapping):
         raise ConfigError(where, "must be a mapping of setting names to values")
-    known = {s.name: s for s in settings}
-    for key in given:
-        if key not in known:
-            allowed = ", ".join(known) or "none"
-            raise ConfigError(f"{where}.{key}", f"unknown setting; allowed: {allowed}")
-    return {s.name: s.parse(given[s.name], where) if s.name in given else s.default for s in settings}
+    from simulator.schema import validate_settings
+
+    return validate_settings(settings, given or {}, where)
+
+
+def finite(x: Any) -> Any:
+    """``x`` with every non-finite float (NaN, inf: a diverged run) as None, through dicts,
+    lists and tuples: JSON has no NaN."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x
 
 
 def parse_key_values(pairs: Sequence[str], where: str) -> dict[str, str]:

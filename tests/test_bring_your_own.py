@@ -182,10 +182,10 @@ def test_cli_takes_the_initialisation_settings(capsys):
 
 
 def test_the_initialisation_settings_reach_the_api_schema_and_config():
-    from app.api import _config_schema
+    from simulator.schema import config_schemas
 
-    props = _config_schema()["properties"]
-    assert props["w_rec_init"] == {"type": "string", "enum": ["qr", "haar"], "default": "qr"}
+    props = config_schemas()["RunConfig"]["properties"]
+    assert props["w_rec_init"]["enum"] == ["qr", "haar"] and props["w_rec_init"]["default"] == "qr"
     assert props["init_state"]["enum"] == ["zeros", "tanh-normal"]
     config = RunConfig.from_dict({"w_rec_init": "haar", "init_state": "tanh-normal"})
     assert (config.w_rec_init, config.init_state) == ("haar", "tanh-normal")

@@ -41,8 +41,13 @@ def from_schema(schema: dict[str, Any], doc: dict[str, Any], depth: int = 0) -> 
         return from_schema({**merged, **rest, "properties": {**merged.get("properties", {}),
                                                             **rest.get("properties", {})}},
                            doc, depth)
-    if "oneOf" in schema:
-        return st.one_of([from_schema(s, doc, depth) for s in schema["oneOf"]])
+    for key in ("oneOf", "anyOf"):  # a tagged union; an optional value (anyOf with null)
+        if key in schema:
+            return st.one_of([from_schema(s, doc, depth) for s in schema[key]])
+    if "const" in schema:
+        return st.one_of(st.just(schema["const"]), st.just(schema["const"]), junk)
+    if schema.get("type") == "null":
+        return st.none()
     valid = st.sampled_from(schema["enum"]) if "enum" in schema else _typed(schema, doc, depth)
     if schema.get("nullable"):
         valid = valid | st.none()

@@ -52,6 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.schema import ACTIONS as _ACTIONS
 from simulator.settings import ConfigError, quote
 
 __all__ = [
@@ -93,19 +94,7 @@ __all__ = [
 #:   evaluate      steps: int (optional)   held-out loss now; appears in the next frame
 #:
 #: ``control`` returns a small dict: at least {"ok": True, "status": ...}.
-ACTIONS: dict[str, tuple[str, ...]] = {
-    "pause": (),
-    "resume": (),
-    "step": ("k",),
-    "stop": (),
-    "speed": ("steps_per_frame", "steps_per_second"),
-    "fast_forward": ("to",),
-    "set": ("lr", "apical", "jacobian", "phases"),
-    "view": ("units", "seed_index"),
-    "checkpoint": ("name",),
-    "branch": ("changes", "checkpoint"),
-    "evaluate": ("steps",),
-}
+ACTIONS: dict[str, tuple[str, ...]] = _ACTIONS  # declared once, as models: app.schema
 
 #: Statuses a run can have. "failed: <reason>" and "diverged at step N (...)" carry text.
 #:

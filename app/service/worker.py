@@ -32,7 +32,6 @@ import contextlib
 import errno
 import math
 import os
-import re
 import signal
 import threading
 import time
@@ -42,21 +41,11 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Protocol
 
-from simulator.settings import ConfigError, Setting, quote
+from app.schema import MAX_LIVE_CHUNK
+from simulator.settings import ConfigError
 
 TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
-MAX_LIVE_CHUNK = 100_000  # steps per frame at most
 FF_SECONDS = 0.25         # target duration of one fast-forward chunk
-MAX_UNITS = 32            # units the traces may carry
-NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
-_INT_K = Setting("k", 1, "steps", int, 1, 10**7)
-_SPF = Setting("steps_per_frame", 0, "steps per frame (0: automatic)", int, 0, MAX_LIVE_CHUNK)
-_SPS = Setting("steps_per_second", 10.0, "real-time pacing", float, 0.1, 1e7)
-_TO = Setting("to", 0, "target step", int, 0, 10**9)
-_RATE = Setting("lr", 0.0, "learning rate", float, 0.0, 10.0)
-_EVAL = Setting("steps", 1000, "held-out steps", int, 1, 10**6)
-_SEED_INDEX = Setting("seed_index", 0, "seed index", int, 0, 255)
 
 
 def check_create(config: Any, view: Any, parent: Any) -> tuple[Any, dict[str, Any]]:
@@ -76,104 +65,11 @@ def check_create(config: Any, view: Any, parent: Any) -> tuple[Any, dict[str, An
 
 def check_params(action: Any, params: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
     """Validate a control command's params (n units, seeds: the run's sizes); returns them
-    parsed. Raises ConfigError naming the field: "action" or the parameter."""
-    from app.service.base import ACTIONS
+    parsed. Raises ConfigError naming the field: "action" or the parameter. The actions and
+    their ranges are declared once, in :mod:`app.schema`."""
+    from app.schema import check_control
 
-    if not isinstance(action, str) or action not in ACTIONS:
-        raise ConfigError("action", f"got {quote(action)}; allowed: {', '.join(ACTIONS)}")
-    allowed = ACTIONS[action]
-    for key in params:
-        if key not in allowed:
-            raise ConfigError(str(key), f"unknown parameter for {action}; allowed: "
-                                        f"{', '.join(allowed) or 'none'}")
-    checker = _CHECKS.get(action)
-    return checker(params, n, seeds) if checker else {}
-
-
-def _check_step(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    if "k" not in p:
-        raise ConfigError("k", "required: how many steps (an integer in [1, 1e7])")
-    return {"k": _INT_K.parse(p["k"], "")}
-
-
-def _check_speed(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    given = [k for k in ("steps_per_frame", "steps_per_second") if p.get(k) is not None]
-    if len(given) != 1:
-        raise ConfigError("steps_per_frame", "give exactly one of steps_per_frame (an integer "
-                                             "in [0, 1e5], 0: automatic) or steps_per_second "
-                                             "(a number in [0.1, 1e7])")
-    if given[0] == "steps_per_frame":
-        return {"steps_per_frame": _SPF.parse(p["steps_per_frame"], "")}
-    return {"steps_per_second": _SPS.parse(p["steps_per_second"], "")}
-
-
-def _check_ff(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    if "to" not in p:
-        raise ConfigError("to", "required: the step to fast-forward to (an integer)")
-    return {"to": _TO.parse(p["to"], "")}
-
-
-def _check_set(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    from simulator.phases import parse_schedule
-
-    out: dict[str, Any] = {}
-    for key in ("lr", "apical", "jacobian"):
-        if p.get(key) is not None:
-            out[key] = Setting(key, 0.0, "learning rate", float, 0.0, 10.0).parse(p[key], "")
-    if p.get("phases") is not None:
-        parse_schedule(p["phases"])
-        out["phases"] = p["phases"].strip()
-    if not out:
-        raise ConfigError("lr", "give at least one of lr, apical, jacobian (numbers in [0, 10]) "
-                                "or phases (a schedule string)")
-    return out
-
-
-def _check_view(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    if p.get("units") is not None:
-        units = p["units"]
-        bad = ConfigError("units", f"got {quote(units)}; allowed: a list of 1 to {MAX_UNITS} distinct "
-                                   f"unit indices in [0, {n - 1}]")
-        if not isinstance(units, list) or not 1 <= len(units) <= MAX_UNITS:
-            raise bad
-        if any(isinstance(u, bool) or not isinstance(u, int) or not 0 <= u < n for u in units):
-            raise bad
-        if len(set(units)) != len(units):
-            raise bad
-        out["units"] = list(units)
-    if p.get("seed_index") is not None:
-        index = _SEED_INDEX.parse(p["seed_index"], "")
-        if index >= seeds:
-            raise ConfigError("seed_index", f"got {index}; allowed: an integer in [0, {seeds - 1}]")
-        out["seed_index"] = index
-    if not out:
-        raise ConfigError("units", "give units (a list of unit indices) and/or seed_index")
-    return out
-
-
-def _check_name(value: Any, field_name: str) -> str:
-    if not isinstance(value, str) or not NAME_RE.match(value):
-        raise ConfigError(field_name, f"got {quote(value)}; allowed: 1-64 letters, digits, '_', '-', '.'")
-    return value
-
-
-def _check_checkpoint(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    return {"name": _check_name(p["name"], "name")} if p.get("name") is not None else {}
-
-
-def _check_branch(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    changes = p.get("changes", {})
-    if not isinstance(changes, dict):
-        raise ConfigError("changes", "must be an object of config changes, e.g. {\"rule\": \"dni-b\"}")
-    out: dict[str, Any] = {"changes": dict(changes)}
-    if p.get("checkpoint") is not None:
-        out["checkpoint"] = _check_name(p["checkpoint"], "checkpoint")
-    return out
-
-
-def _check_evaluate(p: dict[str, Any], n: int, seeds: int) -> dict[str, Any]:
-    return {"steps": _EVAL.parse(p["steps"], "")} if p.get("steps") is not None else {}
+    return check_control(action, params, n, seeds)
 
 
 #: Config fields a branch must keep (the checkpointed network and stream depend on them).
@@ -209,11 +105,6 @@ def branch_steps(new: dict[str, Any], changes: dict[str, Any], config: dict[str,
     if "steps" not in changes and step >= int(new["steps"]):
         new = {**new, "steps": step + int(config["steps"])}
     return new
-
-
-_CHECKS = {"step": _check_step, "speed": _check_speed, "fast_forward": _check_ff, "set": _check_set,
-           "view": _check_view, "checkpoint": _check_checkpoint, "branch": _check_branch,
-           "evaluate": _check_evaluate}
 
 
 class Transport(Protocol):
