@@ -247,8 +247,25 @@ def serve_gunicorn(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+CELERY_HINT = "the Celery backend needs: pip install -e '.[celery]'"
+
+
+def missing_celery_extra() -> str | None:
+    """None when the ``[celery]`` extra is importable, else the one-line hint to print."""
+    for module in ("celery", "redis"):
+        try:
+            __import__(module)
+        except ImportError:
+            return f"{CELERY_HINT} ({module} is not installed)"
+    return None
+
+
 def worker(args: argparse.Namespace) -> int:
     """``plasticity-lab worker``: a Celery worker (prefork: one process per run slot)."""
+    hint = missing_celery_extra()
+    if hint:
+        print(hint, file=sys.stderr)
+        return 2
     if args.concurrency is not None and args.concurrency < 1:
         print(f"concurrency: got {args.concurrency}; allowed: >= 1", file=sys.stderr)
         return 2
@@ -300,6 +317,10 @@ def serve(args: argparse.Namespace) -> int:
     if not 0.5 <= args.channel_timeout <= 3600:
         print(f"channel-timeout: got {args.channel_timeout:g}; allowed: 0.5 to 3600 seconds",
               file=sys.stderr)
+        return 2
+    hint = missing_celery_extra() if args.backend == "celery" else None
+    if hint:
+        print(hint, file=sys.stderr)
         return 2
     if args.processes > 1:
         return serve_gunicorn(args)

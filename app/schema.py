@@ -117,8 +117,8 @@ class Set(_Action):
     lr: annotation(RATES[0], default=None)  # type: ignore[valid-type]
     apical: annotation(RATES[1], default=None)  # type: ignore[valid-type]
     jacobian: annotation(RATES[2], default=None)  # type: ignore[valid-type]
-    phases: str | None = Field(None, description="the phase schedule (docs/model.md, circuit "
-                                                 "phases)")
+    phases: str | None = Field(None, description="the phase schedule (docs/model.md section "
+                                                 "4)")
 
     @field_validator("phases", mode="before")
     @classmethod

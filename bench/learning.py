@@ -18,7 +18,7 @@ batched in one run, 5,000 held-out steps with learning frozen):
 
 Columns: mean / min / max final test loss over seeds; align = mean over steps and seeds
 of the cosine with the exact gradient; ratio = mean ||G_rule|| / ||G_exact||; steps/s;
-status (finished, or where it diverged). DNI's apical and J~ rates follow MODEL.md
+status (finished, or where it diverged). DNI's apical and J~ rates follow docs/model.md section 3
 (0.05 / 0.01 on Add with alpha = 1, 1e-3 elsewhere). Progress goes to stderr (tqdm), the
 tables to stdout. A benchmark, not a test: it prints figures and judges nothing.
 
@@ -67,7 +67,7 @@ class Setting:
     task: str
     task_args: dict[str, Any]
     alpha: float
-    apical_rates: tuple[float, float]  # DNI's (lr_apical, lr_jacobian) here (MODEL.md)
+    apical_rates: tuple[float, float]  # DNI's (lr_apical, lr_jacobian) here (docs/model.md section 3)
 
 
 ADD_59 = Setting("Add(5,9), alpha=1", "add", {"t1": 5, "t2": 9}, 1.0, (0.05, 0.01))

@@ -1,4 +1,4 @@
-"""Gradient alignment (MODEL.md section 5): how close a rule's update of W_rec is to the
+"""Gradient alignment (docs/model.md section 5): how close a rule's update of W_rec is to the
 exact gradient, and how close two rules' updates are to each other.
 
 A :class:`Shadow` rides along a run and, every step, feeds the run's own

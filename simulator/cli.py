@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from simulator.settings import ConfigError, parse_key_values
+from simulator.settings import ConfigError, finite, parse_key_values
 
 CHUNK = 1000  # steps per advance() call: amortizes bookkeeping, keeps the bar lively
 
@@ -28,25 +27,10 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m simulator",
                                      description="Plasticity Lab simulator (headless)")
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="train one run (an ensemble of seeds) and summarize")
-    run.add_argument("--task", default="add")
-    run.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--rule", default="dni-b")
-    run.add_argument("--rule-arg", action="append", default=[], metavar="KEY=VALUE")
-    run.add_argument("--n", default="32")
-    run.add_argument("--alpha", default="1.0")
-    run.add_argument("--lr", default="1e-3")
-    run.add_argument("--phases", default="all",
-                     help="preset (all, apical-then-basal) or '[NAME=]POP+POP:STEPS,...'")
-    run.add_argument("--steps", default="10000")
-    run.add_argument("--test-steps", default="1000")
-    run.add_argument("--seeds", default="0", help="e.g. 0, 0-4, 0,3,7")
-    run.add_argument("--device", default="cpu")
-    run.add_argument("--dtype", default="float32")
-    run.add_argument("--w-rec-init", default="qr",
-                     help="initial W_rec: qr (the authors', default) or haar")
-    run.add_argument("--init-state", default="zeros",
-                     help="initial state: zeros (the authors', default) or tanh-normal")
+    run = sub.add_parser("run", help="train one run (an ensemble of seeds) and summarize",
+                         formatter_class=argparse.RawDescriptionHelpFormatter,
+                         epilog=_settings_epilog())
+    _add_config_options(run)
     run.add_argument("--threads", type=int, default=None, help="torch threads (default 1)")
     run.add_argument("--compile", action="store_true",
                      help="capture the step with torch.compile (dni, dni-b, output-only): "
@@ -62,15 +46,6 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--out", default=None, metavar="DIR",
                      help="write config.json, history.csv (every step) and summary.json")
     run.add_argument("--json", action="store_true", help="print only the JSON summary")
-    run.add_argument("--align", nargs="?", const="auto", default=None, metavar="EXACT",
-                     help="shadow exact gradient: rtrl, bptt:T or auto (the default); adds "
-                          "mean_alignment and mean_norm_ratio (per seed) to the summary")
-    run.add_argument("--compare", default=None, metavar="RULES",
-                     help="comparison rules measured passively on this run's network, e.g. "
-                          "rflo,kernl,dni-b (the JMLR protocol; implies --align auto): each "
-                          "computes its update every step without applying it; adds "
-                          "mean_alignment_compare (rule -> per seed) to the summary and "
-                          "alignment_RULE columns to history.csv")
     run.add_argument("--no-progress", action="store_true")
     sweep = sub.add_parser("sweep", help="run an experiment: a grid of configs x seeds, "
                                           "batched by shape, over a process pool")
@@ -98,6 +73,52 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_config_options(run: argparse.ArgumentParser) -> None:
+    """One option per config field, its help, default and range from the one schema
+    (simulator.schema): the run's settings, then task, rule and the other fields."""
+    from simulator.config import SCALARS
+    from simulator.rules import RULES
+    from simulator.schema import OTHER_FIELDS, help_text, run_config_model
+    from simulator.tasks import TASKS
+
+    fields = run_config_model().model_fields
+    run.add_argument("--task", default=fields["task"].default,
+                     help=f"{fields['task'].description}: one of {', '.join(TASKS)} "
+                          f"(default {fields['task'].default})")
+    run.add_argument("--task-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the task (repeatable; listed below)")
+    run.add_argument("--rule", default=fields["rule"].default,
+                     help=f"{fields['rule'].description}: one of {', '.join(RULES)} "
+                          f"(default {fields['rule'].default})")
+    run.add_argument("--rule-arg", action="append", default=[], metavar="KEY=VALUE",
+                     help="a setting of the rule (repeatable; listed below)")
+    for setting in SCALARS:
+        run.add_argument(f"--{setting.name.replace('_', '-')}", default=str(setting.default),
+                         help=help_text(setting))
+    for name in ("phases", "seeds"):
+        default = fields[name].default
+        text = default if isinstance(default, str) else ",".join(map(str, default))
+        run.add_argument(f"--{name}", default=text, help=f"{fields[name].description} "
+                                                         f"(default {text})".replace("%", "%%"))
+    run.add_argument("--align", nargs="?", const="auto", default=None, metavar="EXACT",
+                     help=f"{fields['align'].description}; --align alone: auto. Adds "
+                          "mean_alignment and mean_norm_ratio (per seed) to the summary")
+    run.add_argument("--compare", default=None, metavar="RULES",
+                     help=f"{fields['compare'].description}. Adds mean_alignment_compare (rule "
+                          "-> per seed) to the summary and alignment_RULE columns to "
+                          "history.csv")
+    assert set(OTHER_FIELDS) == {"phases", "seeds", "align", "compare"}  # each has its option
+
+
+def _settings_epilog() -> str:
+    from simulator.rules import RULES
+    from simulator.schema import registry_help
+    from simulator.tasks import TASKS
+
+    return (f"{registry_help(TASKS, '--task-arg')}\n\n{registry_help(RULES, '--rule-arg')}\n\n"
+            "The model's equations: docs/model.md.")
+
+
 def _config_from_args(args: argparse.Namespace) -> Any:
     from simulator.config import RunConfig
 
@@ -115,10 +136,7 @@ def _list(registry: dict[str, Any]) -> None:
     for name, cls in registry.items():
         settings = "; ".join(s.describe() for s in cls.settings) or "no settings"
         print(f"{name:14s} {cls.summary}. Settings: {settings}")
-
-
-def _nan_to_none(values: list[float]) -> list[float | None]:
-    return [v if math.isfinite(v) else None for v in values]
+    print("The model's equations, the rules and their symbols: docs/model.md")
 
 
 def run_command(args: argparse.Namespace) -> dict[str, Any]:
@@ -163,7 +181,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
                 cols, rows = scalar_history(tel, config.seeds)
                 if done == 0:
                     writer.writerow(cols)
-                writer.writerows(rows.tolist())
+                writer.writerows([int(t), int(seed), *rest] for t, seed, *rest in rows.tolist())
             done += k
             bar.update(k)
             bar.set_postfix(loss=f"{float(tel.loss.mean()):.4f}")
@@ -178,8 +196,8 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     test = run.evaluate(config.test_steps).tolist() if not diverged else []
     summary = {
         "rule": config.rule, "task": config.task, "steps": done, "seeds": config.seeds,
-        "final_test_loss": _nan_to_none(test) if not diverged else None,
-        "train_loss_last": _nan_to_none([s / tail for s in tail_sum]) if not diverged else None,
+        "final_test_loss": finite(test) if not diverged else None,
+        "train_loss_last": finite([s / tail for s in tail_sum]) if not diverged else None,
         "steps_per_second": done / elapsed if elapsed > 0 else None,
         "status": "finished" if not diverged else run.status,
         "reference_levels": run.task.reference_levels(),
@@ -188,12 +206,12 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
     }
     if run.shadow is not None:
         alignment, ratio = align_means.means()
-        summary.update(align=run.shadow.spec, mean_alignment=_nan_to_none(alignment),
-                       mean_norm_ratio=_nan_to_none(ratio))
+        summary.update(align=run.shadow.spec, mean_alignment=finite(alignment),
+                       mean_norm_ratio=finite(ratio))
     if compare_means:
         summary.update(
             compare_protocol=f"passive on {config.rule}'s network, steps 0-{done - 1}",
-            mean_alignment_compare={name: _nan_to_none(m.means()[0])
+            mean_alignment_compare={name: finite(m.means()[0])
                                     for name, m in compare_means.items()})
     if out_dir:
         (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

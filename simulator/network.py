@@ -1,4 +1,4 @@
-"""The leaky rate RNN of MODEL.md section 1, batched over an ensemble of S seeds.
+"""The leaky rate RNN of docs/model.md section 1, batched over an ensemble of S seeds.
 
 All matrices keep the paper's (post, pre) convention with a leading seed axis and the
 bias folded in as the last presynaptic column:
@@ -89,7 +89,7 @@ class Network:
     def init(n: int, n_in: int, n_out: int, alpha: float, seeds: Sequence[int],
              dtype: torch.dtype, device: str | torch.device, w_rec_init: str = "qr",
              init_state: str = "zeros") -> tuple[Network, Tensor]:
-        """MODEL.md defaults, one generator per seed (drawn in float64, then cast, so a
+        """docs/model.md section 1 defaults, one generator per seed (drawn in float64, then cast, so a
         float32 and a float64 run start from the same weights). Returns (net, r(0)).
 
         w_rec_init: "qr" (the authors': Q of a Gaussian's QR as it comes) or "haar" (signs

@@ -1,4 +1,4 @@
-"""Circuit phases (MODEL.md section 4): a cycle of named phases, each with a duration in
+"""Circuit phases (docs/model.md section 4): a cycle of named phases, each with a duration in
 steps and the set of synaptic sub-populations that are plastic during it.
 
 String form (CLI, REST, URL):  ``[NAME=]POP+POP:STEPS,...``  or a preset name, e.g.

@@ -110,12 +110,12 @@ def validate_settings(settings: Sequence[Setting], given: Mapping[str, Any],
 #: their help texts: the OpenAPI document and the CLI's --help read them from here.
 OTHER_FIELDS: dict[str, tuple[Any, Any, str]] = {
     "phases": (str, "all", "circuit phases: a preset ({presets}) or '[NAME=]POP+POP:STEPS,...' "
-                           "(docs/model.md, circuit phases)"),
+                           "(docs/model.md section 4)"),
     "seeds": (list[int] | int | str, [0], "the ensemble's seeds: a list of integers in "
                                           "[0, 2^31-1], an integer, or text like '0-4' or "
                                           "'0,3,7' (at most {max_seeds}, no repeats)"),
     "align": (str | None, None, "shadow exact gradient for alignment: auto, rtrl or bptt:T "
-                                "(omit or null: off; docs/model.md, gradient alignment)"),
+                                "(omit or null: off; docs/model.md section 5)"),
     "compare": (list[str] | str, [], "comparison rules measured passively on this run's "
                                      "network (the JMLR protocol): a list of rule names or "
                                      "text like 'rflo,kernl,dni-b'; needs an exact gradient "
@@ -142,7 +142,7 @@ def _run_config_model(rules: tuple[str, ...], tasks: tuple[str, ...]) -> type[Ba
     from simulator.config import MAX_SEEDS, SCALARS, RunConfig
     from simulator.phases import PRESETS
 
-    RULES, TASKS = dict.fromkeys(rules), dict.fromkeys(tasks)  # noqa: N806 (the registries)
+    RULES, TASKS = dict.fromkeys(rules), dict.fromkeys(tasks)
 
     defaults = RunConfig()
     fields: dict[str, Any] = {
