@@ -23,7 +23,16 @@ from helpers import http_json as _http
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from app.schema import ACTIONS
+from app.schema import (
+    ACTIONS,
+    ControlResult,
+    Created,
+    Deleted,
+    Frames,
+    History,
+    RunInfo,
+    RunList,
+)
 from app.server import create_server
 from app.service import LocalBackend
 
@@ -50,21 +59,32 @@ def control(client: FlaskClient, run: str, /, **body: Any) -> Any:
 
 
 def test_every_endpoint(client: FlaskClient) -> None:
+    """Every endpoint; each answer also validates against its documented model (app.schema)."""
     created = client.post("/api/runs", json=SMALL)
     assert created.status_code == 201
+    Created.model_validate(created.json)
     rid = created.json["id"]
     assert created.json["run"]["config"]["n"] == 8
-    assert [r["id"] for r in client.get("/api/runs").json["runs"]] == [rid]
+    runs = RunList.model_validate(client.get("/api/runs").json).runs
+    assert [r.id for r in runs] == [rid]
     info = client.get(f"/api/runs/{rid}").json
     assert info["status"] == "running" and "add" not in info["reference_levels"]
+    assert RunInfo.model_validate(info).config == info["config"]
 
     wait_for(lambda: client.get(f"/api/runs/{rid}/frames?after=-1").json["frames"], what="frames")
     first = client.get(f"/api/runs/{rid}/frames?after=-1").json
     cursor = first["cursor"]
     assert cursor == first["frames"][-1]["seq"]
-    time.sleep(0.3)
-    later = client.get(f"/api/runs/{rid}/frames", query_string={"after": cursor}).json
-    assert all(f["seq"] > cursor for f in later["frames"]) and later["cursor"] >= cursor
+    page = Frames.model_validate(first)
+    assert page.frames[-1].t1 > page.frames[-1].t0 and page.frames[-1].traces is not None
+
+    def newer() -> Any:
+        answer = client.get(f"/api/runs/{rid}/frames", query_string={"after": cursor}).json
+        return answer if answer["frames"] else None
+
+    later = wait_for(newer, what="frames after the cursor")
+    assert [f["seq"] for f in later["frames"]] == list(range(cursor + 1, later["cursor"] + 1))
+    Frames.model_validate(later)
 
     assert control(client, rid, action="pause").json["status"] == "paused"
     step = client.get(f"/api/runs/{rid}").json["step"]
@@ -76,6 +96,7 @@ def test_every_endpoint(client: FlaskClient) -> None:
                  {"action": "resume"}, {"action": "fast_forward", "to": step + 3000}):
         answer = control(client, rid, **body)
         assert answer.status_code == 200 and answer.json["ok"], (body, answer.json)
+        ControlResult.model_validate(answer.json)
     wait_for(lambda: client.get(f"/api/runs/{rid}").json["step"] >= step + 3000, what="fast-forward")
     branch = control(client, rid, action="branch", changes={"rule": "output-only"}, checkpoint="mark")
     assert branch.status_code == 200
@@ -84,13 +105,14 @@ def test_every_endpoint(client: FlaskClient) -> None:
 
     history = client.get(f"/api/runs/{rid}/history?max_points=40").json
     assert 0 < len(history["step"]) <= 40 and history["loss"]["max"]
+    History.model_validate(history)
     csv_text = client.get(f"/api/runs/{rid}/export.csv")
     assert csv_text.status_code == 200 and csv_text.mimetype == "text/csv"
     assert csv_text.data.startswith(b"step,seed,train_loss") and csv_text.data.endswith(b"\n")
     config = client.get(f"/api/runs/{rid}/config.json").json
     assert config["lr"] == 0.01 and config["rule"] == "dni-b"
 
-    assert client.delete(f"/api/runs/{child}").json["ok"]
+    assert Deleted.model_validate(client.delete(f"/api/runs/{child}").json).ok
     assert client.get(f"/api/runs/{child}").status_code == 404
     assert control(client, rid, action="stop").json["status"] == "stopped"
 
