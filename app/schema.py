@@ -131,8 +131,8 @@ class Set(_Action):
     @model_validator(mode="after")
     def _some(self) -> Set:
         if all(getattr(self, key) is None for key in ("lr", "apical", "jacobian", "phases")):
-            raise ConfigError("lr", "give at least one of lr, apical, jacobian (numbers in "
-                                    "[0, 10]) or phases (a schedule string)")
+            raise ConfigError("lr", f"give at least one of lr, apical, jacobian ("
+                                    f"{RATES[0].allowed()}) or phases (a schedule string)")
         return self
 
 

@@ -18,9 +18,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from simulator.settings import ConfigError, finite, parse_key_values
+from simulator.settings import ConfigError, Setting, finite, parse_key_values
 
 CHUNK = 1000  # steps per advance() call: amortizes bookkeeping, keeps the bar lively
+SWEEP_WORKERS = Setting("workers", 1, "processes", int, 1, 1024)
+SWEEP_BATCH = Setting("batch_size", 256, "members x seeds in one batch", int, 1, None)
+SWEEP_MEMORY = Setting("max_batch_memory", 0, "bytes (0: no limit)", float, 0, None)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -238,15 +241,12 @@ def sweep_command(args: argparse.Namespace) -> dict[str, Any]:
             base["seeds"] = args.seeds
         spec = {**spec, "base": base}
     experiment = parse_experiment(spec)
-    workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
-    if workers < 1 or workers > 1024:
-        raise ConfigError("workers", f"got {workers}; allowed: an integer in [1, 1024]")
-    batch = args.batch_size if args.batch_size is not None else DEFAULT_BATCH
-    if batch < 1:
-        raise ConfigError("batch_size", f"got {batch}; allowed: an integer >= 1")
-    limit = args.max_batch_memory if args.max_batch_memory is not None else _ram_bytes() // 4
-    if limit < 0:
-        raise ConfigError("max_batch_memory", f"got {limit}; allowed: bytes >= 0 (0: no limit)")
+    workers = SWEEP_WORKERS.parse(args.workers if args.workers is not None
+                                  else (os.cpu_count() or 1), "")
+    batch = SWEEP_BATCH.parse(args.batch_size if args.batch_size is not None
+                              else DEFAULT_BATCH, "")
+    limit = SWEEP_MEMORY.parse(args.max_batch_memory if args.max_batch_memory is not None
+                               else _ram_bytes() // 4, "")
     return sweep(experiment, Path(args.out), workers=workers, resume=args.resume,
                  batch_slots=batch, max_memory=int(limit), show_progress=not args.no_progress)
 
