@@ -31,9 +31,8 @@ from pydantic import (
     model_validator,
 )
 
-from simulator.config import MAX_SEEDS
 from simulator.schema import REF_TEMPLATE, REQUIRED, annotation, config_schemas, json_schemas
-from simulator.settings import ConfigError, Setting, quote
+from simulator.settings import MAX_SEEDS, ConfigError, Setting, quote
 
 MAX_LIVE_CHUNK = 100_000  # steps per frame at most
 MAX_UNITS = 32            # units the traces may carry

@@ -16,9 +16,7 @@ from typing import Any
 import torch
 
 from simulator.phases import parse_schedule
-from simulator.settings import ConfigError, Setting, quote
-
-MAX_SEEDS = 256
+from simulator.settings import MAX_SEEDS, ConfigError, Setting, quote
 
 SCALARS = (
     Setting("n", 32, "recurrent units", int, 1, 4096),

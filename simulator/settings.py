@@ -14,6 +14,8 @@ from typing import Any
 
 #: characters of an input value quoted in an error message at most
 QUOTE_LIMIT = 100
+#: seeds in one run at most (an ensemble is one batched computation)
+MAX_SEEDS = 256
 
 
 def quote(value: Any, limit: int = QUOTE_LIMIT) -> str:

@@ -78,7 +78,7 @@ __all__ = [
 #:   resume                                continue (also: restart an "interrupted", "parked" or
 #:                                         "failed: ... (resumable)" run from its last
 #:                                         checkpoint, in a new worker)
-#:   step          k: int                  advance k steps then pause (k in [1, 1e7])
+#:   step          k: int                  advance k steps then pause
 #:   stop                                  end the run for good (status "stopped"), checkpoint
 #:   speed         steps_per_frame: int    as fast as possible, one frame every N steps (0: automatic,
 #:                                         about frame_rate frames/s), or
