@@ -166,7 +166,7 @@ def test_cli_compare_prints_the_protocol_and_a_mean_per_rule(tmp_path, capsys):
     with open(tmp_path / "history.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 600
-    mean = sum(float(r["alignment_rflo"]) for r in rows if r["seed"] == "1.0") / 300
+    mean = sum(float(r["alignment_rflo"]) for r in rows if r["seed"] == "1") / 300
     assert summary["mean_alignment_compare"]["rflo"][1] == pytest.approx(mean, rel=1e-9)
 
 
