@@ -20,6 +20,8 @@ from torch import Tensor
 from simulator.alignment import Passive, Shadow
 from simulator.config import RunConfig
 from simulator.cuda_graph import StepGraphs
+from simulator.fused import advance_fused
+from simulator.fused import applies as fused_applies
 from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
@@ -100,8 +102,12 @@ class Run:
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
                  align: str | None = None, compile: bool | str = False,
-                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None) -> None:
+                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None,
+                 fused: bool | None = None) -> None:
         set_threads(threads)
+        #: the DNI family steps through simulator.fused's k-step loop where it applies
+        #: (default; False, or PLASTICITY_FUSED=0: always the generic step)
+        self.fused = (os.environ.get("PLASTICITY_FUSED", "1") != "0") if fused is None else fused
         self.config = config = config.validated()
         # ensemble: the seed of each slot of the batch axis, repeats allowed (a batched sweep,
         # simulator.sweep: members x seeds in one run, each member's rates a tensor in self.lr)
@@ -451,7 +457,35 @@ class Run:
         graphs = self._graphs if hook is None else None
         phases: list[int] = []
         r = self.r
-        for i in range(k):
+        fused = (self.fused and hook is None and step is None and graphs is None
+                 and fused_applies(self))
+        if fused:
+            phases = [self.schedule.index_at(self.t + i) for i in range(k)]
+            z_parts, diag_parts, trace_parts = [], [], []
+            i = 0
+            while i < k:  # one fused call per stretch of one phase
+                j = i + 1
+                while j < k and phases[j] == phases[i]:
+                    j += 1
+                self.r = r
+                self.t, t_call = self.t + i, self.t
+                try:
+                    r, z_seg, d_seg, tr_seg = advance_fused(
+                        self, xs[i:j], ys[i:j], self.schedule.phases[phases[i]].plastic, traces)
+                finally:
+                    self.t = t_call
+                z_parts.append(z_seg)
+                diag_parts.append(d_seg)
+                if tr_seg is not None:
+                    trace_parts.append(tr_seg)
+                i = j
+            zs = torch.cat(z_parts)
+            for name in diags:
+                if name in diag_parts[0]:
+                    diags[name] = torch.cat([d[name] for d in diag_parts])
+            if traces:
+                Vs, Us, rs = (torch.cat([tr[c] for tr in trace_parts]) for c in range(3))
+        for i in range(0 if fused else k):
             t = self.t + i
             phase_index = self.schedule.index_at(t)
             phases.append(phase_index)
