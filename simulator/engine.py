@@ -103,7 +103,7 @@ class Run:
     def __init__(self, config: RunConfig, *, threads: int | None = None,
                  align: str | None = None, compile: bool | str = False,
                  cuda_graph: bool = False, ensemble: Sequence[int] | None = None,
-                 fused: bool | None = None) -> None:
+                 fused: bool | None = None, alphas: Sequence[float] | None = None) -> None:
         set_threads(threads)
         #: the DNI family steps through simulator.fused's k-step loop where it applies
         #: (default; False, or PLASTICITY_FUSED=0: always the generic step)
@@ -118,7 +118,16 @@ class Run:
         self.schedule: Schedule = parse_schedule(config.phases)
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
-        self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
+        # alphas: the leak of each slot (a batched sweep whose members differ in alpha)
+        if alphas is not None:
+            from simulator.rules import rule_class
+
+            if len(alphas) != len(seeds) or not rule_class(config.rule).per_slot_alpha:
+                raise ValueError("alphas: one per slot, for a rule with per_slot_alpha")
+        alpha = (config.alpha if alphas is None else
+                 torch.tensor(alphas, dtype=config.torch_dtype,
+                              device=torch.device(config.device)).view(-1, 1))
+        self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, alpha,
                                         seeds, self.dtype, self.device,
                                         config.w_rec_init, config.init_state)
         self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args, seeds)
@@ -376,11 +385,11 @@ class Run:
         p = torch.cat([r, x, ones], 1)
         V = matvec(net.W, p)
         h = torch.tanh(V)
-        r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+        r_new = net.leak_step(r, h)
         if self.rule.perturbs_state:  # node perturbation: noise on the state itself
             r_new = self.rule.perturb_state(r_new)
         gain = torch.addcmul(ones, h, h, value=-1.0)
-        if alpha != 1.0:
+        if net.leaky:
             gain = gain * alpha
         q = torch.cat([r_new, ones], 1)
         z = matvec(net.W_out, q)
@@ -576,7 +585,7 @@ class Run:
         W_rec = net.W_rec
         for t in range(steps):
             h = torch.tanh(matvec(W_rec, r).add_(drive[t]))
-            r = h if net.alpha == 1.0 else torch.lerp(r, h, net.alpha)
+            r = net.leak_step(r, h)
             rs[t] = r
         z = torch.einsum("tsn,son->tso", rs, net.readout) + net.W_out[:, :, -1]
         return loss_value(self.task.loss, z, y).mean(0).cpu()

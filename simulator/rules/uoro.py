@@ -44,6 +44,7 @@ from simulator.rules.family import (
 
 class UORO(StatefulRule):
     name = "uoro"
+    per_slot_alpha = True  # the leak through Network's helpers only
     summary = "unbiased online recurrent optimization: rank-one influence with random signs"
     settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)
