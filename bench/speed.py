@@ -34,6 +34,7 @@ if importlib.util.find_spec("simulator") is None:  # a checkout without `pip ins
 
 from simulator.config import RunConfig
 from simulator.engine import Diverged, Run
+from simulator.fused import plan as fused_plan
 from simulator.rules import RULES
 
 torch.set_num_threads(1)  # tiny ops spin-wait with more threads on small machines
@@ -127,6 +128,38 @@ def rtrl_scaling(repeats: int, seconds: float, live: float) -> dict[int, float]:
     return out
 
 
+def paired(repeats: int, steps: int = 1000) -> dict[str, float]:
+    """n = 32, one seed: each rule's default step (the fused loops of simulator.fused for
+    dni, dni-b, uoro, kernl) and its generic step (Run(fused=False)), timed round-robin in
+    one process so that a busy machine slows them alike; speed against dni's generic step
+    as the median of the per-round ratios."""
+    def config(rule: str) -> RunConfig:
+        return RunConfig(task="add", task_args={"t1": 5, "t2": 9}, rule=rule, n=32, lr=LR,
+                         seeds=[0], test_steps=0)
+
+    runs = {}
+    for rule in ("dni", "dni-b", "uoro", "kernl", "rflo"):
+        runs[f"{rule} (generic step)"] = Run(config(rule), fused=False)
+        if fused_plan(Run(config(rule))) is not None:
+            runs[f"{rule} (default: fused)"] = Run(config(rule))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run.advance(100, record="scalars")
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run.advance(steps, record="scalars")
+            times[name].append(time.perf_counter() - start)
+    base = times["dni (generic step)"]
+    print(f"\nn=32, one seed, round-robin x {repeats}: {'steps/s':>9}   speed / dni generic step")
+    out = {}
+    for name, values in times.items():
+        out[name] = steps / statistics.median(values)
+        ratio = statistics.median([b / v for b, v in zip(base, values, strict=True)])
+        print(f"  {name:26s} {out[name]:9,.0f}   {ratio:.2f}")
+    return out
+
+
 def matmul_peak(repeats: int, size: int = 1024) -> float:
     """This core's float32 GFLOP/s on a big matrix product (one thread): the roof."""
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -165,6 +198,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live", type=float, default=1000.0,
                    help="steps/s a live demo needs (for the RTRL scaling note)")
     p.add_argument("--no-scaling", action="store_true", help="skip the RTRL-against-n table")
+    p.add_argument("--paired", action="store_true",
+                   help="only the round-robin table: fused against generic steps at n = 32")
     p.add_argument("--no-roofline", action="store_true",
                    help="skip RTRL (n = 32, 32 seeds) against the core's matmul peak")
     p.add_argument("--json-out", default=None, metavar="FILE", help="write the figures as JSON")
@@ -185,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if opts.device == "cuda" else \
         f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"speed on {where}, torch {torch.__version__}, float32, Add(5,9), alpha=1")
+    if opts.paired:
+        paired(opts.repeats)
+        return 0
     results: dict[str, dict[str, float | None]] = {}
     table(rules, opts.device, opts.repeats, opts.seconds, results)
     scaling = {}

@@ -20,8 +20,7 @@ from torch import Tensor
 from simulator.alignment import Passive, Shadow
 from simulator.config import RunConfig
 from simulator.cuda_graph import StepGraphs
-from simulator.fused import advance_fused
-from simulator.fused import applies as fused_applies
+from simulator.fused import plan as fused_plan
 from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
@@ -466,9 +465,9 @@ class Run:
         graphs = self._graphs if hook is None else None
         phases: list[int] = []
         r = self.r
-        fused = (self.fused and hook is None and step is None and graphs is None
-                 and fused_applies(self))
-        if fused:
+        fused = (fused_plan(self) if self.fused and hook is None and step is None
+                 and graphs is None else None)
+        if fused is not None:
             phases = [self.schedule.index_at(self.t + i) for i in range(k)]
             z_parts, diag_parts, trace_parts = [], [], []
             i = 0
@@ -479,7 +478,7 @@ class Run:
                 self.r = r
                 self.t, t_call = self.t + i, self.t
                 try:
-                    r, z_seg, d_seg, tr_seg = advance_fused(
+                    r, z_seg, d_seg, tr_seg = fused(
                         self, xs[i:j], ys[i:j], self.schedule.phases[phases[i]].plastic, traces)
                 finally:
                     self.t = t_call
@@ -494,7 +493,7 @@ class Run:
                     diags[name] = torch.cat([d[name] for d in diag_parts])
             if traces:
                 Vs, Us, rs = (torch.cat([tr[c] for tr in trace_parts]) for c in range(3))
-        for i in range(0 if fused else k):
+        for i in range(0 if fused is not None else k):
             t = self.t + i
             phase_index = self.schedule.index_at(t)
             phases.append(phase_index)
