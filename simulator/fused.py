@@ -367,20 +367,22 @@ def applies(run: Run) -> bool:
 def plan(run: Run) -> Any:
     """The fused advance for ``run`` (advance_fused or advance_uoro), or None."""
     from simulator.rules.dni import DNI
+    from simulator.rules.kernl import KeRNL
     from simulator.rules.uoro import UORO
 
     rule = run.rule
     if not isinstance(run.net.alpha, float | int) or rule.perturbs_state:
         return None
-    if (isinstance(rule, DNI) and rule.args["order"] == "sequential"
-            and type(rule).step is DNI.step and type(rule).after_update is DNI.after_update):
-        return advance_fused
-    if type(rule) is UORO:
-        return advance_uoro
-    from simulator.rules.kernl import KeRNL
 
-    if (type(rule) is KeRNL and rule.args["perturb"] == "before"
-            and rule.args["order"] == "sequential"):
+    def own(cls: type) -> bool:  # the class's step, not a subclass's or a wrapped one (a tap)
+        return (isinstance(rule, cls) and getattr(rule.step, "__func__", None) is cls.step
+                and getattr(rule.after_update, "__func__", None) is cls.after_update)
+
+    if own(DNI) and rule.args["order"] == "sequential":
+        return advance_fused
+    if own(UORO):
+        return advance_uoro
+    if own(KeRNL) and rule.args["perturb"] == "before" and rule.args["order"] == "sequential":
         return advance_kernl
     return None
 

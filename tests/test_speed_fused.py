@@ -102,6 +102,10 @@ def test_fused_loop_applies_only_where_it_may() -> None:
     cfg = RunConfig(rule="dni-b", n=6, dtype="float64", seeds=[0])
     assert not fused_module.applies(Run(cfg.replace(rule_args={"order": "simultaneous"})))
     assert not fused_module.applies(Run(cfg.replace(rule="rflo")))
+    tapped = Run(cfg)
+    step = tapped.rule.step
+    tapped.rule.step = lambda ctx: step(ctx)  # type: ignore[method-assign]  # a wrapped step
+    assert not fused_module.applies(tapped)  # runs the wrapper, through the generic step
     # an alignment shadow (a per-step hook) takes the generic step, with the same numbers
     aligned, plain = Run(cfg, align="rtrl"), Run(cfg)
     close(aligned.advance(50, record="scalars").loss, plain.advance(50, record="scalars").loss,
