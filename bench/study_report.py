@@ -148,6 +148,8 @@ def main() -> int:
     parser.add_argument("dirs", nargs="+", type=Path)
     parser.add_argument("--svg", type=Path, default=None)
     parser.add_argument("--top", type=int, default=4, help="curves in the figure")
+    parser.add_argument("--also", action="append", default=[], metavar="DIRNAME",
+                        help="also draw the members of this directory (e.g. a reference)")
     parser.add_argument("--min-seeds", type=int, default=1,
                         help="members with fewer finished seeds are listed, not ranked")
     args = parser.parse_args()
@@ -166,8 +168,10 @@ def main() -> int:
               f"&#177;{half:.4f} | {e['dir']} #{e['member']} |")
     print("reference levels:", json.dumps(levels))
     if args.svg:
-        chosen = [e for e in ranked if e["curves"] and len(e["final"]) == e["seeds"]][:args.top]
-        svg(chosen, levels, args.svg)
+        chosen = [e for e in ranked if e["curves"] and len(e["final"]) == e["seeds"]
+                  and e["dir"] not in args.also][:args.top]
+        chosen += [e for e in ranked if e["dir"] in args.also and e["curves"]]
+        svg(chosen, {**levels, "threshold for both": 0.48}, args.svg)
         print(f"wrote {args.svg}")
     return 0
 
