@@ -3,15 +3,19 @@
 DNI-b at n = 32 with one seed is bound by per-op overhead, not arithmetic. This script times
 the same DNI-b step three ways on one thread:
 
-  engine        the simulator's generic Run.advance (rule objects, phases, telemetry)
-  engine, compiled   the same with Run(compile=True): the step captured by torch.compile
+  engine        the simulator's generic step, Run(fused=False) (rule objects, telemetry)
+  engine, default    Run.advance as it is by default: the fused, TorchScript-scripted k-step
+                loop of simulator.fused (no compile, no start-up price)
+  engine, compiled   Run(compile=True, fused=False): the step captured by torch.compile
   fused eager   one hand-fused torch function per step (the same ops, no framework)
   fused, compiled    that function through torch.compile (inductor, C++ wrapper)
 
     python bench/compiled_step.py [--steps 5000]
 
 Run(compile=True) (CLI --compile) is opt-in: the first steps compile for a few seconds, and
-only rules whose state is all tensors (dni, dni-b, output-only) can be captured.
+only rules whose state is all tensors (dni, dni-b, output-only) can be captured. The fused
+loop is the default for dni, dni-b, uoro and kernl (bench/numpy_reference.py times whole
+runs against NumPy).
 """
 
 from __future__ import annotations
@@ -75,16 +79,21 @@ def main() -> None:
     x, y = run.stream.next(args.steps + 50)
     xs, ys = x.float(), y.float()
 
-    engine = []
+    engine, default = [], []
     for _ in range(args.repeats):
         fresh = Run(config)
+        fresh.advance(200, record="scalars")
+        start = time.perf_counter()
+        fresh.advance(args.steps, record="scalars")
+        default.append(args.steps / (time.perf_counter() - start))
+        fresh = Run(config, fused=False)
         fresh.advance(200, record="scalars")
         start = time.perf_counter()
         fresh.advance(args.steps, record="scalars")
         engine.append(args.steps / (time.perf_counter() - start))
     captured = []
     for _ in range(args.repeats):
-        fresh = Run(config, compile=True)
+        fresh = Run(config, compile=True, fused=False)
         fresh.advance(200, record="scalars")  # compiles (first step, then the steady step)
         start = time.perf_counter()
         fresh.advance(args.steps, record="scalars")
@@ -100,7 +109,7 @@ def main() -> None:
     compiled = [rate(compiled_fn, Run(config), xs, ys, args.steps) for _ in range(args.repeats)]
     print(f"dni-b, n=32, one seed, float32, one thread, {args.steps:,} steps, median of "
           f"{args.repeats}")
-    for name, values in (("engine (Run.advance)", engine),
+    for name, values in (("engine, generic step", engine), ("engine, default (fused)", default),
                          ("engine, compile=True", captured), ("fused eager", eager),
                          ("fused, torch.compile", compiled)):
         print(f"  {name:22s} {statistics.median(values):10,.0f} steps/s")

@@ -7,7 +7,7 @@ tanh label, the three local rules and the readout delta rule. It also checks tha
 the same thing: both start from the simulator's initial weights and input stream, in float64,
 and their losses agree to 1e-9 over the first steps.
 
-    python bench/numpy_reference.py [--steps 20000] [--repeats 5]
+    python bench/numpy_reference.py [--steps 100000] [--repeats 3] [--background-compile]
 """
 
 from __future__ import annotations
@@ -39,9 +39,10 @@ def numpy_dni_b(run: Run, steps: int, dtype: type = np.float32) -> tuple[np.ndar
     n = r.shape[0]
     one = np.ones(1, dtype)
     losses = np.empty(steps)
-    a_prev = e_prev = None
+    a_prev = None
+    q_prev = np.zeros(n, dtype)
     start = time.perf_counter()
-    for t in range(steps):
+    for t in range(steps):  # the authors' sequential order (simulator.rules.dni)
         x, y = xs[t], ys[t]
         p = np.concatenate([r, x, one])
         h = np.tanh(W @ p)
@@ -54,55 +55,80 @@ def numpy_dni_b(run: Run, steps: int, dtype: type = np.float32) -> tuple[np.ndar
         losses[t] = -(y * np.log(soft)).sum()
         e = soft - y
         a = np.concatenate([r_new, y, one])
-        U = A @ a
-        dA = None
-        if a_prev is not None:
-            g = np.tanh(A_frozen @ a)
-            target = B @ e_prev + J.T @ g
-            dA = np.outer(A @ a_prev - target, a_prev)
-        dJ = np.outer(J @ r - r_new, r)
-        dW = np.outer(U * gain, p)
+        if a_prev is None:  # the first step: a~(-1) = [r(-1); y(0); 1], q(-1) = 0
+            a_prev = np.concatenate([r, y, one])
+        J -= lr_j * np.outer(J @ r - r_new, r)  # J~ first
+        target = q_prev + J.T @ np.tanh(A_frozen @ a)  # with the updated J~
+        A -= lr_a * np.outer(A @ a_prev - target, a_prev)
+        U = A @ a  # from the updated A
         W_out -= lr * np.outer(e, q)
-        W -= lr * dW
-        J -= lr_j * dJ
-        if dA is not None:
-            A -= lr_a * dA
+        W -= lr * np.outer(U * gain, p)
         if (t + 1) % refresh == 0:
             A_frozen = A.copy()
-        a_prev, e_prev, r = a, e, r_new
+        a_prev, q_prev, r = a, B @ e, r_new
     assert n == r.shape[0]
     return losses, time.perf_counter() - start
 
 
+def torch_run(config: RunConfig, steps: int, chunk: int, **kwargs: object) -> float:
+    """Seconds for a whole run as the CLI does it: build the Run, advance in chunks (the
+    scripted fused loop, or a background compile, included: nothing is warmed up)."""
+    from simulator import fused
+
+    fused._LOOP = None  # the TorchScript scripting of the fused loop counts, every time
+    start = time.perf_counter()
+    run = Run(config, **kwargs)  # type: ignore[arg-type]
+    done = 0
+    while done < steps:
+        k = min(chunk, steps - done)
+        run.advance(k, record="scalars")
+        done += k
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=20_000)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100_000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--chunk", type=int, default=1000,
+                        help="steps per advance() call (the CLI's frame)")
+    parser.add_argument("--background-compile", action="store_true",
+                        help="also time Run(compile='background') (slow on a busy core)")
     args = parser.parse_args()
     config = RunConfig(task="add", rule="dni-b", n=32, seeds=[0])
 
-    # same numbers first: float64 NumPy against the float64 simulator
-    ref = Run(RunConfig(task="add", rule="dni-b", n=32, seeds=[0], dtype="float64"))
-    np_losses, _ = numpy_dni_b(ref, 300, np.float64)
-    sim_losses = ref.advance(300, record="scalars").loss[:, 0].numpy()
-    worst = float(np.abs(np_losses - sim_losses).max())
-    print(f"agreement over 300 steps (float64): max |loss difference| = {worst:.2e}")
+    # same numbers first: float64 NumPy against the float64 simulator, both step paths
+    for fused in (False, True):
+        ref = Run(RunConfig(task="add", rule="dni-b", n=32, seeds=[0], dtype="float64"),
+                  fused=fused)
+        np_losses, _ = numpy_dni_b(ref, 300, np.float64)
+        sim_losses = ref.advance(300, record="scalars").loss[:, 0].numpy()
+        worst = float(np.abs(np_losses - sim_losses).max())
+        print(f"agreement over 300 steps (float64, fused={fused}): max |loss difference| = "
+              f"{worst:.2e}")
 
-    numpy_rates, torch_rates = [], []
-    for _ in range(args.repeats):
+    modes: dict[str, dict[str, object]] = {"generic step (fused=False)": {"fused": False},
+                                           "default (fused loop)": {}}
+    if args.background_compile:
+        modes["compile='background'"] = {"fused": False, "compile": "background"}
+    numpy_s: list[float] = []
+    torch_s: dict[str, list[float]] = {name: [] for name in modes}
+    ratios: dict[str, list[float]] = {name: [] for name in modes}
+    for _ in range(args.repeats):  # side by side: each repeat times every contender once
         _, seconds = numpy_dni_b(Run(config), args.steps)
-        numpy_rates.append(args.steps / seconds)
-        run = Run(config)
-        run.advance(200, record="scalars")
-        start = time.perf_counter()
-        run.advance(args.steps, record="scalars")
-        torch_rates.append(args.steps / (time.perf_counter() - start))
-    np_med, torch_med = statistics.median(numpy_rates), statistics.median(torch_rates)
-    print(f"dni-b, n=32, one seed, float32, {args.steps:,} steps, median of {args.repeats} "
-          f"(torch threads: {torch.get_num_threads()})")
-    print(f"  plain NumPy      {np_med:10,.0f} steps/s")
-    print(f"  simulator (torch){torch_med:10,.0f} steps/s")
-    print(f"  ratio torch / NumPy: {torch_med / np_med:.2f}")
+        numpy_s.append(seconds)
+        for name, kwargs in modes.items():
+            took = torch_run(config, args.steps, args.chunk, **kwargs)
+            torch_s[name].append(took)
+            ratios[name].append(seconds / took)
+    print(f"dni-b, n=32, one seed, float32, a {args.steps:,}-step run including start-up, "
+          f"median of {args.repeats} (torch threads: {torch.get_num_threads()})")
+    print(f"  {'plain NumPy':28s} {statistics.median(numpy_s):7.2f} s "
+          f"{args.steps / statistics.median(numpy_s):10,.0f} steps/s")
+    for name in modes:
+        med = statistics.median(torch_s[name])
+        print(f"  {name:28s} {med:7.2f} s {args.steps / med:10,.0f} steps/s   speed / NumPy "
+              f"(median of per-repeat ratios): {statistics.median(ratios[name]):.2f}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ if importlib.util.find_spec("simulator") is None:  # a checkout without `pip ins
 
 from simulator.config import RunConfig
 from simulator.engine import Diverged, Run
+from simulator.fused import plan as fused_plan
 from simulator.rules import RULES
 
 torch.set_num_threads(1)  # tiny ops spin-wait with more threads on small machines
@@ -127,6 +128,67 @@ def rtrl_scaling(repeats: int, seconds: float, live: float) -> dict[int, float]:
     return out
 
 
+def paired(repeats: int, steps: int = 1000) -> dict[str, float]:
+    """n = 32, one seed: each rule's default step (the fused loops of simulator.fused for
+    dni, dni-b, uoro, kernl) and its generic step (Run(fused=False)), timed round-robin in
+    one process so that a busy machine slows them alike; speed against dni's generic step
+    as the median of the per-round ratios."""
+    def config(rule: str) -> RunConfig:
+        return RunConfig(task="add", task_args={"t1": 5, "t2": 9}, rule=rule, n=32, lr=LR,
+                         seeds=[0], test_steps=0)
+
+    runs = {}
+    for rule in ("dni", "dni-b", "uoro", "kernl", "rflo"):
+        runs[f"{rule} (generic step)"] = Run(config(rule), fused=False)
+        if fused_plan(Run(config(rule))) is not None:
+            runs[f"{rule} (default: fused)"] = Run(config(rule))
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run.advance(100, record="scalars")
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run.advance(steps, record="scalars")
+            times[name].append(time.perf_counter() - start)
+    base = times["dni (generic step)"]
+    print(f"\nn=32, one seed, round-robin x {repeats}: {'steps/s':>9}   speed / dni generic step")
+    out = {}
+    for name, values in times.items():
+        out[name] = steps / statistics.median(values)
+        ratio = statistics.median([b / v for b, v in zip(base, values, strict=True)])
+        print(f"  {name:26s} {out[name]:9,.0f}   {ratio:.2f}")
+    return out
+
+
+def matmul_peak(repeats: int, size: int = 1024) -> float:
+    """This core's float32 GFLOP/s on a big matrix product (one thread): the roof."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    return 2 * size**3 / statistics.median(times) / 1e9
+
+
+def rtrl_roofline(repeats: int, seconds: float, n: int = 32, seeds: int = 32) -> dict[str, float]:
+    """The 32-seed RTRL step at n = 32 against the core's peak: flops per step (the cost
+    model's count, forward pass included) x steps/s, over a big matmul's GFLOP/s."""
+    from simulator.cost import estimate
+
+    config = RunConfig(task="add", task_args={"t1": 5, "t2": 9}, rule="rtrl", n=n, lr=LR,
+                       seeds=list(range(seeds)), test_steps=0, steps=1)
+    flops = estimate(config).flops_per_step  # all seeds
+    peak = matmul_peak(repeats)
+    steps = rate("rtrl", n, seeds, "cpu", repeats, seconds) / seeds
+    achieved = flops * steps / 1e9
+    print(f"\nrtrl, n={n}, {seeds} seeds: {flops / 1e6:,.1f} MFLOP per step x {steps:,.0f} "
+          f"steps/s = {achieved:.2f} GFLOP/s; a 1024^2 float32 matmul on this core: "
+          f"{peak:.1f} GFLOP/s; RTRL reaches {achieved / peak:.0%} of it")
+    return {"flops_per_step": flops, "steps_per_s": steps, "gflops": achieved, "peak": peak}
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -136,6 +198,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--live", type=float, default=1000.0,
                    help="steps/s a live demo needs (for the RTRL scaling note)")
     p.add_argument("--no-scaling", action="store_true", help="skip the RTRL-against-n table")
+    p.add_argument("--paired", action="store_true",
+                   help="only the round-robin table: fused against generic steps at n = 32")
+    p.add_argument("--no-roofline", action="store_true",
+                   help="skip RTRL (n = 32, 32 seeds) against the core's matmul peak")
     p.add_argument("--json-out", default=None, metavar="FILE", help="write the figures as JSON")
     return p.parse_args(argv)
 
@@ -154,14 +220,21 @@ def main(argv: list[str] | None = None) -> int:
     where = torch.cuda.get_device_name() if opts.device == "cuda" else \
         f"CPU, {torch.get_num_threads()} thread(s)"
     print(f"speed on {where}, torch {torch.__version__}, float32, Add(5,9), alpha=1")
+    if opts.paired:
+        paired(opts.repeats)
+        return 0
     results: dict[str, dict[str, float | None]] = {}
     table(rules, opts.device, opts.repeats, opts.seconds, results)
     scaling = {}
     if opts.device == "cpu" and not opts.no_scaling and "rtrl" in rules:
         scaling = rtrl_scaling(opts.repeats, opts.seconds, opts.live)
+    roofline = {}
+    if opts.device == "cpu" and not opts.no_roofline and "rtrl" in rules:
+        roofline = rtrl_roofline(opts.repeats, opts.seconds)
     if opts.json_out:
         Path(opts.json_out).write_text(json.dumps(
-            {"device": where, "rules": results, "rtrl_scaling": scaling}, indent=1))
+            {"device": where, "rules": results, "rtrl_scaling": scaling,
+             "rtrl_roofline": roofline}, indent=1))
     return 0
 
 

@@ -20,6 +20,7 @@ from torch import Tensor
 from simulator.alignment import Passive, Shadow
 from simulator.config import RunConfig
 from simulator.cuda_graph import StepGraphs
+from simulator.fused import plan as fused_plan
 from simulator.losses import error_signal, loss_value
 from simulator.network import Network, matvec, with_one
 from simulator.phases import Schedule, parse_schedule
@@ -100,8 +101,12 @@ class Run:
 
     def __init__(self, config: RunConfig, *, threads: int | None = None,
                  align: str | None = None, compile: bool | str = False,
-                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None) -> None:
+                 cuda_graph: bool = False, ensemble: Sequence[int] | None = None,
+                 fused: bool | None = None, alphas: Sequence[float] | None = None) -> None:
         set_threads(threads)
+        #: the DNI family steps through simulator.fused's k-step loop where it applies
+        #: (default; False, or PLASTICITY_FUSED=0: always the generic step)
+        self.fused = (os.environ.get("PLASTICITY_FUSED", "1") != "0") if fused is None else fused
         self.config = config = config.validated()
         # ensemble: the seed of each slot of the batch axis, repeats allowed (a batched sweep,
         # simulator.sweep: members x seeds in one run, each member's rates a tensor in self.lr)
@@ -112,7 +117,16 @@ class Run:
         self.schedule: Schedule = parse_schedule(config.phases)
         self.dtype = config.torch_dtype
         self.device = torch.device(config.device)
-        self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, config.alpha,
+        # alphas: the leak of each slot (a batched sweep whose members differ in alpha)
+        if alphas is not None:
+            from simulator.rules import rule_class
+
+            if len(alphas) != len(seeds) or not rule_class(config.rule).per_slot_alpha:
+                raise ValueError("alphas: one per slot, for a rule with per_slot_alpha")
+        alpha = (config.alpha if alphas is None else
+                 torch.tensor(alphas, dtype=config.torch_dtype,
+                              device=torch.device(config.device)).view(-1, 1))
+        self.net, self.r = Network.init(config.n, self.task.n_in, self.task.n_out, alpha,
                                         seeds, self.dtype, self.device,
                                         config.w_rec_init, config.init_state)
         self.rule = make_rule(config.rule, self.net, self.task.n_out, config.rule_args, seeds)
@@ -370,11 +384,11 @@ class Run:
         p = torch.cat([r, x, ones], 1)
         V = matvec(net.W, p)
         h = torch.tanh(V)
-        r_new = h if alpha == 1.0 else torch.lerp(r, h, alpha)
+        r_new = net.leak_step(r, h)
         if self.rule.perturbs_state:  # node perturbation: noise on the state itself
             r_new = self.rule.perturb_state(r_new)
         gain = torch.addcmul(ones, h, h, value=-1.0)
-        if alpha != 1.0:
+        if net.leaky:
             gain = gain * alpha
         q = torch.cat([r_new, ones], 1)
         z = matvec(net.W_out, q)
@@ -451,7 +465,35 @@ class Run:
         graphs = self._graphs if hook is None else None
         phases: list[int] = []
         r = self.r
-        for i in range(k):
+        fused = (fused_plan(self) if self.fused and hook is None and step is None
+                 and graphs is None else None)
+        if fused is not None:
+            phases = [self.schedule.index_at(self.t + i) for i in range(k)]
+            z_parts, diag_parts, trace_parts = [], [], []
+            i = 0
+            while i < k:  # one fused call per stretch of one phase
+                j = i + 1
+                while j < k and phases[j] == phases[i]:
+                    j += 1
+                self.r = r
+                self.t, t_call = self.t + i, self.t
+                try:
+                    r, z_seg, d_seg, tr_seg = fused(
+                        self, xs[i:j], ys[i:j], self.schedule.phases[phases[i]].plastic, traces)
+                finally:
+                    self.t = t_call
+                z_parts.append(z_seg)
+                diag_parts.append(d_seg)
+                if tr_seg is not None:
+                    trace_parts.append(tr_seg)
+                i = j
+            zs = torch.cat(z_parts)
+            for name in diags:
+                if name in diag_parts[0]:
+                    diags[name] = torch.cat([d[name] for d in diag_parts])
+            if traces:
+                Vs, Us, rs = (torch.cat([tr[c] for tr in trace_parts]) for c in range(3))
+        for i in range(0 if fused is not None else k):
             t = self.t + i
             phase_index = self.schedule.index_at(t)
             phases.append(phase_index)
@@ -542,7 +584,7 @@ class Run:
         W_rec = net.W_rec
         for t in range(steps):
             h = torch.tanh(matvec(W_rec, r).add_(drive[t]))
-            r = h if net.alpha == 1.0 else torch.lerp(r, h, net.alpha)
+            r = net.leak_step(r, h)
             rs[t] = r
         z = torch.einsum("tsn,son->tso", rs, net.readout) + net.W_out[:, :, -1]
         return loss_value(self.task.loss, z, y).mean(0).cpu()

@@ -38,11 +38,39 @@ def with_one(v: Tensor) -> Tensor:
     return torch.cat([v, v.new_ones(*v.shape[:-1], 1)], -1)
 
 
+#: the leak: one number for every slot, or a tensor (S, 1) with one per slot (a batched sweep
+#: whose members differ in alpha, simulator.sweep; only rules with ``per_slot_alpha``)
+Alpha = float | Tensor
+
+
 @dataclass
 class Network:
     W: Tensor
     W_out: Tensor
-    alpha: float
+    alpha: Alpha
+
+    @property
+    def leaky(self) -> bool:
+        """Whether r(t) keeps part of r(t-1) (alpha < 1 for some slot)."""
+        return isinstance(self.alpha, Tensor) or self.alpha != 1.0
+
+    def add_leak_(self, out: Tensor, X: Tensor) -> Tensor:
+        """out += (1 - alpha) X in place, X (S, ...): the leak's term of J(t) X."""
+        if isinstance(self.alpha, Tensor):
+            return out.add_(X * (1.0 - self.alpha).view(-1, *[1] * (X.dim() - 1)))
+        return out if self.alpha == 1.0 else out.add_(X, alpha=1.0 - self.alpha)
+
+    def leak_scale_(self, X: Tensor) -> Tensor:
+        """X *= (1 - alpha) in place, X (S, ...)."""
+        if isinstance(self.alpha, Tensor):
+            return X.mul_((1.0 - self.alpha).view(-1, *[1] * (X.dim() - 1)))
+        return X.mul_(1.0 - self.alpha)
+
+    def leak_step(self, r: Tensor, h: Tensor) -> Tensor:
+        """r(t) = (1 - alpha) r(t-1) + alpha h."""
+        if isinstance(self.alpha, Tensor):
+            return torch.lerp(r, h, self.alpha)
+        return h if self.alpha == 1.0 else torch.lerp(r, h, self.alpha)
 
     @property
     def n(self) -> int:
@@ -82,11 +110,10 @@ class Network:
 
         ``gain`` is dr/dV = alpha tanh'(V(t)).
         """
-        out = vecmat(g * gain, self.W_rec)
-        return out if self.alpha == 1.0 else out.add_(g, alpha=1.0 - self.alpha)
+        return self.add_leak_(vecmat(g * gain, self.W_rec), g)
 
     @staticmethod
-    def init(n: int, n_in: int, n_out: int, alpha: float, seeds: Sequence[int],
+    def init(n: int, n_in: int, n_out: int, alpha: Alpha, seeds: Sequence[int],
              dtype: torch.dtype, device: str | torch.device, w_rec_init: str = "qr",
              init_state: str = "zeros") -> tuple[Network, Tensor]:
         """docs/model.md section 1 defaults, one generator per seed (drawn in float64, then cast, so a

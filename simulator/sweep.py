@@ -228,14 +228,26 @@ def _axis_error(err: ConfigError, names: list[str], combo: tuple[int, ...],
 
 
 # ---- batches ----------------------------------------------------------------------------
+def per_slot_alpha(config: RunConfig) -> bool:
+    """Whether members differing in alpha may share a batch: the rule reads the leak only
+    through Network's helpers, and no exact-gradient shadow or comparison rule runs beside."""
+    from simulator.rules import rule_class
+
+    return (rule_class(config.rule).per_slot_alpha and config.align is None
+            and not config.compare)
+
+
 def shape_key(config: RunConfig) -> str:
-    """What must be shared to batch: everything but seeds, lr and the rule's rate settings."""
+    """What must be shared to batch: everything but seeds, lr, the rule's rate settings and
+    (where :func:`per_slot_alpha`) alpha."""
     from simulator.rules import rule_class
 
     rates = set(rule_class(config.rule).rate_settings(config.rule_args).values())
     data = config.to_dict()
     data.pop("seeds")
     data.pop("lr")
+    if per_slot_alpha(config):
+        data.pop("alpha")
     data["rule_args"] = {k: v for k, v in config.rule_args.items() if k not in rates}
     return json.dumps(data, sort_keys=True, default=str)
 
@@ -299,7 +311,8 @@ def _nan(value: float) -> float | None:
 def make_batch_run(exp: Experiment, members: list[int]) -> Any:
     """One :class:`~simulator.engine.Run` for a batch: slot j holds member
     ``members[j // seeds]`` with seed ``exp.seeds[j % seeds]``; the network rate and the rule's
-    rate settings become tensors (slots,) where the members differ."""
+    rate settings become tensors (slots,) where the members differ, and alpha a tensor
+    (slots, 1) where it does."""
     import torch
 
     from simulator.engine import Run
@@ -307,7 +320,8 @@ def make_batch_run(exp: Experiment, members: list[int]) -> Any:
     config, ensemble = batch_config(exp, members)
     if len({shape_key(exp.members[m].config) for m in members}) != 1:
         raise ValueError("a batch holds members of one shape only (simulator.sweep.shape_key)")
-    run = Run(config, ensemble=ensemble)
+    alphas = [exp.members[m].config.alpha for m in members for _ in exp.seeds]
+    run = Run(config, ensemble=ensemble, alphas=alphas if len(set(alphas)) > 1 else None)
     run.halt_on_divergence = False
     rate_keys = run.rule.rate_settings(config.rule_args)
     per_slot: dict[str, list[float]] = {pop: [] for pop in run.lr}

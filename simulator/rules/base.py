@@ -141,6 +141,9 @@ class Rule(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
     settings: ClassVar[tuple[Setting, ...]] = ()
+    #: reads the leak only through Network's helpers (leaky, add_leak_, leak_scale_,
+    #: leak_step), so a batched sweep may give each slot its own alpha (a tensor (S, 1))
+    per_slot_alpha: ClassVar[bool] = False
     #: sub-populations beyond basal/readout that the rule owns, with the setting holding
     #: each one's learning rate, e.g. {"apical": "lr_apical"}
     own_populations: ClassVar[dict[str, str]] = {}

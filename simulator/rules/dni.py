@@ -77,6 +77,7 @@ def apical_target(q_prev: Tensor, back: Tensor) -> Tensor:
 
 class DNI(Rule):
     name = "dni"
+    per_slot_alpha = True  # the leak through Network's helpers only
     summary = "synthetic gradients in the apical compartment (exact J, symmetric feedback)"
     settings = SETTINGS
     diagnostic_names = ("apical_loss", "jacobian_loss")

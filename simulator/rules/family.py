@@ -139,14 +139,12 @@ def feedback_credit(B: Tensor | None, e: Tensor, net: Network) -> Tensor:
 
 def jacobian_matmul(net: Network, gain: Tensor, X: Tensor) -> Tensor:
     """J(t) X for X (S, n, k), J = diag(gain) W_rec + (1 - alpha) I (a new tensor)."""
-    out = torch.bmm(net.W_rec, X).mul_(gain.unsqueeze(2))
-    return out if net.alpha == 1.0 else out.add_(X, alpha=1.0 - net.alpha)
+    return net.add_leak_(torch.bmm(net.W_rec, X).mul_(gain.unsqueeze(2)), X)
 
 
 def jacobian_times(net: Network, gain: Tensor, v: Tensor) -> Tensor:
     """J(t) v for v (S, n)."""
-    out = matvec(net.W_rec, v).mul_(gain)
-    return out if net.alpha == 1.0 else out.add_(v, alpha=1.0 - net.alpha)
+    return net.add_leak_(matvec(net.W_rec, v).mul_(gain), v)
 
 
 def norm(x: Tensor) -> Tensor:

@@ -43,6 +43,7 @@ from simulator.rules.family import (
 
 class KFRTRL(StatefulRule):
     name = "kf-rtrl"
+    per_slot_alpha = True  # the leak through Network's helpers only
     summary = "Kronecker-factored RTRL: influence as u (x) A with two random signs (n^3)"
     settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)

@@ -27,6 +27,7 @@ from simulator.rules.family import FEEDBACK, StatefulRule, feedback_credit, rand
 
 class RFLO(StatefulRule):
     name = "rflo"
+    per_slot_alpha = True  # the leak through Network's helpers only
     summary = "random-feedback local online (Murray 2019): eligibility trace with J ~ (1-alpha) I"
     settings = (FEEDBACK,)
     state_keys = ("trace", "B")
@@ -36,7 +37,7 @@ class RFLO(StatefulRule):
         super().__init__(net, n_out, args, seeds)
         random = args["feedback"] == "random"
         self.B: Tensor | None = random_feedback(seeds, net.n, n_out, net.W) if random else None
-        self.trace: Tensor | None = None if net.alpha == 1.0 else net.W.new_zeros(net.W.shape)
+        self.trace: Tensor | None = None if not net.leaky else net.W.new_zeros(net.W.shape)
 
     def arrays(self) -> dict[str, Tensor]:
         return {} if self.B is None else {"feedback": self.B.mT}  # (n_out, n)
@@ -54,6 +55,6 @@ class RFLO(StatefulRule):
         q = feedback_credit(self.B, ctx.e, ctx.net)
         if self.trace is None:  # alpha = 1: P(t) = gain (x) p
             return RuleOutput(updates={"basal": Rank1(q * ctx.gain, ctx.p)}, signal=q)
-        trace = self.trace.mul_(1.0 - ctx.net.alpha)
+        trace = ctx.net.leak_scale_(self.trace)  # (1 - alpha) P(t-1)
         trace.addcmul_(ctx.gain.unsqueeze(2), ctx.p.unsqueeze(1))
         return RuleOutput(updates={"basal": Dense(trace * q.unsqueeze(2))}, signal=q)

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import torch
 from torch import Tensor
 
 from simulator.network import Network
@@ -44,6 +45,7 @@ from simulator.rules.family import (
 
 class UORO(StatefulRule):
     name = "uoro"
+    per_slot_alpha = True  # the leak through Network's helpers only
     summary = "unbiased online recurrent optimization: rank-one influence with random signs"
     settings = (SIGNS, START)
     diagnostic_names = ("influence_norm",)
@@ -79,13 +81,21 @@ class UORO(StatefulRule):
         nu = self.nu.next()
         Js = jacobian_times(ctx.net, ctx.gain, self.s_tilde)
         nu_gain = nu * ctx.gain  # nu^T D = (nu * gain) p^T
-        rho0 = balance(norm(self.theta_tilde), norm(Js))
-        rho1 = balance(norm(nu_gain) * norm(ctx.p), norm(nu))
-        self.s_tilde = Js.mul_(rho0[:, None]).add_(nu * rho1[:, None])
-        theta = self.theta_tilde.div_(rho0[:, None, None])
-        theta.addcmul_((nu_gain / rho1[:, None]).unsqueeze(2), ctx.p.unsqueeze(1))
+        # both rescalings in one balance call (one op per step instead of two): columns
+        # rho0 = sqrt(|theta~| / |J s~|) and rho1 = sqrt(|nu^T D| / |nu|), |nu^T D| =
+        # |nu gain| |p|; vectors' norms straight along dim 1
+        vectors = torch.stack([Js, nu_gain, nu], 1)  # (S, 3, n)
+        vnorm = torch.linalg.vector_norm(vectors, dim=2)
+        numerators = torch.stack([norm(self.theta_tilde),
+                                  vnorm[:, 1] * torch.linalg.vector_norm(ctx.p, dim=1)], 1)
+        rho = balance(numerators, vnorm[:, 0::2])  # (S, 2): rho0, rho1
+        rho0, rho1 = rho[:, 0:1], rho[:, 1:2]
+        self.s_tilde = Js.mul_(rho0).add_(nu * rho1)
+        theta = self.theta_tilde.div_(rho0.unsqueeze(2))
+        theta.addcmul_((nu_gain / rho1).unsqueeze(2), ctx.p.unsqueeze(1))
         credit = ctx.credit
         scale = (credit * self.s_tilde).sum(1)
         grad = theta * scale[:, None, None]
         return RuleOutput(updates={"basal": Dense(grad)}, signal=credit,
-                          diagnostics={"influence_norm": norm(self.s_tilde) * norm(theta)})
+                          diagnostics={"influence_norm": torch.linalg.vector_norm(
+                              self.s_tilde, dim=1) * norm(theta)})
