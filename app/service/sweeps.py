@@ -110,7 +110,7 @@ def _now() -> float:
     return time.time()
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(data, indent=1))
     os.replace(tmp, path)
@@ -156,7 +156,7 @@ class ExperimentService:
     def _update_meta(self, exp_id: str, **changes: Any) -> dict[str, Any]:
         with self._lock:
             meta = {**self.meta(exp_id), **changes}
-            _write_json(self.root / exp_id / "meta.json", meta)
+            write_json(self.root / exp_id / "meta.json", meta)
             return meta
 
     def experiment(self, exp_id: str) -> sw.Experiment:
@@ -229,7 +229,7 @@ class ExperimentService:
             folder.mkdir()
             sw.prepare(exp, folder, workers=self.workers)
             total = sum(len(b) for b in batches) * len(exp.seeds) * exp.steps
-            _write_json(folder / "meta.json", {
+            write_json(folder / "meta.json", {
                 "id": exp_id, "owner": owner, "name": exp.spec.get("name") or "",
                 "status": "queued", "created": _now(), "started": None, "ended": None,
                 "error": None, "total": total, "work_flops": work, "backend": self.kind})
