@@ -25,6 +25,20 @@ GRID = {"name": "browser grid",
                  "steps": 400, "test_steps": 100, "seeds": "0-2"},
         "axes": {"rule": ["dni", "dni-b"], "lr": [1e-3, 3e-3]}, "record": {"every": 100}}
 
+TYPED = """name = "typed"
+[base]
+task = "add"
+rule = "dni"
+n = 8
+steps = 3000
+test_steps = 100
+seeds = "0-3"
+[axes]
+lr = [1e-3, 3e-3]
+[record]
+every = 1000
+"""
+
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
@@ -116,5 +130,19 @@ def test_experiments_page_renders_every_view_and_exports(lab: Lab) -> None:
         assert run["config"]["seeds"] == [seed] and run["status"] == "ready"
         assert run["config"]["rule"] == ("dni", "dni-b")[member // 2]
         page.screenshot(path=str(Path(lab.log).parent / "experiments.png"), full_page=True)
+
+        # the form: a spec typed in, run; the URL takes its id; live progress to the end
+        page.fill("#xp-spec", TYPED)
+        page.fill("#xp-seeds", "0-1")
+        page.click("#xp-submit")
+        page.wait_for_url(lambda url: "?id=" in url and exp_id not in url)
+        new_id = page.url.split("?id=")[1]
+        info = lab.admin("GET", f"/api/experiments/{new_id}")
+        assert info["seeds"] == [0, 1] and info["spec"]["axes"] == {"lr": [0.001, 0.003]}
+        page.wait_for_function("() => document.querySelector('#xp-status').textContent"
+                               ".includes('finished')", timeout=180_000)
+        page.wait_for_function("() => document.querySelectorAll('#xp-curves .scatterlayer "
+                               ".trace').length === 4")
+        assert page.get_attribute("#xp-bar-fill", "style").replace(" ", "") == "width:100%;"
         assert not [m for m in problems if "Content Security Policy" in m], problems
         browser.close()

@@ -54,10 +54,10 @@ every = 2000
 
 def _graph(view: str, title: str, controls: list[Any]) -> html.Section:
     exports = [html.Button(fmt.upper(), id={"type": "xp-img", "view": view, "fmt": fmt},
-                           n_clicks=0, className="hbtn", title=f"{fmt.upper()} at 2560 x 1440")
+                           n_clicks=0, className="xp-btn", title=f"{fmt.upper()} at 2560 x 1440")
                for fmt in ("png", "svg")]
     exports.append(html.Button("CSV", id={"type": "xp-csv", "view": view}, n_clicks=0,
-                               className="hbtn", title="the numbers of this view"))
+                               className="xp-btn", title="the numbers of this view"))
     return html.Section([
         html.Div([html.H3(title), *controls, html.Div(exports, className="xp-exports")],
                  className="xp-view-head"),
@@ -85,7 +85,7 @@ def layout() -> html.Div:
                   html.Label(["Steps ", dcc.Input(id="xp-steps", type="number", min=1,
                                                   placeholder="from the spec")])],
                  className="xp-overrides"),
-        html.Button("Run experiment", id="xp-submit", n_clicks=0, className="hbtn"),
+        html.Button("Run experiment", id="xp-submit", n_clicks=0, className="xp-btn"),
         html.Div(id="xp-msg", role="alert", className="xp-msg"),
         html.H3("Experiments"),
         dcc.Dropdown(id="xp-list", placeholder="open one of yours", clearable=False),
@@ -96,7 +96,7 @@ def layout() -> html.Div:
             html.Div(html.Div(id="xp-bar-fill", className="xp-bar-fill",
                               style={"width": "0%"}), id="xp-bar", className="xp-bar"),
             html.Span(id="xp-eta", className="xp-eta"),
-            html.Button("Cancel", id="xp-cancel", n_clicks=0, className="hbtn"),
+            html.Button("Cancel", id="xp-cancel", n_clicks=0, className="xp-btn"),
         ], className="xp-progress"),
         _graph("curves", "Learning curves", [dcc.Dropdown(
             id="xp-series", options=list(SERIES_NAMES), value="test_loss", clearable=False,
@@ -110,9 +110,9 @@ def layout() -> html.Div:
         html.Section([
             html.Div([html.H3("Every member and seed"),
                       html.Div(html.Button("CSV", id={"type": "xp-csv", "view": "table"},
-                                           n_clicks=0, className="hbtn"),
+                                           n_clicks=0, className="xp-btn"),
                                className="xp-exports")], className="xp-view-head"),
-            html.Div(id="xp-open", className="xp-msg"),
+            html.Div(id="xp-open", className="xp-note"),
             dash_table.DataTable(id="xp-table", sort_action="native", sort_mode="multi",
                                  page_size=25, style_table={"overflowX": "auto"},
                                  style_cell={"fontFamily": "inherit", "fontSize": "13px"}),

@@ -134,8 +134,7 @@ class ExperimentService:
     def __init__(self, settings: BackendSettings, *, workers: int | None = None,
                  user_runs: int | None = None) -> None:
         self.settings = settings
-        self.root = Path(settings.data_dir) / "experiments"
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root = Path(settings.data_dir) / "experiments"  # made by the first submit
         self.workers = workers or os.cpu_count() or 1
         self.user_runs = user_runs  # the per-user run quota (None: max_runs)
         self._lock = threading.RLock()
@@ -167,6 +166,8 @@ class ExperimentService:
         return json.loads((self.folder(exp_id) / "plan.json").read_text())["batches"]
 
     def ids(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
         return sorted((p.name for p in self.root.iterdir() if (p / "meta.json").is_file()),
                       key=lambda i: (self.root / i / "meta.json").stat().st_mtime_ns)
 
@@ -226,7 +227,7 @@ class ExperimentService:
             batches, work = self.admit(exp, owner, admin)
             exp_id = secrets.token_hex(6)
             folder = self.root / exp_id
-            folder.mkdir()
+            folder.mkdir(parents=True)
             sw.prepare(exp, folder, workers=self.workers)
             total = sum(len(b) for b in batches) * len(exp.seeds) * exp.steps
             write_json(folder / "meta.json", {
