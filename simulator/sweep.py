@@ -46,6 +46,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -330,7 +331,7 @@ class Cancelled(Exception):
 def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
     import torch
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
     torch.save(state, tmp)
     os.replace(tmp, path)
 
@@ -452,7 +453,7 @@ def code_version() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -620,19 +621,20 @@ def write_tables(exp: Experiment, out: Path, count: int, partial: bool = False) 
     rows.sort(key=lambda r: (r[0], order[r[1]]))
     series.sort(key=lambda r: (r[0], order[r[1]], r[2], r[3]))
     names = list(exp.axes)
-    with (out / "results.csv.tmp").open("w", newline="") as handle:
+    unique = f"{os.getpid()}.{threading.get_ident()}.tmp"  # two writers never share a file
+    with (out / f"results.csv.{unique}").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["member", *names, *RESULT_COLUMNS])
         for member, seed, test, train, status in rows:
             values = exp.members[member].values
             writer.writerow([member, *(_cell(values[a]) for a in names), seed, _cell(test),
                              _cell(train), status])
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    with (out / "series.csv.tmp").open("w", newline="") as handle:
+    os.replace(out / f"results.csv.{unique}", out / "results.csv")
+    with (out / f"series.csv.{unique}").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SERIES_COLUMNS)
         writer.writerows([m, s, t, n, _cell(v)] for m, s, t, n, v in series)
-    os.replace(out / "series.csv.tmp", out / "series.csv")
+    os.replace(out / f"series.csv.{unique}", out / "series.csv")
 
 
 def _cell(value: Any) -> Any:
