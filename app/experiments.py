@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, Response, current_app, send_file
 from app.access import Forbidden, GuardedBackend
 from app.api import BACKEND_KEY, _body, _handle, _json_response
 from app.security import current
-from app.service.sweeps import ExperimentService, LocalSweeps
+from app.service.sweeps import ExperimentNotFound, ExperimentService, LocalSweeps
 from app.users import ADMIN
 from simulator.settings import ConfigError, quote
 
@@ -79,8 +79,6 @@ def _mine(exp_id: str) -> dict[str, Any]:
     owner, admin = _caller()
     meta = service().meta(exp_id)
     if not admin and meta["owner"] != owner:
-        from app.service.sweeps import ExperimentNotFound
-
         raise ExperimentNotFound(exp_id)
     return meta
 

@@ -167,7 +167,12 @@ def _viewer_headers(base: str) -> dict[str, str]:
 def test_experiments_over_the_api(tmp_path: Path) -> None:
     """A real server: submit, poll to the end, both tables, a member opened as a normal run,
     the budgets, viewer links refused, cancel (the pool is freed: the next one runs)."""
-    with real_server(tmp_path, "--max-run-memory", "20MB") as (base, _proc):
+    from app.users import AccessStore
+
+    ann = {"Authorization": f"Bearer {AccessStore(tmp_path / 'data').add_user('ann')}",
+           "Content-Type": "application/json"}
+    with real_server(tmp_path, "--max-run-memory", "20MB", "--max-run-work", "1e9",
+                     "--max-user-runs", "1") as (base, _proc):
         status, made = http_json(f"{base}/experiments", SMALL)
         assert status == 201, made
         exp_id = made["id"]
@@ -213,6 +218,20 @@ def test_experiments_over_the_api(tmp_path: Path) -> None:
         assert status == 422 and refused["field"] == "preset"
         assert _get(f"{base}/experiments/zzz")[0] == 404
 
+        # a user sees only their own; their work budget is --max-run-work x --max-user-runs
+        assert json.loads(_get(f"{base}/experiments", ann)[1])["experiments"] == []
+        assert _get(f"{base}/experiments/{exp_id}", ann)[0] == 404
+        assert _get(f"{base}/experiments/{exp_id}/results.csv", ann)[0] == 404
+        heavy = {**SMALL, "base": {**SMALL["base"], "steps": 60_000}}
+        request = urllib.request.Request(f"{base}/experiments", data=json.dumps(heavy).encode(),
+                                         headers=ann, method="POST")
+        with pytest.raises(urllib.error.HTTPError) as answer:
+            urllib.request.urlopen(request, timeout=10)
+        refused = json.loads(answer.value.read())
+        assert answer.value.code == 422 and refused["field"] == "steps", refused
+        assert ("this server allows 1 GFLOP per user (--max-run-work x --max-user-runs)"
+                in refused["error"]), refused
+
         # a viewer link sees no experiments and cannot start one
         viewer = _viewer_headers(base)
         assert _get(f"{base}/experiments", viewer)[0] == 403
@@ -224,7 +243,7 @@ def test_experiments_over_the_api(tmp_path: Path) -> None:
         assert answer.value.code == 403 and b"viewer link" in answer.value.read()
 
         # cancel a long one: it stops, and the next experiment gets the pool
-        long = {**SMALL, "base": {**SMALL["base"], "steps": 10**6}, "record": {"every": 0}}
+        long = {**SMALL, "base": {**SMALL["base"], "steps": 40_000}, "record": {"every": 0}}
         long_id = http_json(f"{base}/experiments", long)[1]["id"]
         wait_for(lambda: http_json(f"{base}/experiments/{long_id}")[1]["done"] > 0, 60,
                  "the long experiment to step")
@@ -236,6 +255,12 @@ def test_experiments_over_the_api(tmp_path: Path) -> None:
         wait_for(lambda: http_json(f"{base}/experiments/{next_id}")[1]["status"] == "finished",
                  120, "the next experiment to finish", every=0.2)
         assert http_json(f"{base}/experiments/{long_id}")[1]["status"] == "cancelled"
+        request = urllib.request.Request(f"{base}/experiments/{long_id}", headers=AUTH,
+                                         method="DELETE")
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            assert answer.status == 200
+        assert not (tmp_path / "data" / "experiments" / long_id).exists()
+        assert _get(f"{base}/experiments/{long_id}")[0] == 404
 
 
 def test_experiment_survives_a_server_restart(tmp_path: Path) -> None:

@@ -35,7 +35,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from app.service.admission import Budgets
+from app.service.admission import Budgets, OverBudget
 from app.service.base import BackendSettings, Conflict, ServiceError
 from simulator import sweep as sw
 from simulator.config import RunConfig
@@ -60,12 +60,6 @@ class ExperimentNotFound(ServiceError, LookupError):
 
     def __str__(self) -> str:
         return self.message
-
-
-class OverBudget(ServiceError):
-    """An experiment (or one of its batches) exceeds a budget of this server."""
-
-    http_status = 422
 
 
 def resolve_spec(body: Any) -> dict[str, Any]:
