@@ -52,9 +52,11 @@ def _every_member_seed_once(rows: list[dict[str, str]], members: int, seeds: lis
 def test_batch_resumed_from_its_checkpoint_equals_straight_through(tmp_path: Path) -> None:
     """A batch stopped after two chunks (checkpoint at every chunk) and continued from its
     checkpoint gives the same rows and series, float64 bit for bit, as one run through."""
-    grid = {**SMALL, "base": {**SMALL["base"], "dtype": "float64", "steps": 3000}}
+    # alpha too: once batches hold per-member alpha, the restore must keep it per slot
+    grid = {**SMALL, "base": {**SMALL["base"], "dtype": "float64", "steps": 3000},
+            "axes": {**SMALL["axes"], "alpha": [1.0, 0.6]}}
     exp = sw.parse_experiment(grid)
-    members = sw.plan_batches(exp)[0]
+    members = max(sw.plan_batches(exp), key=len)
     straight = sw.run_batch(exp, members)
     ckpt = tmp_path / "0000.ckpt"
     chunks = 0
