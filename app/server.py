@@ -18,7 +18,7 @@ from typing import Any
 
 from flask import Flask
 
-from app import security
+from app import experiments, security
 from app.access import GuardedBackend
 from app.api import BACKEND_KEY, api, register_api_errors
 from app.security import AuthSettings
@@ -53,6 +53,7 @@ def create_server(backend: Backend | None = None, *, data_dir: str | Path | None
     security.install(server, auth, store)
     server.register_blueprint(api)
     server.register_blueprint(sharing)
+    experiments.install(server)
     register_api_errors(server)
     logging.getLogger("app").setLevel(logging.INFO)
     return server

@@ -594,6 +594,7 @@ class Run:
         """Everything needed to continue bit-for-bit (CPU tensors)."""
         return {
             "config": self.config.to_dict(), "t": self.t, "status": self.status,
+            "ensemble": list(self._seeds),
             "r": self.r.cpu().clone(), "W": self.net.W.cpu().clone(),
             "W_out": self.net.W_out.cpu().clone(), "lr": dict(self.lr),
             "rule_name": self.config.rule, "rule": _cpu(self.rule.state_dict()),
@@ -612,7 +613,8 @@ class Run:
         """Rebuild a run from ``state_dict()``; with ``config``, continue under new settings
         (another rule keeps the network, the input stream and the step count, and starts its
         own state afresh)."""
-        run = cls(config or RunConfig(**state["config"]), threads=threads)
+        run = cls(config or RunConfig(**state["config"]), threads=threads,
+                  ensemble=state.get("ensemble") if config is None else None)
         if run.net.W.shape != state["W"].shape or run.net.W_out.shape != state["W_out"].shape:
             raise ConfigError("n", "a branch must keep the network size and the task")
         run.t = state["t"]

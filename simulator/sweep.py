@@ -31,8 +31,8 @@ tensors (members x seeds,). Each member equals the same config run alone (float6
 
 Output directory: ``spec.json`` (the validated spec, the code version), ``plan.json`` (the
 batches), ``batches/NNNN.json`` (one per finished batch: ``--resume`` skips those),
-``results.csv`` (one row per member and seed) and ``series.csv`` (long table: member, seed,
-step, name, value).
+``batches/NNNN.ckpt`` (a running batch's checkpoint: a resume continues from it), ``results.csv``
+(one row per member and seed) and ``series.csv`` (long table: member, seed, step, name, value).
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import math
 import os
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from collections.abc import Callable
@@ -279,9 +280,10 @@ def batch_config(exp: Experiment, members: list[int]) -> tuple[RunConfig, list[i
     return config, ensemble
 
 
-def check_costs(exp: Experiment, batches: list[list[int]], max_memory: int) -> list[Any]:
+def check_costs(exp: Experiment, batches: list[list[int]], max_memory: int,
+                flag: str = "--max-batch-memory; or a smaller --batch-size") -> list[Any]:
     """simulator.cost per batch (members x seeds as one ensemble); refuses a batch over
-    ``max_memory`` bytes (0: no limit) before anything runs."""
+    ``max_memory`` bytes (0: no limit, ``flag``: the setting named) before anything runs."""
     from simulator.cost import estimate, size_text
 
     costs = []
@@ -292,8 +294,7 @@ def check_costs(exp: Experiment, batches: list[list[int]], max_memory: int) -> l
         if max_memory and cost.memory_bytes > max_memory:
             raise ConfigError("batch", f"batch {b} ({config.rule}, n={config.n}, {len(ensemble)} "
                                        f"members x seeds) needs about {size_text(cost.memory_bytes)}"
-                                       f"; allowed: {size_text(max_memory)} (--max-batch-memory; "
-                                       f"or a smaller --batch-size)")
+                                       f"; allowed: {size_text(max_memory)} ({flag})")
         costs.append(cost)
     return costs
 
@@ -337,13 +338,47 @@ def make_batch_run(exp: Experiment, members: list[int]) -> Any:
     return run
 
 
+class Cancelled(Exception):
+    """Raised by a progress callback to stop a batch (its checkpoint stays for a resume)."""
+
+
+def _save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    import torch
+
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def _load_checkpoint(path: Path, members: list[int]) -> dict[str, Any] | None:
+    """A batch's checkpoint (written by this code for these members), or None when there is
+    none or it cannot be read (the batch then starts from step 0)."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=False)  # our own file, in the experiment folder
+    except FileNotFoundError:
+        return None
+    except Exception:  # a torn or damaged checkpoint: start the batch over
+        return None
+    return state if isinstance(state, dict) and state.get("members") == members else None
+
+
 def run_batch(exp: Experiment, members: list[int],
-              progress: Callable[[int], None] | None = None) -> dict[str, Any]:
+              progress: Callable[[int], None] | None = None, *,
+              checkpoint: Path | None = None, checkpoint_seconds: float = 10.0) -> dict[str, Any]:
     """Run one batch as one Run: every member's seeds on the batch axis, per-member rates as
-    tensors. Returns JSON-able rows and series."""
+    tensors. Returns JSON-able rows and series.
+
+    ``progress(k)`` is told each chunk's seed-steps (it may raise :class:`Cancelled`). With
+    ``checkpoint`` (a file), the batch continues from it when it exists and saves it at a chunk
+    boundary every ``checkpoint_seconds`` (0: every chunk): run state, the partial series and
+    running sums, so a resumed batch gives the same rows as an uninterrupted one. The result's
+    ``resumed_from`` is the step it continued from (0: a fresh start)."""
     import torch
 
     from simulator.alignment import AlignmentMeans
+    from simulator.engine import Run
 
     run = make_batch_run(exp, members)
     ensemble = run.seeds
@@ -355,12 +390,20 @@ def run_batch(exp: Experiment, members: list[int],
     window_align = AlignmentMeans()
     diverged: list[int | None] = [None] * S
     series: list[list[Any]] = []
+    done = 0
+    state = _load_checkpoint(checkpoint, members) if checkpoint is not None else None
+    if state is not None:
+        run = Run.from_state(state["run"])
+        run.halt_on_divergence = False
+        done, tail_sum, window_loss = state["done"], state["tail_sum"], state["window_loss"]
+        window_align, diverged, series = state["window_align"], state["diverged"], state["series"]
+    resumed_from = done
+    saved_at = time.monotonic()
 
     def emit(step: int, name: str, values: list[float]) -> None:
         for slot, value in enumerate(values):
             series.append([members[slot // seeds], ensemble[slot], step, name, _nan(value)])
 
-    done = 0
     while done < steps:
         k = min(CHUNK, steps - done)
         if every:
@@ -378,8 +421,6 @@ def run_batch(exp: Experiment, members: list[int],
         if tel.alignment is not None:
             window_align.add(tel.alignment, tel.norm_ratio)
         done += k
-        if progress is not None:
-            progress(k * S)
         if every and done % every == 0:
             emit(done, "train_loss", (window_loss / every).tolist())
             window_loss.zero_()
@@ -388,13 +429,22 @@ def run_batch(exp: Experiment, members: list[int],
             if tel.alignment is not None:
                 emit(done, "alignment", window_align.means()[0])
                 window_align = AlignmentMeans()
+        if (checkpoint is not None and done < steps
+                and time.monotonic() - saved_at >= checkpoint_seconds):
+            _save_checkpoint(checkpoint, {
+                "members": members, "done": done, "run": run.state_dict(),
+                "tail_sum": tail_sum, "window_loss": window_loss, "window_align": window_align,
+                "diverged": diverged, "series": series})
+            saved_at = time.monotonic()
+        if progress is not None:
+            progress(k * S)
     test = run.evaluate(exp.test_steps).double().tolist()
     rows = []
     for slot in range(S):
         status = "finished" if diverged[slot] is None else f"diverged at step {diverged[slot]}"
         rows.append([members[slot // seeds], ensemble[slot], _nan(test[slot]),
                      _nan(float(tail_sum[slot]) / tail), status])
-    return {"members": members, "rows": rows, "series": series}
+    return {"members": members, "rows": rows, "series": series, "resumed_from": resumed_from}
 
 
 # ---- the whole sweep ----------------------------------------------------------------------
@@ -417,7 +467,7 @@ def code_version() -> str:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(f"{path.suffix}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -433,19 +483,26 @@ def _worker_init(queue: Any) -> None:
     set_threads(1)
 
 
-def _worker_batch(exp: Experiment, index: int, members: list[int]) -> tuple[int, dict[str, Any]]:
+def _worker_batch(exp: Experiment, index: int, members: list[int], checkpoint: Path | None,
+                  checkpoint_seconds: float) -> tuple[int, dict[str, Any]]:
     def progress(n: int) -> None:
         _QUEUE.put(n)
 
-    return index, run_batch(exp, members, progress)
+    return index, run_batch(exp, members, progress, checkpoint=checkpoint,
+                            checkpoint_seconds=checkpoint_seconds)
 
 
-def sweep(exp: Experiment, out: Path, *, workers: int = 1, resume: bool = False,
-          batch_slots: int = DEFAULT_BATCH, max_memory: int = 0,
-          show_progress: bool = True) -> dict[str, Any]:
-    """Run an experiment into ``out``; with ``resume``, skip the batches already done."""
-    from tqdm import tqdm
+def batch_path(out: Path, index: int, suffix: str = ".json") -> Path:
+    """A batch's file in an experiment folder: its result (.json) or checkpoint (.ckpt)."""
+    return out / "batches" / f"{index:04d}{suffix}"
 
+
+def prepare(exp: Experiment, out: Path, *, resume: bool = False,
+            batch_slots: int = DEFAULT_BATCH, workers: int = 1,
+            max_memory: int = 0) -> tuple[list[list[int]], list[Any]]:
+    """Plan (or, with ``resume``, reload the plan of) an experiment in ``out`` and check each
+    batch's cost (``check_costs``) before anything is written; writes spec.json and plan.json.
+    Returns (batches, costs)."""
     spec_path, plan_path = out / "spec.json", out / "plan.json"
     if spec_path.exists():
         old = json.loads(spec_path.read_text())
@@ -466,7 +523,30 @@ def sweep(exp: Experiment, out: Path, *, workers: int = 1, resume: bool = False,
                                              "code_version": code_version(),
                                              "members": len(exp.members), "seeds": exp.seeds,
                                              "batches": len(batches)}, indent=2))
-    todo = [b for b in range(len(batches)) if not (out / "batches" / f"{b:04d}.json").exists()]
+    return batches, costs
+
+
+def finish_batch(out: Path, index: int, result: dict[str, Any]) -> None:
+    """Store a batch's result atomically (a batch run twice replaces, never appends) and drop
+    its checkpoint."""
+    _write_atomic(batch_path(out, index), json.dumps(result))
+    batch_path(out, index, ".ckpt").unlink(missing_ok=True)
+
+
+def sweep(exp: Experiment, out: Path, *, workers: int = 1, resume: bool = False,
+          batch_slots: int = DEFAULT_BATCH, max_memory: int = 0,
+          show_progress: bool = True, progress: Callable[[int], None] | None = None,
+          stop: Callable[[], bool] | None = None,
+          checkpoint_seconds: float = 10.0) -> dict[str, Any]:
+    """Run an experiment into ``out``; with ``resume``, skip the batches already done (a batch
+    that was interrupted continues from its checkpoint). ``progress(n)`` hears seed-steps as
+    they are done; ``stop()`` true stops the sweep (raises :class:`Cancelled`; checkpoints
+    stay, so ``resume`` continues)."""
+    from tqdm import tqdm
+
+    batches, costs = prepare(exp, out, resume=resume, batch_slots=batch_slots, workers=workers,
+                             max_memory=max_memory)
+    todo = [b for b in range(len(batches)) if not batch_path(out, b).exists()]
     slots = {b: len(batches[b]) * len(exp.seeds) for b in range(len(batches))}
     total = sum(slots[b] * exp.steps for b in todo)
     bar = tqdm(total=total, unit="seed-step", unit_scale=True, file=sys.stderr,
@@ -474,15 +554,24 @@ def sweep(exp: Experiment, out: Path, *, workers: int = 1, resume: bool = False,
                desc=f"{len(todo)}/{len(batches)} batches")
     started = time.perf_counter()
 
+    def tick(n: int) -> None:
+        bar.update(n)
+        if progress is not None:
+            progress(n)
+        if stop is not None and stop():
+            raise Cancelled("stopped")
+
     def finished(index: int, result: dict[str, Any]) -> None:
-        _write_atomic(out / "batches" / f"{index:04d}.json", json.dumps(result))
+        finish_batch(out, index, result)
 
     try:
         if workers <= 1 or len(todo) <= 1:
             for b in todo:
-                finished(b, run_batch(exp, batches[b], bar.update))
+                finished(b, run_batch(exp, batches[b], tick,
+                                      checkpoint=batch_path(out, b, ".ckpt"),
+                                      checkpoint_seconds=checkpoint_seconds))
         else:
-            _pool_run(exp, batches, todo, workers, bar, finished)
+            _pool_run(exp, out, batches, todo, workers, tick, finished, checkpoint_seconds)
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -492,54 +581,74 @@ def sweep(exp: Experiment, out: Path, *, workers: int = 1, resume: bool = False,
             "flops": sum(c.work_flops for c in costs)}
 
 
-def _pool_run(exp: Experiment, batches: list[list[int]], todo: list[int], workers: int,
-              bar: Any, finished: Callable[[int, dict[str, Any]], None]) -> None:
+def _pool_run(exp: Experiment, out: Path, batches: list[list[int]], todo: list[int],
+              workers: int, tick: Callable[[int], None],
+              finished: Callable[[int, dict[str, Any]], None],
+              checkpoint_seconds: float) -> None:
+    """The batches in ``todo`` over a pool of ``workers`` processes (spawned, one torch thread
+    each); ``tick`` may raise (Cancelled): the pool's processes are then terminated."""
     import multiprocessing
     import queue as queue_module
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = multiprocessing.get_context("spawn")
     progress = ctx.Queue()
-    with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
-                             initializer=_worker_init, initargs=(progress,)) as pool:
-        pending = {pool.submit(_worker_batch, exp, b, batches[b]) for b in todo}
+    pool = ctx.Pool(processes=min(workers, len(todo)), initializer=_worker_init,
+                    initargs=(progress,))
+
+    def drain() -> None:
+        while True:
+            try:
+                tick(progress.get_nowait())
+            except queue_module.Empty:
+                return
+
+    try:
+        pending = {b: pool.apply_async(_worker_batch, (exp, b, batches[b],
+                                                       batch_path(out, b, ".ckpt"),
+                                                       checkpoint_seconds))
+                   for b in todo}
         while pending:
-            done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-            while True:
-                try:
-                    bar.update(progress.get_nowait())
-                except queue_module.Empty:
-                    break
-            for future in done:
-                finished(*future.result())
+            next(iter(pending.values())).wait(0.2)
+            drain()
+            for b in [b for b, result in pending.items() if result.ready()]:
+                finished(*pending.pop(b).get())  # a batch's exception is raised here
+        drain()
+    finally:
+        pool.terminate()
+        pool.join()
 
 
-def write_tables(exp: Experiment, out: Path, count: int) -> None:
+def write_tables(exp: Experiment, out: Path, count: int, partial: bool = False) -> None:
     """results.csv and series.csv from the batch files, sorted by member and seed (so the
-    table does not depend on batching, workers or interruptions)."""
+    table does not depend on batching, workers or interruptions); ``partial``: from the
+    batches finished so far (an experiment still running)."""
     rows: list[list[Any]] = []
     series: list[list[Any]] = []
     for b in range(count):
-        result = json.loads((out / "batches" / f"{b:04d}.json").read_text())
+        path = batch_path(out, b)
+        if partial and not path.exists():
+            continue
+        result = json.loads(path.read_text())
         rows.extend(result["rows"])
         series.extend(result["series"])
     order = {s: i for i, s in enumerate(exp.seeds)}
     rows.sort(key=lambda r: (r[0], order[r[1]]))
     series.sort(key=lambda r: (r[0], order[r[1]], r[2], r[3]))
     names = list(exp.axes)
-    with (out / "results.csv.tmp").open("w", newline="") as handle:
+    unique = f"{os.getpid()}.{threading.get_ident()}.tmp"  # two writers never share a file
+    with (out / f"results.csv.{unique}").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["member", *names, *RESULT_COLUMNS])
         for member, seed, test, train, status in rows:
             values = exp.members[member].values
             writer.writerow([member, *(_cell(values[a]) for a in names), seed, _cell(test),
                              _cell(train), status])
-    os.replace(out / "results.csv.tmp", out / "results.csv")
-    with (out / "series.csv.tmp").open("w", newline="") as handle:
+    os.replace(out / f"results.csv.{unique}", out / "results.csv")
+    with (out / f"series.csv.{unique}").open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(SERIES_COLUMNS)
         writer.writerows([m, s, t, n, _cell(v)] for m, s, t, n, v in series)
-    os.replace(out / "series.csv.tmp", out / "series.csv")
+    os.replace(out / f"series.csv.{unique}", out / "series.csv")
 
 
 def _cell(value: Any) -> Any:

@@ -19,7 +19,7 @@ import dash
 from flask_caching import Cache
 
 from app.access import GuardedBackend
-from app.dashboard import callbacks, layout, share
+from app.dashboard import callbacks, experiments, layout, share
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -54,6 +54,7 @@ def build_dashboard(server: Flask, backend: Backend, *, url_base_pathname: str =
         app.layout = lambda: layout.build_layout(svc.presets(),
                                                  align_supported=svc.align is not None)
     server.extensions["plasticity_dashboard"] = app
+    experiments.build(server)  # the Experiments page at /experiments/
     return app
 
 

@@ -288,6 +288,8 @@ def header() -> html.Header:
         html.Div([
             html.Span(id="perf-meter", className="perf", children="idle",
                       title="panel updates per second and lag from simulation to screen"),
+            html.A("Experiments", href="/experiments/", className="hbtn", id="experiments-link",
+                   title="grids of runs: many seeds and settings, summarised"),
             dcc.Clipboard(id="copy-link", title="copy a link to this setup", className="clip"),
             html.Button("Notes", id="btn-notes", n_clicks=0, className="hbtn notes-btn",
                         title="presenter mode: show or hide the panel's notes (n)"),

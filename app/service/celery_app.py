@@ -82,7 +82,8 @@ def redis_url_from_env() -> str:
 def make_celery(redis_url: str | None = None, *, prefix: str = PREFIX) -> Celery:
     """A Celery app on ``redis_url`` (broker only: run state lives in :class:`RedisStore`)."""
     url = redis_url or redis_url_from_env()
-    app = Celery("plasticity", broker=url, set_as_current=False)
+    app = Celery("plasticity", broker=url, set_as_current=False,
+                 include=["app.service.celery_sweeps"])  # experiments' batch task
     app.conf.update(
         task_default_queue=QUEUE,
         task_acks_late=True,
