@@ -595,6 +595,9 @@ class Run:
         return {
             "config": self.config.to_dict(), "t": self.t, "status": self.status,
             "ensemble": list(self._seeds),
+            # a batch whose members differ in alpha: the leak of each slot
+            "alphas": (self.net.alpha.reshape(-1).tolist()
+                       if isinstance(self.net.alpha, torch.Tensor) else None),
             "r": self.r.cpu().clone(), "W": self.net.W.cpu().clone(),
             "W_out": self.net.W_out.cpu().clone(), "lr": dict(self.lr),
             "rule_name": self.config.rule, "rule": _cpu(self.rule.state_dict()),
@@ -614,7 +617,8 @@ class Run:
         (another rule keeps the network, the input stream and the step count, and starts its
         own state afresh)."""
         run = cls(config or RunConfig(**state["config"]), threads=threads,
-                  ensemble=state.get("ensemble") if config is None else None)
+                  ensemble=state.get("ensemble") if config is None else None,
+                  alphas=state.get("alphas") if config is None else None)
         if run.net.W.shape != state["W"].shape or run.net.W_out.shape != state["W_out"].shape:
             raise ConfigError("n", "a branch must keep the network size and the task")
         run.t = state["t"]
