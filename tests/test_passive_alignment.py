@@ -21,10 +21,10 @@ import torch
 from helpers import AUTH, TOKEN, free_port, wait_for
 from test_api import _http
 
+from app.service.framebuffer import FrameBuffer, strip_frame
 from simulator import ConfigError, Run, RunConfig
 from simulator.alignment import pairwise_alignment
 from simulator.cli import main as cli_main
-from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.telemetry import make_frame, scalar_history
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -54,6 +54,15 @@ from typing import Any
 
 from simulator.settings import ConfigError, quote
 
+
+def set_rate_names() -> tuple[str, ...]:
+    """The learning rates ``set`` accepts: lr (the network's), each population a rule owns
+    and each rule setting that holds one (simulator.rules.live_populations: lr_kernel...)."""
+    from simulator.rules import live_populations
+
+    live = live_populations()
+    return ("lr", *dict.fromkeys(live.values()), *live)
+
 __all__ = [
     "ACTIONS",
     "ACTIVE_STATUSES",
@@ -83,8 +92,10 @@ __all__ = [
 #:                                         about frame_rate frames/s), or
 #:                 steps_per_second: float real-time pacing (frames ~10/s); give one of the two
 #:   fast_forward  to: int                 no frame/display work until step ``to``, then live
-#:   set           lr, apical, jacobian: float; phases: str   learning rates / phase schedule,
-#:                                         mid-run, without reset (any subset)
+#:   set           lr, apical, jacobian, lr_apical, lr_jacobian, lr_kernel: float; phases: str
+#:                                         learning rates (a population's, or a rule setting
+#:                                         holding one: simulator.rules.live_settings) / phase
+#:                                         schedule, mid-run, without reset (any subset)
 #:   view          units: list[int], seed_index: int   which units / seed the traces carry
 #:   checkpoint    name: str (optional)    save a checkpoint now; returns {"checkpoint": name}
 #:   branch        changes: dict, checkpoint: str (optional, default: the latest)
@@ -100,7 +111,7 @@ ACTIONS: dict[str, tuple[str, ...]] = {
     "stop": (),
     "speed": ("steps_per_frame", "steps_per_second"),
     "fast_forward": ("to",),
-    "set": ("lr", "apical", "jacobian", "phases"),
+    "set": (*set_rate_names(), "phases"),
     "view": ("units", "seed_index"),
     "checkpoint": ("name",),
     "branch": ("changes", "checkpoint"),

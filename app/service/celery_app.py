@@ -264,8 +264,8 @@ class RunChannel:
     def prepare(self) -> Any:
         """Restore from the latest checkpoint (CSV cut back to it, its history snapshot), or
         start afresh; returns the WorkerSpec."""
+        from app.service.framebuffer import FrameBuffer
         from app.service.worker import WorkerSpec
-        from simulator.framebuffer import FrameBuffer
 
         store, f, run_id = self.store, self.fields, self.run_id
         self.checkpoints = store.checkpoints(run_id)
@@ -599,5 +599,6 @@ def _drain(sender: Any = None, **_: Any) -> None:
 # Preload what every run needs, once, in the parent: forked pool processes share it.
 with contextlib.suppress(ImportError):
     import simulator
-    import simulator.engine
-    import simulator.framebuffer  # noqa: F401
+    import simulator.engine  # noqa: F401
+    from app.service import framebuffer as _framebuffer  # noqa: F401  (not `import app...`:
+    # that would rebind this module's Celery `app`)

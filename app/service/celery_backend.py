@@ -56,10 +56,10 @@ from app.service.base import (
     Unavailable,
     reply_or_raise,
 )
+from app.service.framebuffer import FrameBuffer, strip_frame
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.worker import branch_config, branch_steps, check_create, check_params
 from simulator.config import RunConfig
-from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service.celery")

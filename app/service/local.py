@@ -1,5 +1,5 @@
 """The embedded default backend: each run in its own worker process, frames over a pipe into
-a per-run :class:`simulator.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
+a per-run :class:`app.service.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
 
 Process model: the server process holds one :class:`_Handle` per run. A live run has a worker
 process (multiprocessing "spawn" context, one torch thread) and a duplex pipe; a reader thread
@@ -65,6 +65,7 @@ from app.service.base import (
     Unavailable,
     reply_or_raise,
 )
+from app.service.framebuffer import FrameBuffer
 from app.service.store import (
     DiskFull,
     Store,
@@ -85,7 +86,6 @@ from app.service.worker import (
 )
 from app.service.worker import main as worker_main
 from simulator.config import RunConfig
-from simulator.framebuffer import FrameBuffer
 from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service")
@@ -114,6 +114,7 @@ class _Handle:
     buffer: FrameBuffer | None = None
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     pending: dict[int, list[Any]] = field(default_factory=dict)
+    held: list[tuple[list[Any], Any]] = field(default_factory=list)  # replies awaiting state
     next_cmd: int = 0
     clean_exit: bool = False
     fail_reason: str | None = None
@@ -671,16 +672,17 @@ class LocalBackend(Backend):
             if kind == "hello":  # idle time counts from when the worker is up
                 h.touched, h.up = time.monotonic(), True
             self._state(h, msg[1])
+            _answer(h.held)
         elif kind == "checkpoint":
             self._checkpointed(h, msg[1])
-        elif kind == "reply":
-            waiter = h.pending.pop(msg[1], None)
+        elif kind == "reply":  # the worker sends its new state right after: answer with it,
+            waiter = h.pending.pop(msg[1], None)  # so a caller then reads the new state
             if waiter is not None:
-                waiter[1][0] = msg[2]
-                waiter[0].set()
+                h.held.append((waiter, msg[2]))
         elif kind == "bye":
             h.clean_exit = True
             self._state(h, msg[1])
+            _answer(h.held)
         elif kind == "failed":
             h.fail_reason = msg[1]
             log.error("run %s failed: %s\n%s", h.id, msg[1], msg[2] if len(msg) > 2 else "")
@@ -759,6 +761,7 @@ class LocalBackend(Backend):
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+        _answer(h.held)
         with h.send_lock:  # from here on, _send sees no worker and waits for nothing
             h.process = None
             waiters = list(h.pending.values())
@@ -944,6 +947,14 @@ def _int_param(value: Any, name: str, low: int, high: int) -> int:
 def _nanmin(a: float | None, b: float | None) -> float | None:
     values = [v for v in (a, b) if v is not None and math.isfinite(v)]
     return min(values) if values else None
+
+
+def _answer(held: list[tuple[list[Any], Any]]) -> None:
+    """Hand the held replies to their callers (the state sent after them is in)."""
+    while held:
+        (event, slot), reply = held.pop(0)
+        slot[0] = reply
+        event.set()
 
 
 def _exit_reason(process: Any) -> str:
