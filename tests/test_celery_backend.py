@@ -286,8 +286,12 @@ def test_two_servers_see_and_drive_the_same_runs(make_backend: Callable[..., Any
     assert b.control(rid, "pause")["status"] == "paused"
     assert a.get(rid)["status"] == "paused"
     step = a.get(rid)["step"]
-    time.sleep(0.5)
-    assert b.get(rid)["step"] == step  # really paused
+    # really paused: one commanded step later it stands exactly one step further
+    assert b.control(rid, "step", k=1)["status"] == "running"
+    wait_for(lambda: a.get(rid)["status"] == "paused" and a.get(rid)["step"] == step + 1, 20,
+             "the single step")
+    step += 1
+    assert b.get(rid)["step"] == step
     fa, ca = a.frames(rid, -1)
     fb, cb = b.frames(rid, -1)
     assert ca == cb and [f["seq"] for f in fa] == [f["seq"] for f in fb]

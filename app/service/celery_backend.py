@@ -43,29 +43,35 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.service.admission import admit, cost_of
+from app.service.admission import admit
 from app.service.base import (
     ACTIVE_STATUSES,
     PARKED,
-    Backend,
     BackendSettings,
     Conflict,
-    LimitReached,
     RunNotFound,
     ServiceError,
     Unavailable,
     reply_or_raise,
 )
+from app.service.core import (
+    REPLY_TIMEOUT,
+    ServiceCore,
+    history_args,
+    int_param,
+    run_info,
+    task_meta,
+)
 from app.service.framebuffer import FrameBuffer, strip_frame
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
-from app.service.worker import branch_config, branch_steps, check_create, check_params
+from app.service.status import Kind
+from app.service.worker import branch_config, branch_steps, check_create
 from simulator.config import RunConfig
 from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service.celery")
 
 DETAIL_FRAMES = 100      # newest frames returned with traces and matrices
-REPLY_TIMEOUT = 30.0     # seconds to wait for a task's answer (evaluate: 4x)
 QUEUED_TIMEOUT = 3.0     # seconds to wait when the run still waits for a worker
 HISTORY_CACHE = 32       # runs whose rebuilt history a server process keeps (~2 MB each)
 POLL_STAMP_EVERY = 1.0   # seconds between this server's "polled" stamps of one run
@@ -94,7 +100,7 @@ class _History:
     last_id: str
 
 
-class CeleryBackend(Backend):
+class CeleryBackend(ServiceCore):
     """Runs as Celery tasks, registry/frames/commands/histories in Redis (module doc)."""
 
     def __init__(self, settings: BackendSettings | None = None, *, redis_url: str,
@@ -148,7 +154,7 @@ class CeleryBackend(Backend):
         self._check_open()
         cfg, checked_view = check_create(config, view, parent)
         cost = admit(cfg, self.settings, self._active_memory())
-        meta = _task_meta(cfg.to_dict())
+        meta = task_meta(cfg.to_dict())
         now = time.time()
         status = "running" if start else "ready"
         step = int(origin["step"]) if origin else 0
@@ -169,7 +175,7 @@ class CeleryBackend(Backend):
             run_id = fields["id"] = secrets.token_hex(4)
             created = self.store.create_run(run_id, fields, self.settings.max_runs)
         if created == 0:
-            raise self._limit_reached()
+            raise self._limit_reached(len(self.store.active_ids()))
         if origin is not None and not self.store.adopt_checkpoint(
                 origin["run"], origin["name"], run_id, step):
             self.store.delete_run(run_id)
@@ -186,16 +192,6 @@ class CeleryBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise Conflict("backend: shut down")
-
-    def _limit_reached(self) -> LimitReached:
-        s = self.settings
-        active = len(self.store.active_ids())
-        release = (f"paused and unwatched runs are parked (their slot released) after "
-                   f"{s.idle_release:g} s" if s.idle_release > 0 else
-                   "paused runs count (--idle-release 0: never released)")
-        return LimitReached(f"max_runs: {active} runs are active, the limit is {s.max_runs}; "
-                            f"{release}; or stop, delete or let one finish, or raise --max-runs",
-                            field="max_runs")
 
     # ---- idle release ----------------------------------------------------------------------
     def _stamp(self, run_id: str, name: str) -> None:
@@ -277,31 +273,19 @@ class CeleryBackend(Backend):
         cfg = f.get("config") or {}
         status = f"unreadable: {f['unreadable']}" if "unreadable" in f else f.get("status", "")
         owner = f.get("owner") if f.get("placement") == "claimed" else None
-        return {
-            "id": f["id"], "config": cfg, "status": status, "step": int(f.get("step") or 0),
-            "steps_per_second": float(f.get("steps_per_second") or 0.0) if status == "running" else 0.0,
-            "created": f.get("created"), "parent": f.get("parent"),
-            "best_test_loss": f.get("best_test_loss"), "last_test_loss": f.get("last_test_loss"),
-            "last_test_step": f.get("last_test_step"),
-            "reference_levels": f.get("reference_levels") or {}, "task_view": f.get("task_view") or {},
-            "phases": f.get("phases") or cfg.get("phases"), "seeds": cfg.get("seeds"),
-            "steps_per_frame": f.get("steps_per_frame") or 0, "target_steps": cfg.get("steps"),
-            "checkpoints": list(f.get("checkpoints") or []),
-            "view": f.get("view") or {"units": list(range(min(4, int(cfg.get("n", 4))))),
-                                      "seed_index": 0},
-            "learning_rates": f.get("learning_rates") or {},
-            "cursor": int(f.get("cursor", -1)),
-            "alive": status in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed"),
-            "pid": _owner_pid(owner),
-            "cost": f.get("cost") or cost_of(cfg),
-            "worker": {"host": owner, "state": f.get("placement") or None,
-                       "attempt": f.get("attempt"), "recoveries": f.get("recoveries", 0)},
-        }
+        return run_info(
+            f["id"], cfg, status, int(f.get("step") or 0), created=f.get("created"),
+            parent=f.get("parent"), facts=f, checkpoints=list(f.get("checkpoints") or []),
+            cursor=int(f.get("cursor", -1)),
+            alive=status in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed"),
+            pid=_owner_pid(owner), meta=f if "reference_levels" in f else None,
+            worker={"host": owner, "state": f.get("placement") or None,
+                    "attempt": f.get("attempt"), "recoveries": f.get("recoveries", 0)})
 
     # ---- telemetry -------------------------------------------------------------------------
     @_redis_errors
     def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
-        after = _int_param(after, "after", -1, 2**62)
+        after = int_param(after, "after", -1, 2**62)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
         self._polled(run_id)
@@ -323,9 +307,7 @@ class CeleryBackend(Backend):
     @_redis_errors
     def history(self, run_id: str, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
-        max_points = _int_param(max_points, "max_points", 1, 100_000)
-        start = None if start is None else _int_param(start, "start", 0, 10**12)
-        stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
+        max_points, start, stop = history_args(max_points, start, stop)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
         self._polled(run_id)
@@ -369,66 +351,62 @@ class CeleryBackend(Backend):
             cached.last_id = entry_id
         return cached.buffer
 
-    # ---- control ---------------------------------------------------------------------------
+    # ---- control (the path itself: ServiceCore.control) ---------------------------------
     @_redis_errors
     def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+        return super().control(run_id, action, **params)
+
+    def _control_run(self, run_id: str) -> dict[str, Any]:
         f = self._fields(run_id)
         if "unreadable" in f:
             raise Conflict(f"action: run {f['id']} is unreadable ({f['unreadable']}); delete it",
                            field="action")
-        cfg = f["config"]
-        checked = check_params(action, params, int(cfg["n"]), len(cfg["seeds"]))
+        return f
+
+    def _config_of(self, f: dict[str, Any]) -> dict[str, Any]:
+        return f["config"]
+
+    def _id_of(self, f: dict[str, Any]) -> str:
+        return f["id"]
+
+    def _status_of(self, f: dict[str, Any]) -> str:
+        return str(f.get("status", ""))
+
+    def _touch(self, f: dict[str, Any]) -> dict[str, Any]:
         self._stamp(f["id"], "touched")
-        if action == "branch":
-            return self._branch(f, **checked)
-        if not self._active(f):
-            dead = self._control_dead(f, action)
-            if dead is not None:
-                return dead
-            f = self._fields(f["id"])  # parked, now queued again: the action goes to it
-        if f.get("placement") != "claimed" and action == "stop":
-            self.store.settle(f["id"], "stopped")  # never started (or between workers)
-            return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-        timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
-        return self._send(f, action, checked, timeout)
+        return f
+
+    def _has_worker(self, f: dict[str, Any]) -> bool:
+        return self._active(f)
 
     def _active(self, f: dict[str, Any]) -> bool:
         return f.get("status") in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed")
 
-    def _control_dead(self, f: dict[str, Any], action: str) -> dict[str, Any] | None:
-        """Actions on a run without a task: resume (interrupted, parked, or failed because its
-        workers kept dying) or stop an interrupted or parked one; a parked one is queued
-        again (paused) for any other action but pause (None: now send it); anything else
-        conflicts."""
-        status, run_id = str(f.get("status", "")), f["id"]
-        if status == PARKED:
-            if action == "stop":
-                self.store.settle(run_id, "stopped")
-                return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-            if action == "pause":
-                if f.get("parked_from") == "running":
-                    self.store.r.hset(self.store.key(run_id), "parked_from", '"paused"')
-                return {"ok": True, "status": status, "step": int(f.get("step") or 0)}
-            result = self._resume(f, "running" if action == "resume" else "paused")
-            return result if action == "resume" else None
-        resumable = status == "interrupted" or (status.startswith("failed: worker lost")
-                                                and f.get("resumable"))
-        if resumable and action == "resume":
-            return self._resume(f)
-        if status == "interrupted" and action == "stop":
-            self.store.settle(run_id, "stopped")
-            return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-        allowed = "resume, stop, branch" if status == "interrupted" else (
-            "resume, branch" if resumable else "branch")
-        raise Conflict(f"action: cannot {action} run {run_id}: it is {status} (allowed: {allowed})",
-                       field="action")
+    def _stop_without_worker(self, f: dict[str, Any]) -> dict[str, Any]:
+        self.store.settle(f["id"], Kind.STOPPED.value)
+        return {"ok": True, "status": Kind.STOPPED.value, "step": int(f.get("step") or 0)}
+
+    def _pause_parked(self, f: dict[str, Any]) -> dict[str, Any]:
+        if f.get("parked_from") == Kind.RUNNING:
+            self.store.r.hset(self.store.key(f["id"]), "parked_from", '"paused"')
+        return {"ok": True, "status": f.get("status"), "step": int(f.get("step") or 0)}
+
+    def _wake(self, f: dict[str, Any]) -> dict[str, Any]:
+        self._resume(f, Kind.PAUSED.value)
+        return self._fields(f["id"])  # queued again: the action goes to it
+
+    def _deliver(self, f: dict[str, Any], action: str, params: dict[str, Any],
+                 timeout: float) -> dict[str, Any]:
+        if f.get("placement") != "claimed" and action == "stop":
+            return self._stop_without_worker(f)  # never started (or between workers)
+        return self._send(f, action, params, timeout)
 
     def _resume(self, f: dict[str, Any], status: str = "running") -> dict[str, Any]:
         self._check_open()
         self.store.r.delete(self.store.key(f["id"], "cmd"))  # e.g. a second park command
         attempt = self.store.activate(f["id"], self.settings.max_runs, status)
         if attempt == 0:
-            raise self._limit_reached()
+            raise self._limit_reached(len(self.store.active_ids()))
         if attempt < 0:
             raise Conflict(f"action: run {f['id']} is already active", field="action")
         self._enqueue(f["id"], attempt)
@@ -461,7 +439,7 @@ class CeleryBackend(Backend):
         new = branch_config(f["config"], changes)
         active = len(self.store.active_ids())
         if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
-            raise self._limit_reached()
+            raise self._limit_reached(active)
         admit(RunConfig.from_dict(new), self.settings, self._active_memory())
         ck = self._branch_point(f, checkpoint)
         new = branch_steps(new, changes, f["config"], ck["step"])
@@ -547,32 +525,6 @@ class CeleryBackend(Backend):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _task_meta_cached(task: str, task_args: str) -> dict[str, Any]:
-    import json
-
-    from simulator.tasks import make_task
-
-    made = make_task(task, json.loads(task_args))
-    return {"reference_levels": made.reference_levels(), "task_view": made.view()}
-
-
-def _task_meta(config: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    try:
-        return _task_meta_cached(config["task"], json.dumps(config.get("task_args") or {},
-                                                            sort_keys=True))
-    except Exception:  # shown anyway
-        return {"reference_levels": {}, "task_view": {}}
-
-
-def _int_param(value: Any, name: str, low: int, high: int) -> int:
-    from app.service.local import _int_param as check
-
-    return check(value, name, low, high)
-
-
 def _owner_pid(owner: Any) -> int | None:
     if isinstance(owner, str) and " pid " in owner:
         with contextlib.suppress(ValueError):

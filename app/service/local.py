@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import math
 import multiprocessing as mp
 import os
 import secrets
@@ -52,20 +51,26 @@ from typing import Any
 
 from app.service.admission import admit, cost_of
 from app.service.base import (
-    ACTIVE_STATUSES,
     PARKED,
-    RESUMABLE,
-    Backend,
     BackendSettings,
     Conflict,
     InsufficientStorage,
-    LimitReached,
     RunNotFound,
     ServiceError,
     Unavailable,
     reply_or_raise,
 )
+from app.service.core import (
+    REPLY_TIMEOUT,
+    ServiceCore,
+    fold_progress,
+    history_args,
+    int_param,
+    run_info,
+    task_meta,
+)
 from app.service.framebuffer import FrameBuffer
+from app.service.status import Kind, Status
 from app.service.store import (
     DiskFull,
     Store,
@@ -77,13 +82,7 @@ from app.service.store import (
     run_disk_need,
     size_text,
 )
-from app.service.worker import (
-    WorkerSpec,
-    branch_config,
-    branch_steps,
-    check_create,
-    check_params,
-)
+from app.service.worker import WorkerSpec, branch_config, branch_steps, check_create
 from app.service.worker import main as worker_main
 from simulator.config import RunConfig
 from simulator.settings import ConfigError, quote
@@ -91,7 +90,6 @@ from simulator.settings import ConfigError, quote
 log = logging.getLogger("app.service")
 
 STORE_EVERY = 2.0      # seconds between progress writes to SQLite per run
-REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer (evaluate: 4x)
 SUPERVISE_EVERY = 0.2  # seconds between the supervisor's looks at idle and killed workers
 _ENV_LOCK = threading.Lock()
 
@@ -134,7 +132,7 @@ class _Handle:
         return self.process is not None
 
 
-class LocalBackend(Backend):
+class LocalBackend(ServiceCore):
     """Runs in local worker processes; see the module docstring."""
 
     def __init__(self, settings: BackendSettings | None = None, **overrides: Any) -> None:
@@ -193,8 +191,8 @@ class LocalBackend(Backend):
             adopted += bool(row.get("adopted"))
             h.checkpoints = [c["name"] for c in (row["checkpoints"] if "checkpoints" in row
                                                    else self.store.checkpoints(h.id))]
-            if h.status in ACTIVE_STATUSES:
-                h.status = "interrupted"
+            if Status.parse(h.status).is_active:
+                h.status = Kind.INTERRUPTED.value
                 h.info["steps_per_second"] = 0.0
                 try:
                     self.store.update_run(h.id, status=h.status, info=h.info)
@@ -326,12 +324,7 @@ class LocalBackend(Backend):
         s = self.settings
         active = sum(1 for h in self._runs.values() if h.alive() or h.restart_at is not None)
         if active >= s.max_runs:
-            release = (f"paused and unwatched runs are parked (their slot released) after "
-                       f"{s.idle_release:g} s" if s.idle_release > 0 else
-                       "paused runs count (--idle-release 0: never released)")
-            raise LimitReached(
-                f"max_runs: {active} runs are active, the limit is {s.max_runs}; {release}; "
-                "or stop, delete or let one finish, or raise --max-runs", field="max_runs")
+            raise self._limit_reached(active)
 
     def _active_memory(self) -> list[int]:
         """Estimated peak memory (bytes) of each run that has a worker."""
@@ -387,52 +380,27 @@ class LocalBackend(Backend):
         return h
 
     def _info(self, h: _Handle) -> dict[str, Any]:
-        info, cfg = h.info, h.config
-        meta = self._meta(h)
-        return {
-            "id": h.id, "config": cfg, "status": h.status, "step": h.step,
-            "steps_per_second": info.get("steps_per_second", 0.0) if h.status == "running" else 0.0,
-            "created": h.created, "parent": h.parent,
-            "best_test_loss": info.get("best_test_loss"), "last_test_loss": info.get("last_test_loss"),
-            "last_test_step": info.get("last_test_step"),
-            "reference_levels": meta["reference_levels"], "task_view": meta["task_view"],
-            "phases": info.get("phases", cfg.get("phases")), "seeds": cfg.get("seeds"),
-            "steps_per_frame": info.get("steps_per_frame", 0), "target_steps": cfg.get("steps"),
-            "checkpoints": list(h.checkpoints),
-            "view": info.get("view") or {"units": list(range(min(4, cfg.get("n", 4)))),
-                                         "seed_index": 0},
-            "learning_rates": info.get("learning_rates", {}),
-            "cursor": h.buffer.cursor if h.buffer is not None else info.get("cursor", -1),
-            "alive": h.alive(),
-            "pid": h.process.pid if h.process is not None else None,
-            **({"note": info["note"]} if info.get("note") else {}),
-            "cost": meta["cost"],
-        }
+        return run_info(h.id, h.config, h.status, h.step, created=h.created, parent=h.parent,
+                        facts=h.info, checkpoints=h.checkpoints,
+                        cursor=h.buffer.cursor if h.buffer is not None else h.info.get("cursor", -1),
+                        alive=h.alive(), pid=h.process.pid if h.process is not None else None,
+                        meta=self._meta(h))
 
     def _meta(self, h: _Handle) -> dict[str, Any]:
         if h.meta is None:
-            try:
-                from simulator.tasks import make_task
-
-                task = make_task(h.config["task"], h.config.get("task_args"))
-                h.meta = {"reference_levels": task.reference_levels(), "task_view": task.view()}
-            except Exception:  # an old config that no longer validates: show the run anyway
-                h.meta = {"reference_levels": {}, "task_view": {}}
-            h.meta["cost"] = cost_of(h.config)
+            h.meta = {**task_meta(h.config), "cost": cost_of(h.config)}
         return h.meta
 
     # ---- telemetry -------------------------------------------------------------------------
     def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
         h = self._polled(self._handle(run_id))
-        after = _int_param(after, "after", -1, 2**62)
+        after = int_param(after, "after", -1, 2**62)
         return self._buffer(h).since(after)
 
     def history(self, run_id: str, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
         h = self._polled(self._handle(run_id))
-        max_points = _int_param(max_points, "max_points", 1, 100_000)
-        start = None if start is None else _int_param(start, "start", 0, 10**12)
-        stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
+        max_points, start, stop = history_args(max_points, start, stop)
         out = self._buffer(h).history(max_points, start, stop)
         out["run"] = h.id
         return out
@@ -492,54 +460,61 @@ class LocalBackend(Backend):
                     log.warning("run %s: unreadable history %s: %s", h.id, path, exc)
         return self._new_buffer(first_seq=int(h.info.get("cursor", -1)) + 1)
 
-    # ---- control ---------------------------------------------------------------------------
-    def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+    # ---- control (the path itself: ServiceCore.control) ---------------------------------
+    def _control_run(self, run_id: str) -> _Handle:
         h = self._handle(run_id)
         if h.unreadable is not None:
             raise Conflict(f"action: run {h.id} is unreadable ({h.unreadable[:200]}); repair: "
                            f"{repair_hint(self.settings.data_dir)}", field="action")
-        checked = check_params(action, params, int(h.config["n"]), len(h.config["seeds"]))
+        return h
+
+    def _config_of(self, h: _Handle) -> dict[str, Any]:
+        return h.config
+
+    def _id_of(self, h: _Handle) -> str:
+        return h.id
+
+    def _status_of(self, h: _Handle) -> str:
+        return h.status
+
+    def _touch(self, h: _Handle) -> _Handle:
         with h.send_lock:  # against _park: it parks only what stayed untouched
             h.touched = time.monotonic()
             parking = h.parking
-        if action == "branch":
-            return self._branch(h, **checked)
         if parking and h.reader is not None:  # being parked right now: let it finish
             h.reader.join(REPLY_TIMEOUT)
-        if not h.alive():
-            dead = self._control_dead(h, action)
-            if dead is not None:
-                return dead
-        timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
-        result = self._send(h, action, checked, timeout)
+        return h
+
+    def _has_worker(self, h: _Handle) -> bool:
+        return h.alive()
+
+    def _restart_due(self, h: _Handle) -> bool:
+        return h.restart_at is not None
+
+    def _stop_without_worker(self, h: _Handle) -> dict[str, Any]:
+        h.restart_at = None
+        self._set_status(h, Kind.STOPPED)
+        return {"ok": True, "status": h.status, "step": h.step}
+
+    def _resume(self, h: _Handle) -> dict[str, Any]:
+        return self._restart(h, start=True)
+
+    def _pause_parked(self, h: _Handle) -> dict[str, Any]:
+        if h.info.get("parked_from") == Kind.RUNNING:
+            h.info["parked_from"] = Kind.PAUSED.value
+            self._set_status(h, h.status)
+        return {"ok": True, "status": h.status, "step": h.step}
+
+    def _wake(self, h: _Handle) -> _Handle:
+        self._restart(h, start=h.restart_at is not None and h.live_status == Kind.RUNNING)
+        return h
+
+    def _deliver(self, h: _Handle, action: str, params: dict[str, Any],
+                 timeout: float) -> dict[str, Any]:
+        result = self._send(h, action, params, timeout)
         if action == "view" and "view" in result:
             h.info["view"] = result["view"]
         return result
-
-    def _control_dead(self, h: _Handle, action: str) -> dict[str, Any] | None:
-        """Actions on a run without a worker. A parked run (or one waiting for its automatic
-        restart) gets a worker for any action but stop and pause (None: now send the action
-        to it); an interrupted or resumable failed one can be resumed or stopped."""
-        status, waiting = h.status, h.restart_at is not None
-        resumable = status in ("interrupted", PARKED) or waiting or (
-            status.startswith("failed: ") and status.endswith(RESUMABLE))
-        if resumable and action == "stop":
-            h.restart_at = None
-            self._set_status(h, "stopped")
-            return {"ok": True, "status": h.status, "step": h.step}
-        if resumable and action == "resume":
-            return self._restart(h, start=True)
-        if status == PARKED and action == "pause":
-            if h.info.get("parked_from") == "running":
-                h.info["parked_from"] = "paused"
-                self._set_status(h, status)
-            return {"ok": True, "status": h.status, "step": h.step}
-        if status == PARKED or waiting:
-            self._restart(h, start=waiting and h.live_status == "running")
-            return None
-        allowed = "resume, stop, branch" if resumable else "branch"
-        raise Conflict(f"action: cannot {action} run {h.id}: it is {h.status} (allowed: {allowed})",
-                       field="action")
 
     def _send(self, h: _Handle, action: str, params: dict[str, Any],
               timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
@@ -688,18 +663,10 @@ class LocalBackend(Backend):
             log.error("run %s failed: %s\n%s", h.id, msg[1], msg[2] if len(msg) > 2 else "")
 
     def _progress(self, h: _Handle, frame: dict[str, Any]) -> None:
-        h.step = int(frame.get("t1", h.step))
-        if "steps_per_second" in frame:
-            h.info["steps_per_second"] = frame["steps_per_second"]
+        h.step = fold_progress(h.info, frame, h.step)
         status = frame.get("run_status")
         if status and status != h.status:
             self._set_status(h, status)
-        losses = frame.get("test_loss")
-        if losses is not None:
-            h.info["last_test_loss"] = losses
-            h.info["last_test_step"] = frame.get("test_step", h.step)
-            best = h.info.get("best_test_loss") or [None] * len(losses)
-            h.info["best_test_loss"] = [_nanmin(a, b) for a, b in zip(best, losses, strict=False)]
 
     def _state(self, h: _Handle, state: dict[str, Any]) -> None:
         if state.get("status") == PARKED:  # parked once the worker has gone, not before
@@ -717,9 +684,9 @@ class LocalBackend(Backend):
             self._maybe_store(h, force=True)
 
     def _set_status(self, h: _Handle, status: str) -> None:
-        h.status = status
-        if status in ACTIVE_STATUSES:
-            h.live_status = status
+        h.status = str(status)
+        if Status.parse(h.status).is_active:
+            h.live_status = h.status
         if h.buffer is not None:
             h.info["cursor"] = h.buffer.cursor
         try:
@@ -774,19 +741,19 @@ class LocalBackend(Backend):
             h.conn.close()
         if h.deleting:
             return
-        killed = None
+        killed, now = None, Status.parse(h.status)
         if not h.clean_exit and self._closed and not h.fail_reason:
-            status = "interrupted"  # did not stop in time at shutdown: resumable all the same
+            status = Kind.INTERRUPTED  # did not stop in time at shutdown: resumable all the same
         elif not h.clean_exit and h.fail_reason:
-            status = f"failed: {h.fail_reason}"
+            status = str(Status.failed(h.fail_reason))
         elif not h.clean_exit:
             killed = _exit_reason(process)
-        elif h.status == "interrupted" and not self._closed:  # its own SIGTERM handler
+        elif now.kind is Kind.INTERRUPTED and not self._closed:  # its own SIGTERM handler
             killed = "worker stopped by SIGTERM"
         elif h.parking and "parked_from" in h.info:
             status = PARKED
-        elif h.status in ACTIVE_STATUSES:
-            status = "interrupted"
+        elif now.is_active:
+            status = Kind.INTERRUPTED
         else:
             status = h.status
         if killed is not None:
@@ -811,8 +778,8 @@ class LocalBackend(Backend):
             return h.live_status or "running"
         log.error("run %s: %s, %d times within %g s: failed (resumable)", h.id, reason,
                   len(h.kills), s.restart_window)
-        return (f"failed: {reason}; restarted {len(h.kills) - 1} times within "
-                f"{s.restart_window:g} s already{RESUMABLE}")
+        return str(Status.failed(f"{reason}; restarted {len(h.kills) - 1} times within "
+                                 f"{s.restart_window:g} s already", resumable=True))
 
     # ---- the supervisor thread -------------------------------------------------------------
     def _supervise(self) -> None:
@@ -839,14 +806,15 @@ class LocalBackend(Backend):
                 except Exception as exc:
                     log.exception("run %s: restart failed", h.id)
                     h.restart_at = None
-                    self._set_status(h, f"failed: restart failed: {type(exc).__name__}{RESUMABLE}")
+                    self._set_status(h, str(Status.failed(
+                        f"restart failed: {type(exc).__name__}", resumable=True)))
             elif idle > 0 and h.alive() and not h.parking and not h.deleting:
                 self._maybe_park(h, idle)
 
     def _idle(self, h: _Handle, idle: float) -> bool:
-        if h.status not in ACTIVE_STATUSES or not h.up:
+        if not Status.parse(h.status).is_active or not h.up:
             return False
-        since = max(h.touched, h.polled) if h.status == "running" else h.touched
+        since = max(h.touched, h.polled) if h.status == Kind.RUNNING else h.touched
         return time.monotonic() - since >= idle
 
     def _maybe_park(self, h: _Handle, idle: float) -> None:
@@ -930,25 +898,6 @@ class LocalBackend(Backend):
 
 
 # ---- helpers ---------------------------------------------------------------------------
-def _int_param(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
-    try:
-        number = int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]") from None
-    if not low <= number <= high:
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
-    return number
-
-
-def _nanmin(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None and math.isfinite(v)]
-    return min(values) if values else None
-
-
 def _answer(held: list[tuple[list[Any], Any]]) -> None:
     """Hand the held replies to their callers (the state sent after them is in)."""
     while held:

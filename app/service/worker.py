@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.service.base import set_rate_names
+from app.service.status import Status
 from simulator.settings import ConfigError, Setting, quote
 
 TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
@@ -361,8 +362,7 @@ class Worker:
         self.send("bye", self.state())
 
     def _active(self) -> bool:
-        return self.status not in ("finished", "stopped") and not self.status.startswith(
-            "diverged") and (self.playing or self.budget > 0)
+        return not Status.parse(self.status).is_ended and (self.playing or self.budget > 0)
 
     def _drain(self, block: bool) -> None:
         timeout = 0.5 if block else 0.0
@@ -398,7 +398,7 @@ class Worker:
         self.send("state", self.state())
 
     def _require_live(self, action: str) -> None:
-        if self.status in ("finished", "stopped") or self.status.startswith("diverged"):
+        if Status.parse(self.status).is_ended:
             raise _Refused(f"action: cannot {action} a run that is {self.status}")
 
     def _quit(self, params: dict[str, Any]) -> dict[str, Any]:
