@@ -313,7 +313,7 @@ def test_alignment_survives_frames_longer_than_the_trace_tail(tmp_path: Path) ->
                           what="three frames of 500 steps")
         b.control(rid, "pause")
         frames = b.frames(rid)[0]
-        assert 500 > TRACE_TAIL and frames[0]["t1"] - frames[0]["t0"] == 500
+        assert TRACE_TAIL < 500 and frames[0]["t1"] - frames[0]["t0"] == 500
         for frame in frames:
             assert frame["t1"] - frame["t0"] == 500
             alignment = frame["alignment"]
@@ -329,3 +329,45 @@ def test_alignment_survives_frames_longer_than_the_trace_tail(tmp_path: Path) ->
                    for r in head)
     finally:
         b.shutdown()
+
+
+def test_status_is_a_typed_value_that_keeps_its_wire_text() -> None:
+    """Every status the service writes parses to a kind (and reason) and back to the same
+    text; the service's decisions read the value, the dashboard's helpers the text."""
+    from app.service.core import dead_action
+    from app.service.status import Kind, Status, is_active, is_terminal
+
+    texts = {
+        "ready": (Kind.READY, "", False), "running": (Kind.RUNNING, "", False),
+        "paused": (Kind.PAUSED, "", False), "parked": (Kind.PARKED, "", False),
+        "finished": (Kind.FINISHED, "", False), "stopped": (Kind.STOPPED, "", False),
+        "interrupted": (Kind.INTERRUPTED, "", False),
+        "diverged at step 12 (seeds 0): loss nan": (Kind.DIVERGED,
+                                                    "at step 12 (seeds 0): loss nan", False),
+        "failed: ValueError: x": (Kind.FAILED, "ValueError: x", False),
+        "failed: worker lost: w1 died (4 times) (resumable)": (Kind.FAILED,
+                                                                "worker lost: w1 died (4 times)",
+                                                                True),
+        "unreadable: run.json is damaged": (Kind.UNREADABLE, "run.json is damaged", False),
+    }
+    for text, (kind, reason, resumable) in texts.items():
+        status = Status.parse(text)
+        assert (status.kind, status.reason, status.resumable) == (kind, reason, resumable)
+        assert str(status) == text and Status.parse(str(status)) == status
+    assert [t for t in texts if is_active(t)] == ["ready", "running", "paused"]
+    assert [t for t in texts if is_terminal(t)] == [
+        "finished", "stopped", "interrupted", "diverged at step 12 (seeds 0): loss nan",
+        "failed: ValueError: x", "failed: worker lost: w1 died (4 times) (resumable)",
+        "unreadable: run.json is damaged"]
+    assert not is_active("bogus") and not is_terminal(None)
+    with pytest.raises(ValueError, match=r"^status: got 'x{100}'; allowed: ready, running"):
+        Status.parse("x" * 500)
+    # a run without a worker: what each action does (both backends follow this table)
+    parked, failed = Status(Kind.PARKED), Status.parse("failed: worker lost (resumable)")
+    assert [dead_action(parked, a, "r") for a in ("stop", "resume", "pause", "step")] == [
+        "stop", "resume", "pause", "wake"]
+    assert [dead_action(failed, a, "r") for a in ("stop", "resume")] == ["stop", "resume"]
+    assert dead_action(Status(Kind.RUNNING), "step", "r", waiting=True) == "wake"
+    with pytest.raises(Conflict, match=r"^action: cannot step run r: it is finished "
+                                       r"\(allowed: branch\)$"):
+        dead_action(Status(Kind.FINISHED), "step", "r")

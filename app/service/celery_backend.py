@@ -57,6 +57,7 @@ from app.service.base import (
 from app.service.core import (
     REPLY_TIMEOUT,
     ServiceCore,
+    backend_settings,
     history_args,
     int_param,
     run_info,
@@ -110,10 +111,7 @@ class CeleryBackend(ServiceCore):
                  retry_seconds: float = 3.0, **overrides: Any) -> None:
         from app.service.celery_app import QUEUE, Reaper, enqueuer, make_celery
 
-        settings = settings or BackendSettings()
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
-        self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
+        self.settings = backend_settings(settings, overrides)
         self.redis_url = redis_url
         self._safe_url = _strip_password(redis_url)
         self.store = RedisStore(redis_url, prefix=prefix, retry_seconds=retry_seconds, queue=QUEUE)

@@ -11,10 +11,12 @@ calls :func:`run_info` with the facts it holds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from app.service.admission import cost_of
@@ -27,6 +29,16 @@ REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer
 SLOW_ACTIONS = {"evaluate": 4.0}  # actions that may take longer: a multiple of REPLY_TIMEOUT
 
 DeadAction = Literal["stop", "resume", "pause", "wake"]
+
+
+def backend_settings(settings: BackendSettings | None, overrides: Mapping[str, Any]) -> BackendSettings:
+    """A backend's settings: ``settings`` (or the defaults) with ``overrides``, the data
+    directory made absolute now, so that runs, checkpoints and exports stay under it whatever
+    the process's working directory later is."""
+    settings = settings or BackendSettings()
+    if overrides:
+        settings = dataclasses.replace(settings, **overrides)
+    return dataclasses.replace(settings, data_dir=Path(settings.data_dir).absolute())
 
 
 def reply_timeout(action: str) -> float:

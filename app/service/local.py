@@ -34,7 +34,6 @@ read-only (``read_only`` says why) with every run still listed and readable.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import multiprocessing as mp
 import os
@@ -63,6 +62,7 @@ from app.service.base import (
 from app.service.core import (
     REPLY_TIMEOUT,
     ServiceCore,
+    backend_settings,
     fold_progress,
     history_args,
     int_param,
@@ -136,10 +136,7 @@ class LocalBackend(ServiceCore):
     """Runs in local worker processes; see the module docstring."""
 
     def __init__(self, settings: BackendSettings | None = None, **overrides: Any) -> None:
-        settings = settings or BackendSettings()
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
-        self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
+        self.settings = backend_settings(settings, overrides)
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
         self._runs: dict[str, _Handle] = {}
