@@ -59,6 +59,7 @@ from app.service.core import (
     ServiceCore,
     backend_settings,
     history_args,
+    idle_seconds,
     int_param,
     run_info,
     task_meta,
@@ -66,7 +67,7 @@ from app.service.core import (
 from app.service.framebuffer import FrameBuffer, strip_frame
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
 from app.service.status import Kind
-from app.service.worker import branch_config, branch_steps, check_create
+from app.service.worker import check_create
 from simulator.config import RunConfig
 from simulator.settings import ConfigError, quote
 
@@ -236,11 +237,9 @@ class CeleryBackend(ServiceCore):
                 continue
             if now - float(f.get("parking") or 0) < PARK_RETRY:
                 continue
-            since = max(float(f.get("touched") or 0), float(f.get("claimed_at") or 0),
-                        float(f.get("queued_at") or 0), float(f.get("created") or 0))
-            if f.get("status") == "running":
-                since = max(since, float(f.get("polled") or 0))
-            if now - since < idle:
+            touched = max(float(f.get(key) or 0) for key in ("touched", "claimed_at",
+                                                             "queued_at", "created"))
+            if idle_seconds(f["status"], touched, float(f.get("polled") or 0), now) < idle:
                 continue
             self.store.r.hset(self.store.key(f["id"]), "parking", str(now))
             self.store.send_command(f["id"], "quit", {"checkpoint": True, "status": PARKED})
@@ -432,39 +431,41 @@ class CeleryBackend(ServiceCore):
                                   f"{timeout:.0f} s", field="action")
         return reply_or_raise(reply)
 
-    def _branch(self, f: dict[str, Any], changes: dict[str, Any],
-                checkpoint: str | None = None) -> dict[str, Any]:
-        new = branch_config(f["config"], changes)
+    def _admit_branch(self, config: dict[str, Any]) -> None:
         active = len(self.store.active_ids())
         if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
             raise self._limit_reached(active)
-        admit(RunConfig.from_dict(new), self.settings, self._active_memory())
-        ck = self._branch_point(f, checkpoint)
-        new = branch_steps(new, changes, f["config"], ck["step"])
-        new_id = self._create(new, start=True, view=f.get("view") or None, parent=f["id"],
-                              origin={"run": f["id"], "name": ck["name"], "step": ck["step"]})
-        return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
-                "status": self._fields(f["id"]).get("status")}
+        admit(RunConfig.from_dict(config), self.settings, self._active_memory())
 
-    def _branch_point(self, f: dict[str, Any], name: str | None) -> dict[str, Any]:
+    def _create_branch(self, f: dict[str, Any], config: dict[str, Any],
+                       point: dict[str, Any]) -> str:
+        return self._create(config, start=True, view=f.get("view") or None, parent=f["id"],
+                            origin={"run": f["id"], "name": point["name"], "step": point["step"]})
+
+    def _refresh(self, f: dict[str, Any]) -> dict[str, Any]:
+        return self._fields(f["id"])
+
+    def _branch_point(self, f: dict[str, Any], name: str | None) -> tuple[dict[str, Any], bool]:
+        """The checkpoint to branch from; one made now is automatic (pruned in turn), so
+        never dropped here."""
         run_id = f["id"]
         ckpts = {c["name"]: c for c in self.store.checkpoints(run_id)}
         if name is not None:
             if name not in ckpts:
                 have = ", ".join(ckpts) or "none"
                 raise ConfigError("checkpoint", f"run {run_id} has no checkpoint {quote(name)}; have: {have}")
-            return ckpts[name]
-        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment:
-            with contextlib.suppress(Conflict, Unavailable):  # automatic, so pruned in turn
+            return ckpts[name], False
+        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment
+            with contextlib.suppress(Conflict, Unavailable):
                 reply = self._send(f, "checkpoint", {}, REPLY_TIMEOUT)
                 made = {c["name"]: c for c in self.store.checkpoints(run_id)}
                 if reply.get("checkpoint") in made:
-                    return made[reply["checkpoint"]]
+                    return made[reply["checkpoint"]], False
         latest = self.store.checkpoints(run_id)
         if not latest:
             raise Conflict(f"checkpoint: run {run_id} has no checkpoint to branch from",
                            field="checkpoint")
-        return latest[-1]
+        return latest[-1], False
 
     # ---- export / lifecycle ----------------------------------------------------------------
     @_redis_errors

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from app.service.admission import cost_of
 from app.service.base import Backend, BackendSettings, Conflict, LimitReached
 from app.service.status import Kind, Status
-from app.service.worker import check_params
+from app.service.worker import branch_config, branch_steps, check_params
 from simulator.settings import ConfigError, quote
 
 REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer
@@ -89,6 +89,16 @@ def fold_progress(facts: dict[str, Any], frame: Mapping[str, Any], step: int) ->
         facts["last_test_step"] = frame.get("test_step", step)
         facts["best_test_loss"] = [nanmin(a, b) for a, b in zip(best, losses, strict=False)]
     return step
+
+
+def idle_seconds(status: str, touched: float, polled: float, now: float) -> float:
+    """How long an active run has sat idle (the idle release parks it past ``idle_release``):
+    since the last control action, or for a running run since the last poll too (frames,
+    get, history): a running run nobody watches is idle as well. Not active: 0."""
+    state = Status.parse(status)
+    if not state.is_active:
+        return 0.0
+    return now - (max(touched, polled) if state.kind is Kind.RUNNING else touched)
 
 
 def limit_reached(active: int, settings: BackendSettings) -> LimitReached:
@@ -196,6 +206,23 @@ class ServiceCore(Backend):
             run = self._wake(run)
         return self._deliver(run, action, checked, reply_timeout(action))
 
+    def _branch(self, run: Any, changes: dict[str, Any],
+                checkpoint: str | None = None) -> dict[str, Any]:
+        """A new run from a checkpoint of ``run`` (the latest, or one taken now if it has a
+        worker) with the config ``changes``; refused before anything is written."""
+        config = self._config_of(run)
+        new = branch_config(dict(config), changes)
+        self._admit_branch(new)
+        point, temporary = self._branch_point(run, checkpoint)
+        try:
+            new = branch_steps(new, changes, dict(config), point["step"])
+            new_id = self._create_branch(run, new, point)
+        finally:
+            if temporary:  # the branch holds its own copy ("origin"): the parent drops it
+                self._drop_branch_point(run, point)
+        return {"ok": True, "id": new_id, "checkpoint": point["name"], "step": point["step"],
+                "status": self._status_of(self._refresh(run))}
+
     def _limit_reached(self, active: int) -> LimitReached:
         return limit_reached(active, self.settings)
 
@@ -224,9 +251,24 @@ class ServiceCore(Backend):
         """An automatic restart of a killed worker is due (the run keeps its slot)."""
         return False
 
-    def _branch(self, run: Any, changes: dict[str, Any],
-                checkpoint: str | None = None) -> dict[str, Any]:
+    def _admit_branch(self, config: dict[str, Any]) -> None:
+        """Refuse a branch with this config (limit, memory, disk) before anything is written."""
         raise NotImplementedError
+
+    def _branch_point(self, run: Any, name: str | None) -> tuple[dict[str, Any], bool]:
+        """The checkpoint to branch from ({"name", "step", ...}), and whether it was made
+        for this branch only."""
+        raise NotImplementedError
+
+    def _create_branch(self, run: Any, config: dict[str, Any], point: dict[str, Any]) -> str:
+        raise NotImplementedError
+
+    def _drop_branch_point(self, run: Any, point: dict[str, Any]) -> None:
+        """Drop a checkpoint made for a branch only (once the branch holds its own)."""
+
+    def _refresh(self, run: Any) -> Any:
+        """The run's record as it is now (a backend whose records are snapshots re-reads)."""
+        return run
 
     def _stop_without_worker(self, run: Any) -> dict[str, Any]:
         raise NotImplementedError

@@ -65,6 +65,7 @@ from app.service.core import (
     backend_settings,
     fold_progress,
     history_args,
+    idle_seconds,
     int_param,
     run_info,
     task_meta,
@@ -82,7 +83,7 @@ from app.service.store import (
     run_disk_need,
     size_text,
 )
-from app.service.worker import WorkerSpec, branch_config, branch_steps, check_create
+from app.service.worker import WorkerSpec, check_create
 from app.service.worker import main as worker_main
 from simulator.config import RunConfig
 from simulator.settings import ConfigError, quote
@@ -533,28 +534,23 @@ class LocalBackend(ServiceCore):
         reply = slot[0] or {}
         return reply_or_raise(reply)
 
-    def _branch(self, h: _Handle, changes: dict[str, Any],
-                checkpoint: str | None = None) -> dict[str, Any]:
-        new = branch_config(h.config, changes)
+    def _admit_branch(self, config: dict[str, Any]) -> None:
         with self._lock:  # refuse before writing anything (the parent's checkpoint included)
             self._check_open()
             self._check_limit()
             self._check_writable()
-            admit(RunConfig.from_dict(new), self.settings, self._active_memory())
-            self._check_disk(new)
-        ck, temporary = self._branch_point(h, checkpoint)
-        try:
-            new = branch_steps(new, changes, h.config, ck["step"])
-            new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
-                                  init={"checkpoint": ck["path"], "branch": True,
-                                        "step": ck["step"]})
-        finally:
-            if temporary:  # the branch holds its own link to it ("origin"): the parent drops it
-                with contextlib.suppress(Exception):
-                    self.store.drop_checkpoint(h.id, ck["name"])
-                    h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
-        return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
-                "status": h.status}
+            admit(RunConfig.from_dict(config), self.settings, self._active_memory())
+            self._check_disk(config)
+
+    def _create_branch(self, h: _Handle, config: dict[str, Any], point: dict[str, Any]) -> str:
+        return self._create(config, start=True, view=h.info.get("view") or None, parent=h.id,
+                            init={"checkpoint": point["path"], "branch": True,
+                                  "step": point["step"]})
+
+    def _drop_branch_point(self, h: _Handle, point: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            self.store.drop_checkpoint(h.id, point["name"])
+            h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
 
     def _branch_point(self, h: _Handle, name: str | None) -> tuple[dict[str, Any], bool]:
         """The checkpoint to branch from, and whether it was made for this branch only."""
@@ -809,10 +805,7 @@ class LocalBackend(ServiceCore):
                 self._maybe_park(h, idle)
 
     def _idle(self, h: _Handle, idle: float) -> bool:
-        if not Status.parse(h.status).is_active or not h.up:
-            return False
-        since = max(h.touched, h.polled) if h.status == Kind.RUNNING else h.touched
-        return time.monotonic() - since >= idle
+        return h.up and idle_seconds(h.status, h.touched, h.polled, time.monotonic()) >= idle
 
     def _maybe_park(self, h: _Handle, idle: float) -> None:
         """Checkpoint and end an idle worker; the run becomes "parked" when it has gone."""
