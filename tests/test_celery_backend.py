@@ -297,6 +297,22 @@ def test_exports_land_under_the_data_directory_not_the_cwd(
     assert not any((tmp_path / "elsewhere").iterdir())
 
 
+def test_branch_from_now_starts_a_child_at_that_step(make_backend: Callable[..., Any]) -> None:
+    """The shared branch path (app.service.core) over Redis: a checkpoint of this moment, the
+    child from it with another rule, the parent going on."""
+    backend = make_backend()
+    parent = backend.create(SMALL)
+    wait_for(claimed(backend, parent, 300), 30, "the parent to start")
+    made = backend.control(parent, "branch", changes={"rule": "output-only"})
+    assert made["ok"] and made["status"] == "running" and made["step"] >= 300
+    assert made["checkpoint"] in backend.get(parent)["checkpoints"]
+    child = wait_for(claimed(backend, made["id"], made["step"]), 30, "the child to start")
+    assert child["parent"] == parent and child["config"]["rule"] == "output-only"
+    assert child["checkpoints"][0] == "origin"
+    frames, _ = backend.frames(made["id"])
+    assert frames and frames[0]["t0"] == made["step"]
+
+
 def test_two_servers_see_and_drive_the_same_runs(make_backend: Callable[..., Any]) -> None:
     a = make_backend()
     b = make_backend(prefix=a.store.prefix)
