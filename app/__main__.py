@@ -118,7 +118,8 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("--redis-url", default=os.environ.get("PLASTICITY_REDIS_URL", REDIS_URL),
                         help=f"the Redis the servers use (default {REDIS_URL})")
     worker.add_argument("--concurrency", type=int, default=None,
-                        help="run slots (processes) on this host (default 8 per core)")
+                        help="run slots (processes) on this host (default: 2 per core, at "
+                             "most one per GiB of RAM)")
     worker.add_argument("--name", default=None,
                         help="worker name, unique per host; the host name is appended "
                              "(default plasticity-PID)")
@@ -275,7 +276,9 @@ def worker(args: argparse.Namespace) -> int:
 
     app.conf.plasticity_redis_url = args.redis_url
     app.conf.broker_url = args.redis_url
-    slots = args.concurrency or 8 * (os.cpu_count() or 1)
+    from app.service.celery_app import default_concurrency
+
+    slots = args.concurrency or default_concurrency()
     app.worker_main(["worker", "-Q", QUEUE, "-P", "prefork", "-c", str(slots), "-Ofair",
                      "--without-gossip", "--without-mingle", "--without-heartbeat",
                      "-n", f"{args.name or f'plasticity-{os.getpid()}'}@%h",

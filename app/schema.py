@@ -46,9 +46,21 @@ STEPS_PER_FRAME = Setting("steps_per_frame", 0, "as fast as possible, one frame 
 STEPS_PER_SECOND = Setting("steps_per_second", 10.0, "real-time pacing in steps per second "
                            "(frames about 10/s)", float, 0.1, 1e7)
 TO = Setting("to", 0, "the step to fast-forward to (no frames until then)", int, 0, 10**9)
-RATES = tuple(Setting(name, 0.0, f"{what} learning rate, mid-run", float, 0.0, 10.0)
-              for name, what in (("lr", "network (basal W and readout)"),
-                                 ("apical", "apical"), ("jacobian", "Jacobian")))
+
+
+def set_rate_names() -> tuple[str, ...]:
+    """The learning rates ``set`` accepts: lr (the network's), each population a rule owns
+    and each rule setting that holds one (declared by the rule classes: simulator.rules
+    live_populations, e.g. lr_apical -> apical, lr_kernel -> jacobian)."""
+    from simulator.rules import live_populations
+
+    live = live_populations()
+    return ("lr", *dict.fromkeys(live.values()), *live)
+
+
+_RATE_WHAT = {"lr": "network (basal W and readout)"}
+RATES = tuple(Setting(name, 0.0, f"{_RATE_WHAT.get(name, name)} learning rate, mid-run", float,
+                      0.0, 10.0) for name in set_rate_names())
 EVAL_STEPS = Setting("steps", 1000, "held-out steps", int, 1, 10**6)
 SEED_INDEX = Setting("seed_index", 0, "index of the seed the traces show", int, 0,
                      MAX_SEEDS - 1)
@@ -109,13 +121,10 @@ class FastForward(_Action):
     to: annotation(TO, default=REQUIRED)  # type: ignore[valid-type]
 
 
-class Set(_Action):
+class _SetBase(_Action):
     """Learning rates and / or the phase schedule, mid-run, without reset (any subset)."""
 
     action: Literal["set"]
-    lr: annotation(RATES[0], default=None)  # type: ignore[valid-type]
-    apical: annotation(RATES[1], default=None)  # type: ignore[valid-type]
-    jacobian: annotation(RATES[2], default=None)  # type: ignore[valid-type]
     phases: str | None = Field(None, description="the phase schedule (docs/model.md section "
                                                  "4)")
 
@@ -128,11 +137,17 @@ class Set(_Action):
         return value.strip()
 
     @model_validator(mode="after")
-    def _some(self) -> Set:
-        if all(getattr(self, key) is None for key in ("lr", "apical", "jacobian", "phases")):
-            raise ConfigError("lr", f"give at least one of lr, apical, jacobian ("
+    def _some(self) -> _SetBase:
+        names = [rate.name for rate in RATES]
+        if all(getattr(self, key) is None for key in (*names, "phases")):
+            raise ConfigError("lr", f"give at least one of {', '.join(names)} ("
                                     f"{RATES[0].allowed()}) or phases (a schedule string)")
         return self
+
+
+# one optional field per rate a rule declares live: a new rule's live setting is settable
+Set = create_model("Set", __base__=_SetBase, __doc__=_SetBase.__doc__,
+                   **{rate.name: (annotation(rate, default=None), None) for rate in RATES})
 
 
 class View(_Action):

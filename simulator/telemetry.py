@@ -26,6 +26,7 @@ size does not grow with the number of steps it covers:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +38,38 @@ if TYPE_CHECKING:
     from simulator.engine import Run, Telemetry
 
 MAX_MATRIX = 64
+
+#: Telemetry fields that are not a steps-first series, and how two consecutive calls combine
+#: them: the first call's start, the later divergence, the summed weight change
+_FIRST, _LATER, _SUMMED = ("start",), ("diverged_at",), ("weight_change",)
+
+
+def concat(head: Telemetry, tail: Telemetry) -> Telemetry:
+    """One Telemetry for two consecutive ``advance`` calls (``tail`` right after ``head``),
+    covering every field: steps-first series (tensors, dicts of them, the phase list) joined,
+    weight changes summed, the start of ``head``, the divergence of either. A series only
+    one side recorded (traces of a scalars-only call) is None: it would not line up with the
+    steps. A field of a kind not listed here raises TypeError, so a new field is never
+    silently dropped."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(head):
+        a, b = getattr(head, f.name), getattr(tail, f.name)
+        if f.name in _FIRST:
+            values[f.name] = a
+        elif f.name in _LATER:
+            values[f.name] = b if b is not None else a
+        elif f.name in _SUMMED:
+            values[f.name] = {k: v + b[k] for k, v in a.items() if k in b}
+        elif isinstance(a, list) and isinstance(b, list):
+            values[f.name] = a + b
+        elif isinstance(a, dict) and isinstance(b, dict):
+            values[f.name] = {k: torch.cat([v, b[k]]) for k, v in a.items() if k in b}
+        elif isinstance(a, Tensor | None) and isinstance(b, Tensor | None):
+            values[f.name] = None if a is None or b is None else torch.cat([a, b])
+        else:
+            raise TypeError(f"Telemetry.{f.name}: cannot join {type(a).__name__} and "
+                            f"{type(b).__name__}; add it to simulator.telemetry.concat")
+    return type(head)(**values)
 
 
 def _floats(a: Any, digits: int = 5) -> list:

@@ -277,6 +277,42 @@ def test_idle_runs_are_parked_free_their_slots_and_resume(make_backend: Callable
     wait_for(claimed(backend, hog[0], parked["step"] + 100), 30, "progress after play")
 
 
+def test_exports_land_under_the_data_directory_not_the_cwd(
+        make_backend: Callable[..., Any], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A relative --data-dir is the one of the server's start: a later working directory
+    (a daemon's, gunicorn's) gets no exports."""
+    (tmp_path / "start").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "start")
+    backend = make_backend(data_dir="data")
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rid = backend.create(SMALL)
+    wait_for(claimed(backend, rid, 300), 30, "the run to start")
+    backend.control(rid, "pause")
+    path = backend.export_csv(rid)
+    assert path == tmp_path / "start" / "data" / "exports" / f"{rid}.csv"
+    rows = path.read_text().splitlines()
+    assert rows[0].startswith("step,seed,train_loss") and len(rows) > 300
+    assert not any((tmp_path / "elsewhere").iterdir())
+
+
+def test_branch_from_now_starts_a_child_at_that_step(make_backend: Callable[..., Any]) -> None:
+    """The shared branch path (app.service.core) over Redis: a checkpoint of this moment, the
+    child from it with another rule, the parent going on."""
+    backend = make_backend()
+    parent = backend.create(SMALL)
+    wait_for(claimed(backend, parent, 300), 30, "the parent to start")
+    made = backend.control(parent, "branch", changes={"rule": "output-only"})
+    assert made["ok"] and made["status"] == "running" and made["step"] >= 300
+    assert made["checkpoint"] in backend.get(parent)["checkpoints"]
+    child = wait_for(claimed(backend, made["id"], made["step"]), 30, "the child to start")
+    assert child["parent"] == parent and child["config"]["rule"] == "output-only"
+    assert child["checkpoints"][0] == "origin"
+    frames, _ = backend.frames(made["id"])
+    assert frames and frames[0]["t0"] == made["step"]
+
+
 def test_two_servers_see_and_drive_the_same_runs(make_backend: Callable[..., Any]) -> None:
     a = make_backend()
     b = make_backend(prefix=a.store.prefix)
@@ -286,8 +322,12 @@ def test_two_servers_see_and_drive_the_same_runs(make_backend: Callable[..., Any
     assert b.control(rid, "pause")["status"] == "paused"
     assert a.get(rid)["status"] == "paused"
     step = a.get(rid)["step"]
-    time.sleep(0.5)
-    assert b.get(rid)["step"] == step  # really paused
+    # really paused: one commanded step later it stands exactly one step further
+    assert b.control(rid, "step", k=1)["status"] == "running"
+    wait_for(lambda: a.get(rid)["status"] == "paused" and a.get(rid)["step"] == step + 1, 20,
+             "the single step")
+    step += 1
+    assert b.get(rid)["step"] == step
     fa, ca = a.frames(rid, -1)
     fb, cb = b.frames(rid, -1)
     assert ca == cb and [f["seq"] for f in fa] == [f["seq"] for f in fb]
@@ -378,7 +418,7 @@ def test_workers_that_keep_dying_mark_the_run_failed_with_the_reason(
         host = info["worker"]["host"]
         assert failed["status"].startswith("failed: worker lost: no heartbeat from " + host)
         assert not failed["alive"] and rid not in backend.store.active_ids()
-        with pytest.raises(Conflict, match="allowed: resume, branch"):
+        with pytest.raises(Conflict, match=r"allowed: resume, stop, branch\)$"):  # as locally
             backend.control(rid, "pause")
         assert backend.control(rid, "resume")["status"] == "running"  # not stuck: resumable
         wait_for(claimed(backend, rid, failed["step"] - 600), 20, "the resumed run")

@@ -17,7 +17,7 @@ import torch
 from helpers import http_json, real_server, wait_for
 
 from app.service import BackendSettings, LocalBackend
-from simulator.framebuffer import FrameBuffer
+from app.service.framebuffer import FrameBuffer
 
 SMALL = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**7, "test_steps": 200}
 

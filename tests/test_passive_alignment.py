@@ -21,10 +21,10 @@ import torch
 from helpers import AUTH, TOKEN, free_port, wait_for
 from test_api import _http
 
+from app.service.framebuffer import FrameBuffer, strip_frame
 from simulator import ConfigError, Run, RunConfig
 from simulator.alignment import pairwise_alignment
 from simulator.cli import main as cli_main
-from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.telemetry import make_frame, scalar_history
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,22 +135,22 @@ def test_frames_history_and_csv_carry_each_comparison_rule():
 def test_the_worker_keeps_alignment_when_it_merges_a_chunk():
     """A live chunk longer than the traced tail is two advance() calls merged into one
     Telemetry; the merge used to drop alignment (and so the frame's alignment panel data)."""
-    from app.service.worker import _merge
+    from simulator.telemetry import concat
 
     run = Run(small(align="rtrl"))
     head, tail = run.advance(7, record="scalars"), run.advance(5)
-    merged = _merge(head, tail)
+    merged = concat(head, tail)
     assert merged.alignment is not None and merged.alignment.shape == (12, 2)
     torch.testing.assert_close(merged.alignment, torch.cat([head.alignment, tail.alignment]))
     torch.testing.assert_close(merged.norm_ratio, torch.cat([head.norm_ratio, tail.norm_ratio]))
 
 
 def test_the_worker_keeps_comparison_rules_when_it_merges_a_chunk():
-    from app.service.worker import _merge
+    from simulator.telemetry import concat
 
     run = Run(small(compare=["rflo"]))
     head, tail = run.advance(7, record="scalars"), run.advance(5)
-    merged = _merge(head, tail)
+    merged = concat(head, tail)
     torch.testing.assert_close(merged.compare["rflo"],
                                torch.cat([head.compare["rflo"], tail.compare["rflo"]]))
 

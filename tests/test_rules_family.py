@@ -131,13 +131,29 @@ def test_stochastic_gradient_is_credit_times_the_influence_estimate(name):
 
 def test_signs_have_the_chosen_distribution_and_depend_only_on_the_seed():
     like = torch.zeros(1, dtype=F64)
-    draws = {kind: torch.stack([NoiseStream("uoro", [5, 9], 7, kind, like).next()
-                                for _ in range(1)]) for kind in ("rademacher", "gaussian")}
-    assert set(draws["rademacher"].unique().tolist()) <= {-1.0, 1.0}
-    big = NoiseStream("x", [3], 50, "uniform", like)
-    u = torch.stack([big.next() for _ in range(400)])
-    assert float(u.abs().max()) <= math.sqrt(3) + 1e-12
-    assert abs(float(u.var()) - 1.0) < 0.03 and abs(float(u.mean())) < 0.03
+
+    def sample(kind: str, seeds: list[int], purpose: str = "uoro") -> torch.Tensor:
+        stream = NoiseStream(purpose, seeds, 50, kind, like)
+        return torch.stack([stream.next() for _ in range(400)])  # (400, S, 50)
+
+    signs = sample("rademacher", [5])
+    assert set(signs.unique().tolist()) == {-1.0, 1.0} and abs(float(signs.mean())) < 0.03
+    # zero mean, unit variance, and the shape of each law: kurtosis 3 (Gaussian), 9/5
+    # (uniform on [-sqrt 3, sqrt 3]); 4.55 % of Gaussian draws beyond 2
+    for kind, kurtosis in (("gaussian", 3.0), ("uniform", 1.8)):
+        x = sample(kind, [3])
+        assert abs(float(x.mean())) < 0.03 and abs(float(x.var()) - 1.0) < 0.03, kind
+        assert abs(float((x**4).mean() / x.var() ** 2) - kurtosis) < 0.15, kind
+    gauss = sample("gaussian", [3])
+    assert abs(float((gauss.abs() > 2).double().mean()) - 0.0455) < 0.006
+    assert float(sample("uniform", [3]).abs().max()) <= math.sqrt(3) + 1e-12
+    # seeding: the same (purpose, seed) repeats exactly; another seed or purpose does not
+    assert torch.equal(sample("gaussian", [3]), gauss)
+    assert not torch.equal(sample("gaussian", [4]), gauss)
+    assert not torch.equal(sample("gaussian", [3], purpose="kernl"), gauss)
+    pair = sample("gaussian", [3, 4])
+    assert torch.equal(pair[:, 0], gauss[:, 0])
+    assert abs(float(torch.corrcoef(pair.reshape(-1, 2).T)[0, 1])) < 0.02  # independent seeds
     for width, steps in ((7, 1500), (3000, 25)):  # across block boundaries, small and wide
         alone = NoiseStream("uoro", [9], width, "gaussian", like)
         together = NoiseStream("uoro", [5, 9, 11], width, "gaussian", like)

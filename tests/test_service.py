@@ -18,7 +18,7 @@ import pytest
 from helpers import wait_for
 
 from app.service import BackendSettings, Conflict, LimitReached, LocalBackend, RunNotFound
-from simulator.framebuffer import FrameBuffer
+from app.service.framebuffer import FrameBuffer
 from simulator.settings import ConfigError
 
 SMALL = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**7, "test_steps": 200}
@@ -137,6 +137,26 @@ def test_set_learning_rates_and_phases_mid_run(backend: LocalBackend) -> None:
     assert info["phases"].startswith("listen=") and info["learning_rates"]["basal"] == 0.02
     config = backend.export_config(rid)
     assert config["lr"] == 0.02 and config["rule_args"]["lr_apical"] == 0.2
+
+
+def test_live_settings_come_from_the_rule_classes(backend: LocalBackend) -> None:
+    """KeRNL's lr_kernel (its "jacobian" population's rate, declared by the rule class) changes
+    live through ``set``, by its setting name; a setting the run's rule lacks is refused
+    naming it; simulator.rules.live_settings says which apply."""
+    from simulator.rules import live_settings
+
+    assert live_settings("kernl") == {"lr_kernel": "jacobian"}
+    assert live_settings("dni", {"jacobian": "exact"}) == {"lr_apical": "apical"}
+    assert live_settings("dni-b") == {"lr_apical": "apical", "lr_jacobian": "jacobian"}
+    rid = backend.create({**SMALL, "rule": "kernl"}, start=False)
+    result = backend.control(rid, "set", lr_kernel=2.5e-4)
+    assert result["learning_rates"]["jacobian"] == 2.5e-4
+    assert backend.export_config(rid)["rule_args"]["lr_kernel"] == 2.5e-4
+    with pytest.raises(ConfigError, match=r"^lr_apical: not a live setting of rule 'kernl'"):
+        backend.control(rid, "set", lr_apical=0.1)
+    with pytest.raises(ConfigError, match=r"^lr_bogus: unknown parameter for set"):
+        backend.control(rid, "set", lr_bogus=0.1)
+    assert backend.get(rid)["learning_rates"]["jacobian"] == 2.5e-4
 
 
 def test_checkpoint_and_branch_with_another_rule(backend: LocalBackend) -> None:
@@ -277,3 +297,77 @@ def test_alignment_requested_in_the_config_streams_in_frames(backend: LocalBacke
     assert series and all(v is None or -1.0 <= v <= 1.0 for v in series)
     with pytest.raises(ConfigError, match=r"^align:"):
         backend.create({**SMALL, "align": "exactly"})
+
+
+def test_alignment_survives_frames_longer_than_the_trace_tail(tmp_path: Path) -> None:
+    """steps_per_frame=500 (> TRACE_TAIL = 200): each frame's first 300 steps run scalars-only
+    and are joined to the traced tail (simulator.telemetry.concat). Every frame carries
+    alignment over all its steps, and the CSV keeps its alignment and norm_ratio columns
+    with values in the scalars-only part too."""
+    from app.service.worker import TRACE_TAIL
+
+    b = LocalBackend(settings(tmp_path, steps_per_frame=500, checkpoint_every=10**6))
+    try:
+        rid = b.create({**SMALL, "align": "auto"})
+        frames = wait_for(lambda: [f for f in b.frames(rid)[0] if f["t1"] >= 1500],
+                          what="three frames of 500 steps")
+        b.control(rid, "pause")
+        frames = b.frames(rid)[0]
+        assert TRACE_TAIL < 500 and frames[0]["t1"] - frames[0]["t0"] == 500
+        for frame in frames:
+            assert frame["t1"] - frame["t0"] == 500
+            alignment = frame["alignment"]
+            assert alignment is not None, frame["seq"]
+            assert alignment["step"][0] < frame["t0"] + 500 - TRACE_TAIL  # the scalars-only part
+            assert all(v is not None and -1.0 <= v <= 1.0 for v in alignment["mean"][1:])
+        with open(b.export_csv(rid), newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        assert {"alignment", "norm_ratio"} <= set(rows[0])
+        head = [r for r in rows if 0 < int(float(r["step"])) < 500 - TRACE_TAIL]
+        assert len(head) == 299
+        assert all(math.isfinite(float(r["alignment"])) and float(r["norm_ratio"]) > 0
+                   for r in head)
+    finally:
+        b.shutdown()
+
+
+def test_status_is_a_typed_value_that_keeps_its_wire_text() -> None:
+    """Every status the service writes parses to a kind (and reason) and back to the same
+    text; the service's decisions read the value, the dashboard's helpers the text."""
+    from app.service.core import dead_action
+    from app.service.status import Kind, Status, is_active, is_terminal
+
+    texts = {
+        "ready": (Kind.READY, "", False), "running": (Kind.RUNNING, "", False),
+        "paused": (Kind.PAUSED, "", False), "parked": (Kind.PARKED, "", False),
+        "finished": (Kind.FINISHED, "", False), "stopped": (Kind.STOPPED, "", False),
+        "interrupted": (Kind.INTERRUPTED, "", False),
+        "diverged at step 12 (seeds 0): loss nan": (Kind.DIVERGED,
+                                                    "at step 12 (seeds 0): loss nan", False),
+        "failed: ValueError: x": (Kind.FAILED, "ValueError: x", False),
+        "failed: worker lost: w1 died (4 times) (resumable)": (Kind.FAILED,
+                                                                "worker lost: w1 died (4 times)",
+                                                                True),
+        "unreadable: run.json is damaged": (Kind.UNREADABLE, "run.json is damaged", False),
+    }
+    for text, (kind, reason, resumable) in texts.items():
+        status = Status.parse(text)
+        assert (status.kind, status.reason, status.resumable) == (kind, reason, resumable)
+        assert str(status) == text and Status.parse(str(status)) == status
+    assert [t for t in texts if is_active(t)] == ["ready", "running", "paused"]
+    assert [t for t in texts if is_terminal(t)] == [
+        "finished", "stopped", "interrupted", "diverged at step 12 (seeds 0): loss nan",
+        "failed: ValueError: x", "failed: worker lost: w1 died (4 times) (resumable)",
+        "unreadable: run.json is damaged"]
+    assert not is_active("bogus") and not is_terminal(None)
+    with pytest.raises(ValueError, match=r"^status: got 'x{100}'; allowed: ready, running"):
+        Status.parse("x" * 500)
+    # a run without a worker: what each action does (both backends follow this table)
+    parked, failed = Status(Kind.PARKED), Status.parse("failed: worker lost (resumable)")
+    assert [dead_action(parked, a, "r") for a in ("stop", "resume", "pause", "step")] == [
+        "stop", "resume", "pause", "wake"]
+    assert [dead_action(failed, a, "r") for a in ("stop", "resume")] == ["stop", "resume"]
+    assert dead_action(Status(Kind.RUNNING), "step", "r", waiting=True) == "wake"
+    with pytest.raises(Conflict, match=r"^action: cannot step run r: it is finished "
+                                       r"\(allowed: branch\)$"):
+        dead_action(Status(Kind.FINISHED), "step", "r")

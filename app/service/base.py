@@ -53,6 +53,8 @@ from pathlib import Path
 from typing import Any
 
 from app.schema import ACTIONS as _ACTIONS
+from app.schema import set_rate_names  # noqa: F401  (re-exported: the set action's rates)
+from app.service.status import RESUMABLE, Kind
 from simulator.settings import ConfigError, quote
 
 __all__ = [
@@ -84,8 +86,10 @@ __all__ = [
 #:                                         about frame_rate frames/s), or
 #:                 steps_per_second: float real-time pacing (frames ~10/s); give one of the two
 #:   fast_forward  to: int                 no frame/display work until step ``to``, then live
-#:   set           lr, apical, jacobian: float; phases: str   learning rates / phase schedule,
-#:                                         mid-run, without reset (any subset)
+#:   set           lr, apical, jacobian, lr_apical, lr_jacobian, lr_kernel: float; phases: str
+#:                                         learning rates (a population's, or a rule setting
+#:                                         holding one: simulator.rules.live_settings) / phase
+#:                                         schedule, mid-run, without reset (any subset)
 #:   view          units: list[int], seed_index: int   which units / seed the traces carry
 #:   checkpoint    name: str (optional)    save a checkpoint now; returns {"checkpoint": name}
 #:   branch        changes: dict, checkpoint: str (optional, default: the latest)
@@ -96,35 +100,16 @@ __all__ = [
 #: ``control`` returns a small dict: at least {"ok": True, "status": ...}.
 ACTIONS: dict[str, tuple[str, ...]] = _ACTIONS  # declared once, as models: app.schema
 
-#: Statuses a run can have. "failed: <reason>" and "diverged at step N (...)" carry text.
-#:
-#:   ready        created with start=False, at step 0, worker up (parked like a paused run)
-#:   running      stepping (also while a killed worker is being restarted, a few seconds)
-#:   paused       worker up, not stepping
-#:   parked       checkpointed and without a worker: it was paused (or ready) for
-#:                ``idle_release`` seconds, or running with nobody polling it (frames, get,
-#:                history) that long. Holds no run slot. ``resume`` (or any action that needs
-#:                the worker, e.g. step) restarts it from that checkpoint, bit for bit; a poll
-#:                of a run parked while running restarts it too (when a slot is free).
-#:   finished, stopped, "diverged at step N (...)"   ended for good (branch still works)
-#:   interrupted  the server stopped while it ran: ``resume`` continues from its checkpoint
-#:   "failed: <reason>"   the worker raised; "failed: <reason> (resumable)": its worker was
-#:                killed more often than the automatic restarts allow; ``resume`` continues
-STATUSES = ("ready", "running", "paused", "parked", "finished", "stopped", "failed: ",
-            "diverged at step ", "interrupted")
-
-#: Statuses of a run whose worker is alive (counted against the concurrent-run limit).
-ACTIVE_STATUSES = ("ready", "running", "paused")
+#: Statuses of a run whose worker is alive (counted against the concurrent-run limit); every
+#: status, its text on the wire and its typed value: :mod:`app.service.status`.
+ACTIVE_STATUSES = tuple(k.value for k in (Kind.READY, Kind.RUNNING, Kind.PAUSED))
 
 #: Status of a run without a worker that resumes from its checkpoint (not counted as active).
-PARKED = "parked"
-
-#: The suffix of a failed status that ``resume`` still accepts.
-RESUMABLE = " (resumable)"
+PARKED = Kind.PARKED.value
 
 #: Keys of the run info dict returned by ``get`` and ``list_runs``:
 #:
-#:   id, config (validated, CLI keys), status (see :data:`STATUSES`; "parked": checkpointed,
+#:   id, config (validated, CLI keys), status (see :mod:`app.service.status`; "parked": checkpointed,
 #:   no worker, resumes on play or, if it was running, on a poll), step (steps done),
 #:   steps_per_second (recent rate, 0 when not running), created (unix time), parent (run id
 #:   this was branched from, or None),

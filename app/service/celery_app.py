@@ -9,8 +9,11 @@ paused or not (as in the embedded mode, where a run owns a worker process). The 
 **prefork**: each run steps in its own process, forked from a parent that has already imported
 torch and the simulator, so a slot costs little memory and starts at once, one run cannot
 stall another through the GIL, and a crash or SIGKILL takes down one run only. A host serves
-``--concurrency`` runs (default: 8 per core: a run paced for a classroom uses a few percent of
-a core; runs at full speed compete for the cores like any processes).
+``--concurrency`` runs (default :func:`default_concurrency`: two per core, at most one per
+``SLOT_MEMORY`` of RAM; a run at full speed takes a core, a paced one a few percent of one;
+the servers' ``--max-runs`` bounds the runs across all workers). Every slot is a process
+forked at start, so slots cost start time and memory even when idle: add hosts, or raise
+``--concurrency`` on a big one, for more.
 
 The loop is :class:`app.service.worker.Worker`, unchanged: it talks to a transport with
 ``send``/``poll``/``recv``. Locally that is a pipe; here it is :class:`RunChannel`, which
@@ -33,7 +36,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import secrets
 import shutil
@@ -53,6 +55,7 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 from celery import Celery, signals
 
 from app.service.base import ACTIVE_STATUSES
+from app.service.core import fold_progress
 from app.service.redis_store import (
     REDIS_ERRORS,
     Fenced,
@@ -72,7 +75,23 @@ PREFIX = "pl:"
 TASK_RETRY_SECONDS = 60.0    # a task keeps retrying Redis this long before giving up
 CSV_SCRATCH_LIMIT = 4 << 20  # bytes of local CSV kept on the worker before it is cut back
 
+SLOTS_PER_CORE = 2           # default run slots per core of a worker host
+SLOT_MEMORY = 1 << 30        # bytes of RAM per default slot at least (a forked pool process
+                             # plus a run of the default size, with room)
+
 Enqueue = Callable[[str, int], None]
+
+
+def default_concurrency(cores: int | None = None, memory: int | None = None) -> int:
+    """Run slots of a worker host by default: SLOTS_PER_CORE per core, at most one per
+    SLOT_MEMORY of RAM, at least one."""
+    from app.service.admission import machine_memory
+
+    if cores is None:
+        affinity = getattr(os, "sched_getaffinity", None)
+        cores = len(affinity(0)) if affinity else os.cpu_count() or 1
+    memory = memory or machine_memory()
+    return max(1, min(SLOTS_PER_CORE * cores, memory // SLOT_MEMORY))
 
 
 def redis_url_from_env() -> str:
@@ -265,8 +284,8 @@ class RunChannel:
     def prepare(self) -> Any:
         """Restore from the latest checkpoint (CSV cut back to it, its history snapshot), or
         start afresh; returns the WorkerSpec."""
+        from app.service.framebuffer import FrameBuffer
         from app.service.worker import WorkerSpec
-        from simulator.framebuffer import FrameBuffer
 
         store, f, run_id = self.store, self.fields, self.run_id
         self.checkpoints = store.checkpoints(run_id)
@@ -390,17 +409,11 @@ class RunChannel:
 
     def _progress(self, frame: dict[str, Any]) -> None:
         p = self.progress
-        p["step"] = int(frame.get("t1", p.get("step", 0)))
-        if "steps_per_second" in frame:
-            p["steps_per_second"] = frame["steps_per_second"]
+        if frame.get("test_loss") is not None and not p.get("best_test_loss"):
+            p["best_test_loss"] = self.fields.get("best_test_loss")  # from before a restart
+        p["step"] = fold_progress(p, frame, p.get("step", 0))
         if frame.get("run_status"):
             p["status"] = frame["run_status"]
-        losses = frame.get("test_loss")
-        if losses is not None:
-            best = p.get("best_test_loss") or self.fields.get("best_test_loss") or [None] * len(losses)
-            p["last_test_loss"] = losses
-            p["last_test_step"] = frame.get("test_step", p["step"])
-            p["best_test_loss"] = [_nanmin(x, y) for x, y in zip(best, losses, strict=False)]
 
     def _state(self, state: dict[str, Any]) -> None:
         fields = {k: state[k] for k in ("status", "step", "steps_per_second", "steps_per_frame",
@@ -512,11 +525,6 @@ class RunChannel:
                  "hist_id", enc(entry)]]
 
 
-def _nanmin(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None and math.isfinite(v)]
-    return min(values) if values else None
-
-
 # ---- the reaper -----------------------------------------------------------------------------
 class Reaper(threading.Thread):
     """Every ``every`` seconds: requeue active runs whose task's lease expired (or whose queued
@@ -600,5 +608,6 @@ def _drain(sender: Any = None, **_: Any) -> None:
 # Preload what every run needs, once, in the parent: forked pool processes share it.
 with contextlib.suppress(ImportError):
     import simulator
-    import simulator.engine
-    import simulator.framebuffer  # noqa: F401
+    import simulator.engine  # noqa: F401
+    from app.service import framebuffer as _framebuffer  # noqa: F401  (not `import app...`:
+    # that would rebind this module's Celery `app`)

@@ -43,29 +43,37 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from app.service.admission import admit, cost_of
+from app.service.admission import admit
 from app.service.base import (
     ACTIVE_STATUSES,
     PARKED,
-    Backend,
     BackendSettings,
     Conflict,
-    LimitReached,
     RunNotFound,
     ServiceError,
     Unavailable,
     reply_or_raise,
 )
+from app.service.core import (
+    REPLY_TIMEOUT,
+    ServiceCore,
+    backend_settings,
+    history_args,
+    idle_seconds,
+    int_param,
+    run_info,
+    task_meta,
+)
+from app.service.framebuffer import FrameBuffer, strip_frame
 from app.service.redis_store import REDIS_ERRORS, RedisStore, decode_frame, npz_arrays
-from app.service.worker import branch_config, branch_steps, check_create, check_params
+from app.service.status import Kind
+from app.service.worker import check_create
 from simulator.config import RunConfig
-from simulator.framebuffer import FrameBuffer, strip_frame
 from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service.celery")
 
 DETAIL_FRAMES = 100      # newest frames returned with traces and matrices
-REPLY_TIMEOUT = 30.0     # seconds to wait for a task's answer (evaluate: 4x)
 QUEUED_TIMEOUT = 3.0     # seconds to wait when the run still waits for a worker
 HISTORY_CACHE = 32       # runs whose rebuilt history a server process keeps (~2 MB each)
 POLL_STAMP_EVERY = 1.0   # seconds between this server's "polled" stamps of one run
@@ -94,7 +102,7 @@ class _History:
     last_id: str
 
 
-class CeleryBackend(Backend):
+class CeleryBackend(ServiceCore):
     """Runs as Celery tasks, registry/frames/commands/histories in Redis (module doc)."""
 
     def __init__(self, settings: BackendSettings | None = None, *, redis_url: str,
@@ -104,10 +112,7 @@ class CeleryBackend(Backend):
                  retry_seconds: float = 3.0, **overrides: Any) -> None:
         from app.service.celery_app import QUEUE, Reaper, enqueuer, make_celery
 
-        settings = settings or BackendSettings()
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
-        self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
+        self.settings = backend_settings(settings, overrides)
         self.redis_url = redis_url
         self._safe_url = _strip_password(redis_url)
         self.store = RedisStore(redis_url, prefix=prefix, retry_seconds=retry_seconds, queue=QUEUE)
@@ -148,7 +153,7 @@ class CeleryBackend(Backend):
         self._check_open()
         cfg, checked_view = check_create(config, view, parent)
         cost = admit(cfg, self.settings, self._active_memory())
-        meta = _task_meta(cfg.to_dict())
+        meta = task_meta(cfg.to_dict())
         now = time.time()
         status = "running" if start else "ready"
         step = int(origin["step"]) if origin else 0
@@ -169,7 +174,7 @@ class CeleryBackend(Backend):
             run_id = fields["id"] = secrets.token_hex(4)
             created = self.store.create_run(run_id, fields, self.settings.max_runs)
         if created == 0:
-            raise self._limit_reached()
+            raise self._limit_reached(len(self.store.active_ids()))
         if origin is not None and not self.store.adopt_checkpoint(
                 origin["run"], origin["name"], run_id, step):
             self.store.delete_run(run_id)
@@ -186,16 +191,6 @@ class CeleryBackend(Backend):
     def _check_open(self) -> None:
         if self._closed:
             raise Conflict("backend: shut down")
-
-    def _limit_reached(self) -> LimitReached:
-        s = self.settings
-        active = len(self.store.active_ids())
-        release = (f"paused and unwatched runs are parked (their slot released) after "
-                   f"{s.idle_release:g} s" if s.idle_release > 0 else
-                   "paused runs count (--idle-release 0: never released)")
-        return LimitReached(f"max_runs: {active} runs are active, the limit is {s.max_runs}; "
-                            f"{release}; or stop, delete or let one finish, or raise --max-runs",
-                            field="max_runs")
 
     # ---- idle release ----------------------------------------------------------------------
     def _stamp(self, run_id: str, name: str) -> None:
@@ -242,11 +237,9 @@ class CeleryBackend(Backend):
                 continue
             if now - float(f.get("parking") or 0) < PARK_RETRY:
                 continue
-            since = max(float(f.get("touched") or 0), float(f.get("claimed_at") or 0),
-                        float(f.get("queued_at") or 0), float(f.get("created") or 0))
-            if f.get("status") == "running":
-                since = max(since, float(f.get("polled") or 0))
-            if now - since < idle:
+            touched = max(float(f.get(key) or 0) for key in ("touched", "claimed_at",
+                                                             "queued_at", "created"))
+            if idle_seconds(f["status"], touched, float(f.get("polled") or 0), now) < idle:
                 continue
             self.store.r.hset(self.store.key(f["id"]), "parking", str(now))
             self.store.send_command(f["id"], "quit", {"checkpoint": True, "status": PARKED})
@@ -277,31 +270,19 @@ class CeleryBackend(Backend):
         cfg = f.get("config") or {}
         status = f"unreadable: {f['unreadable']}" if "unreadable" in f else f.get("status", "")
         owner = f.get("owner") if f.get("placement") == "claimed" else None
-        return {
-            "id": f["id"], "config": cfg, "status": status, "step": int(f.get("step") or 0),
-            "steps_per_second": float(f.get("steps_per_second") or 0.0) if status == "running" else 0.0,
-            "created": f.get("created"), "parent": f.get("parent"),
-            "best_test_loss": f.get("best_test_loss"), "last_test_loss": f.get("last_test_loss"),
-            "last_test_step": f.get("last_test_step"),
-            "reference_levels": f.get("reference_levels") or {}, "task_view": f.get("task_view") or {},
-            "phases": f.get("phases") or cfg.get("phases"), "seeds": cfg.get("seeds"),
-            "steps_per_frame": f.get("steps_per_frame") or 0, "target_steps": cfg.get("steps"),
-            "checkpoints": list(f.get("checkpoints") or []),
-            "view": f.get("view") or {"units": list(range(min(4, int(cfg.get("n", 4))))),
-                                      "seed_index": 0},
-            "learning_rates": f.get("learning_rates") or {},
-            "cursor": int(f.get("cursor", -1)),
-            "alive": status in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed"),
-            "pid": _owner_pid(owner),
-            "cost": f.get("cost") or cost_of(cfg),
-            "worker": {"host": owner, "state": f.get("placement") or None,
-                       "attempt": f.get("attempt"), "recoveries": f.get("recoveries", 0)},
-        }
+        return run_info(
+            f["id"], cfg, status, int(f.get("step") or 0), created=f.get("created"),
+            parent=f.get("parent"), facts=f, checkpoints=list(f.get("checkpoints") or []),
+            cursor=int(f.get("cursor", -1)),
+            alive=status in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed"),
+            pid=_owner_pid(owner), meta=f if "reference_levels" in f else None,
+            worker={"host": owner, "state": f.get("placement") or None,
+                    "attempt": f.get("attempt"), "recoveries": f.get("recoveries", 0)})
 
     # ---- telemetry -------------------------------------------------------------------------
     @_redis_errors
     def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
-        after = _int_param(after, "after", -1, 2**62)
+        after = int_param(after, "after", -1, 2**62)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
         self._polled(run_id)
@@ -323,9 +304,7 @@ class CeleryBackend(Backend):
     @_redis_errors
     def history(self, run_id: str, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
-        max_points = _int_param(max_points, "max_points", 1, 100_000)
-        start = None if start is None else _int_param(start, "start", 0, 10**12)
-        stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
+        max_points, start, stop = history_args(max_points, start, stop)
         if not isinstance(run_id, str) or not run_id:
             raise RunNotFound(str(run_id))
         self._polled(run_id)
@@ -369,66 +348,62 @@ class CeleryBackend(Backend):
             cached.last_id = entry_id
         return cached.buffer
 
-    # ---- control ---------------------------------------------------------------------------
+    # ---- control (the path itself: ServiceCore.control) ---------------------------------
     @_redis_errors
     def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+        return super().control(run_id, action, **params)
+
+    def _control_run(self, run_id: str) -> dict[str, Any]:
         f = self._fields(run_id)
         if "unreadable" in f:
             raise Conflict(f"action: run {f['id']} is unreadable ({f['unreadable']}); delete it",
                            field="action")
-        cfg = f["config"]
-        checked = check_params(action, params, int(cfg["n"]), len(cfg["seeds"]))
+        return f
+
+    def _config_of(self, f: dict[str, Any]) -> dict[str, Any]:
+        return f["config"]
+
+    def _id_of(self, f: dict[str, Any]) -> str:
+        return f["id"]
+
+    def _status_of(self, f: dict[str, Any]) -> str:
+        return str(f.get("status", ""))
+
+    def _touch(self, f: dict[str, Any]) -> dict[str, Any]:
         self._stamp(f["id"], "touched")
-        if action == "branch":
-            return self._branch(f, **checked)
-        if not self._active(f):
-            dead = self._control_dead(f, action)
-            if dead is not None:
-                return dead
-            f = self._fields(f["id"])  # parked, now queued again: the action goes to it
-        if f.get("placement") != "claimed" and action == "stop":
-            self.store.settle(f["id"], "stopped")  # never started (or between workers)
-            return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-        timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
-        return self._send(f, action, checked, timeout)
+        return f
+
+    def _has_worker(self, f: dict[str, Any]) -> bool:
+        return self._active(f)
 
     def _active(self, f: dict[str, Any]) -> bool:
         return f.get("status") in ACTIVE_STATUSES and f.get("placement") in ("queued", "claimed")
 
-    def _control_dead(self, f: dict[str, Any], action: str) -> dict[str, Any] | None:
-        """Actions on a run without a task: resume (interrupted, parked, or failed because its
-        workers kept dying) or stop an interrupted or parked one; a parked one is queued
-        again (paused) for any other action but pause (None: now send it); anything else
-        conflicts."""
-        status, run_id = str(f.get("status", "")), f["id"]
-        if status == PARKED:
-            if action == "stop":
-                self.store.settle(run_id, "stopped")
-                return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-            if action == "pause":
-                if f.get("parked_from") == "running":
-                    self.store.r.hset(self.store.key(run_id), "parked_from", '"paused"')
-                return {"ok": True, "status": status, "step": int(f.get("step") or 0)}
-            result = self._resume(f, "running" if action == "resume" else "paused")
-            return result if action == "resume" else None
-        resumable = status == "interrupted" or (status.startswith("failed: worker lost")
-                                                and f.get("resumable"))
-        if resumable and action == "resume":
-            return self._resume(f)
-        if status == "interrupted" and action == "stop":
-            self.store.settle(run_id, "stopped")
-            return {"ok": True, "status": "stopped", "step": int(f.get("step") or 0)}
-        allowed = "resume, stop, branch" if status == "interrupted" else (
-            "resume, branch" if resumable else "branch")
-        raise Conflict(f"action: cannot {action} run {run_id}: it is {status} (allowed: {allowed})",
-                       field="action")
+    def _stop_without_worker(self, f: dict[str, Any]) -> dict[str, Any]:
+        self.store.settle(f["id"], Kind.STOPPED.value)
+        return {"ok": True, "status": Kind.STOPPED.value, "step": int(f.get("step") or 0)}
+
+    def _pause_parked(self, f: dict[str, Any]) -> dict[str, Any]:
+        if f.get("parked_from") == Kind.RUNNING:
+            self.store.r.hset(self.store.key(f["id"]), "parked_from", '"paused"')
+        return {"ok": True, "status": f.get("status"), "step": int(f.get("step") or 0)}
+
+    def _wake(self, f: dict[str, Any]) -> dict[str, Any]:
+        self._resume(f, Kind.PAUSED.value)
+        return self._fields(f["id"])  # queued again: the action goes to it
+
+    def _deliver(self, f: dict[str, Any], action: str, params: dict[str, Any],
+                 timeout: float) -> dict[str, Any]:
+        if f.get("placement") != "claimed" and action == "stop":
+            return self._stop_without_worker(f)  # never started (or between workers)
+        return self._send(f, action, params, timeout)
 
     def _resume(self, f: dict[str, Any], status: str = "running") -> dict[str, Any]:
         self._check_open()
         self.store.r.delete(self.store.key(f["id"], "cmd"))  # e.g. a second park command
         attempt = self.store.activate(f["id"], self.settings.max_runs, status)
         if attempt == 0:
-            raise self._limit_reached()
+            raise self._limit_reached(len(self.store.active_ids()))
         if attempt < 0:
             raise Conflict(f"action: run {f['id']} is already active", field="action")
         self._enqueue(f["id"], attempt)
@@ -456,39 +431,41 @@ class CeleryBackend(Backend):
                                   f"{timeout:.0f} s", field="action")
         return reply_or_raise(reply)
 
-    def _branch(self, f: dict[str, Any], changes: dict[str, Any],
-                checkpoint: str | None = None) -> dict[str, Any]:
-        new = branch_config(f["config"], changes)
+    def _admit_branch(self, config: dict[str, Any]) -> None:
         active = len(self.store.active_ids())
         if active >= self.settings.max_runs:  # refuse before the parent writes a checkpoint
-            raise self._limit_reached()
-        admit(RunConfig.from_dict(new), self.settings, self._active_memory())
-        ck = self._branch_point(f, checkpoint)
-        new = branch_steps(new, changes, f["config"], ck["step"])
-        new_id = self._create(new, start=True, view=f.get("view") or None, parent=f["id"],
-                              origin={"run": f["id"], "name": ck["name"], "step": ck["step"]})
-        return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
-                "status": self._fields(f["id"]).get("status")}
+            raise self._limit_reached(active)
+        admit(RunConfig.from_dict(config), self.settings, self._active_memory())
 
-    def _branch_point(self, f: dict[str, Any], name: str | None) -> dict[str, Any]:
+    def _create_branch(self, f: dict[str, Any], config: dict[str, Any],
+                       point: dict[str, Any]) -> str:
+        return self._create(config, start=True, view=f.get("view") or None, parent=f["id"],
+                            origin={"run": f["id"], "name": point["name"], "step": point["step"]})
+
+    def _refresh(self, f: dict[str, Any]) -> dict[str, Any]:
+        return self._fields(f["id"])
+
+    def _branch_point(self, f: dict[str, Any], name: str | None) -> tuple[dict[str, Any], bool]:
+        """The checkpoint to branch from; one made now is automatic (pruned in turn), so
+        never dropped here."""
         run_id = f["id"]
         ckpts = {c["name"]: c for c in self.store.checkpoints(run_id)}
         if name is not None:
             if name not in ckpts:
                 have = ", ".join(ckpts) or "none"
                 raise ConfigError("checkpoint", f"run {run_id} has no checkpoint {quote(name)}; have: {have}")
-            return ckpts[name]
-        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment:
-            with contextlib.suppress(Conflict, Unavailable):  # automatic, so pruned in turn
+            return ckpts[name], False
+        if self._active(f) and f.get("placement") == "claimed":  # a checkpoint of this moment
+            with contextlib.suppress(Conflict, Unavailable):
                 reply = self._send(f, "checkpoint", {}, REPLY_TIMEOUT)
                 made = {c["name"]: c for c in self.store.checkpoints(run_id)}
                 if reply.get("checkpoint") in made:
-                    return made[reply["checkpoint"]]
+                    return made[reply["checkpoint"]], False
         latest = self.store.checkpoints(run_id)
         if not latest:
             raise Conflict(f"checkpoint: run {run_id} has no checkpoint to branch from",
                            field="checkpoint")
-        return latest[-1]
+        return latest[-1], False
 
     # ---- export / lifecycle ----------------------------------------------------------------
     @_redis_errors
@@ -547,32 +524,6 @@ class CeleryBackend(Backend):
 
 
 # ---- helpers ---------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=256)
-def _task_meta_cached(task: str, task_args: str) -> dict[str, Any]:
-    import json
-
-    from simulator.tasks import make_task
-
-    made = make_task(task, json.loads(task_args))
-    return {"reference_levels": made.reference_levels(), "task_view": made.view()}
-
-
-def _task_meta(config: dict[str, Any]) -> dict[str, Any]:
-    import json
-
-    try:
-        return _task_meta_cached(config["task"], json.dumps(config.get("task_args") or {},
-                                                            sort_keys=True))
-    except Exception:  # shown anyway
-        return {"reference_levels": {}, "task_view": {}}
-
-
-def _int_param(value: Any, name: str, low: int, high: int) -> int:
-    from app.service.local import _int_param as check
-
-    return check(value, name, low, high)
-
-
 def _owner_pid(owner: Any) -> int | None:
     if isinstance(owner, str) and " pid " in owner:
         with contextlib.suppress(ValueError):

@@ -1,5 +1,5 @@
 """The embedded default backend: each run in its own worker process, frames over a pipe into
-a per-run :class:`simulator.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
+a per-run :class:`app.service.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
 
 Process model: the server process holds one :class:`_Handle` per run. A live run has a worker
 process (multiprocessing "spawn" context, one torch thread) and a duplex pipe; a reader thread
@@ -34,9 +34,7 @@ read-only (``read_only`` says why) with every run still listed and readable.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
-import math
 import multiprocessing as mp
 import os
 import secrets
@@ -52,19 +50,28 @@ from typing import Any
 
 from app.service.admission import admit, cost_of
 from app.service.base import (
-    ACTIVE_STATUSES,
     PARKED,
-    RESUMABLE,
-    Backend,
     BackendSettings,
     Conflict,
     InsufficientStorage,
-    LimitReached,
     RunNotFound,
     ServiceError,
     Unavailable,
     reply_or_raise,
 )
+from app.service.core import (
+    REPLY_TIMEOUT,
+    ServiceCore,
+    backend_settings,
+    fold_progress,
+    history_args,
+    idle_seconds,
+    int_param,
+    run_info,
+    task_meta,
+)
+from app.service.framebuffer import FrameBuffer
+from app.service.status import Kind, Status
 from app.service.store import (
     DiskFull,
     Store,
@@ -76,22 +83,14 @@ from app.service.store import (
     run_disk_need,
     size_text,
 )
-from app.service.worker import (
-    WorkerSpec,
-    branch_config,
-    branch_steps,
-    check_create,
-    check_params,
-)
+from app.service.worker import WorkerSpec, check_create
 from app.service.worker import main as worker_main
 from simulator.config import RunConfig
-from simulator.framebuffer import FrameBuffer
 from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.service")
 
 STORE_EVERY = 2.0      # seconds between progress writes to SQLite per run
-REPLY_TIMEOUT = 30.0   # seconds to wait for a worker's answer (evaluate: 4x)
 SUPERVISE_EVERY = 0.2  # seconds between the supervisor's looks at idle and killed workers
 _ENV_LOCK = threading.Lock()
 
@@ -114,6 +113,7 @@ class _Handle:
     buffer: FrameBuffer | None = None
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     pending: dict[int, list[Any]] = field(default_factory=dict)
+    held: list[tuple[list[Any], Any]] = field(default_factory=list)  # replies awaiting state
     next_cmd: int = 0
     clean_exit: bool = False
     fail_reason: str | None = None
@@ -133,14 +133,11 @@ class _Handle:
         return self.process is not None
 
 
-class LocalBackend(Backend):
+class LocalBackend(ServiceCore):
     """Runs in local worker processes; see the module docstring."""
 
     def __init__(self, settings: BackendSettings | None = None, **overrides: Any) -> None:
-        settings = settings or BackendSettings()
-        if overrides:
-            settings = dataclasses.replace(settings, **overrides)
-        self.settings = dataclasses.replace(settings, data_dir=Path(settings.data_dir))
+        self.settings = backend_settings(settings, overrides)
         self._ctx = mp.get_context("spawn")
         self._lock = threading.RLock()
         self._runs: dict[str, _Handle] = {}
@@ -192,8 +189,8 @@ class LocalBackend(Backend):
             adopted += bool(row.get("adopted"))
             h.checkpoints = [c["name"] for c in (row["checkpoints"] if "checkpoints" in row
                                                    else self.store.checkpoints(h.id))]
-            if h.status in ACTIVE_STATUSES:
-                h.status = "interrupted"
+            if Status.parse(h.status).is_active:
+                h.status = Kind.INTERRUPTED.value
                 h.info["steps_per_second"] = 0.0
                 try:
                     self.store.update_run(h.id, status=h.status, info=h.info)
@@ -325,12 +322,7 @@ class LocalBackend(Backend):
         s = self.settings
         active = sum(1 for h in self._runs.values() if h.alive() or h.restart_at is not None)
         if active >= s.max_runs:
-            release = (f"paused and unwatched runs are parked (their slot released) after "
-                       f"{s.idle_release:g} s" if s.idle_release > 0 else
-                       "paused runs count (--idle-release 0: never released)")
-            raise LimitReached(
-                f"max_runs: {active} runs are active, the limit is {s.max_runs}; {release}; "
-                "or stop, delete or let one finish, or raise --max-runs", field="max_runs")
+            raise self._limit_reached(active)
 
     def _active_memory(self) -> list[int]:
         """Estimated peak memory (bytes) of each run that has a worker."""
@@ -386,52 +378,27 @@ class LocalBackend(Backend):
         return h
 
     def _info(self, h: _Handle) -> dict[str, Any]:
-        info, cfg = h.info, h.config
-        meta = self._meta(h)
-        return {
-            "id": h.id, "config": cfg, "status": h.status, "step": h.step,
-            "steps_per_second": info.get("steps_per_second", 0.0) if h.status == "running" else 0.0,
-            "created": h.created, "parent": h.parent,
-            "best_test_loss": info.get("best_test_loss"), "last_test_loss": info.get("last_test_loss"),
-            "last_test_step": info.get("last_test_step"),
-            "reference_levels": meta["reference_levels"], "task_view": meta["task_view"],
-            "phases": info.get("phases", cfg.get("phases")), "seeds": cfg.get("seeds"),
-            "steps_per_frame": info.get("steps_per_frame", 0), "target_steps": cfg.get("steps"),
-            "checkpoints": list(h.checkpoints),
-            "view": info.get("view") or {"units": list(range(min(4, cfg.get("n", 4)))),
-                                         "seed_index": 0},
-            "learning_rates": info.get("learning_rates", {}),
-            "cursor": h.buffer.cursor if h.buffer is not None else info.get("cursor", -1),
-            "alive": h.alive(),
-            "pid": h.process.pid if h.process is not None else None,
-            **({"note": info["note"]} if info.get("note") else {}),
-            "cost": meta["cost"],
-        }
+        return run_info(h.id, h.config, h.status, h.step, created=h.created, parent=h.parent,
+                        facts=h.info, checkpoints=h.checkpoints,
+                        cursor=h.buffer.cursor if h.buffer is not None else h.info.get("cursor", -1),
+                        alive=h.alive(), pid=h.process.pid if h.process is not None else None,
+                        meta=self._meta(h))
 
     def _meta(self, h: _Handle) -> dict[str, Any]:
         if h.meta is None:
-            try:
-                from simulator.tasks import make_task
-
-                task = make_task(h.config["task"], h.config.get("task_args"))
-                h.meta = {"reference_levels": task.reference_levels(), "task_view": task.view()}
-            except Exception:  # an old config that no longer validates: show the run anyway
-                h.meta = {"reference_levels": {}, "task_view": {}}
-            h.meta["cost"] = cost_of(h.config)
+            h.meta = {**task_meta(h.config), "cost": cost_of(h.config)}
         return h.meta
 
     # ---- telemetry -------------------------------------------------------------------------
     def frames(self, run_id: str, after: int = -1) -> tuple[list[dict[str, Any]], int]:
         h = self._polled(self._handle(run_id))
-        after = _int_param(after, "after", -1, 2**62)
+        after = int_param(after, "after", -1, 2**62)
         return self._buffer(h).since(after)
 
     def history(self, run_id: str, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
         h = self._polled(self._handle(run_id))
-        max_points = _int_param(max_points, "max_points", 1, 100_000)
-        start = None if start is None else _int_param(start, "start", 0, 10**12)
-        stop = None if stop is None else _int_param(stop, "stop", 0, 10**12)
+        max_points, start, stop = history_args(max_points, start, stop)
         out = self._buffer(h).history(max_points, start, stop)
         out["run"] = h.id
         return out
@@ -491,54 +458,61 @@ class LocalBackend(Backend):
                     log.warning("run %s: unreadable history %s: %s", h.id, path, exc)
         return self._new_buffer(first_seq=int(h.info.get("cursor", -1)) + 1)
 
-    # ---- control ---------------------------------------------------------------------------
-    def control(self, run_id: str, action: str, **params: Any) -> dict[str, Any]:
+    # ---- control (the path itself: ServiceCore.control) ---------------------------------
+    def _control_run(self, run_id: str) -> _Handle:
         h = self._handle(run_id)
         if h.unreadable is not None:
             raise Conflict(f"action: run {h.id} is unreadable ({h.unreadable[:200]}); repair: "
                            f"{repair_hint(self.settings.data_dir)}", field="action")
-        checked = check_params(action, params, int(h.config["n"]), len(h.config["seeds"]))
+        return h
+
+    def _config_of(self, h: _Handle) -> dict[str, Any]:
+        return h.config
+
+    def _id_of(self, h: _Handle) -> str:
+        return h.id
+
+    def _status_of(self, h: _Handle) -> str:
+        return h.status
+
+    def _touch(self, h: _Handle) -> _Handle:
         with h.send_lock:  # against _park: it parks only what stayed untouched
             h.touched = time.monotonic()
             parking = h.parking
-        if action == "branch":
-            return self._branch(h, **checked)
         if parking and h.reader is not None:  # being parked right now: let it finish
             h.reader.join(REPLY_TIMEOUT)
-        if not h.alive():
-            dead = self._control_dead(h, action)
-            if dead is not None:
-                return dead
-        timeout = REPLY_TIMEOUT * (4 if action == "evaluate" else 1)
-        result = self._send(h, action, checked, timeout)
+        return h
+
+    def _has_worker(self, h: _Handle) -> bool:
+        return h.alive()
+
+    def _restart_due(self, h: _Handle) -> bool:
+        return h.restart_at is not None
+
+    def _stop_without_worker(self, h: _Handle) -> dict[str, Any]:
+        h.restart_at = None
+        self._set_status(h, Kind.STOPPED)
+        return {"ok": True, "status": h.status, "step": h.step}
+
+    def _resume(self, h: _Handle) -> dict[str, Any]:
+        return self._restart(h, start=True)
+
+    def _pause_parked(self, h: _Handle) -> dict[str, Any]:
+        if h.info.get("parked_from") == Kind.RUNNING:
+            h.info["parked_from"] = Kind.PAUSED.value
+            self._set_status(h, h.status)
+        return {"ok": True, "status": h.status, "step": h.step}
+
+    def _wake(self, h: _Handle) -> _Handle:
+        self._restart(h, start=h.restart_at is not None and h.live_status == Kind.RUNNING)
+        return h
+
+    def _deliver(self, h: _Handle, action: str, params: dict[str, Any],
+                 timeout: float) -> dict[str, Any]:
+        result = self._send(h, action, params, timeout)
         if action == "view" and "view" in result:
             h.info["view"] = result["view"]
         return result
-
-    def _control_dead(self, h: _Handle, action: str) -> dict[str, Any] | None:
-        """Actions on a run without a worker. A parked run (or one waiting for its automatic
-        restart) gets a worker for any action but stop and pause (None: now send the action
-        to it); an interrupted or resumable failed one can be resumed or stopped."""
-        status, waiting = h.status, h.restart_at is not None
-        resumable = status in ("interrupted", PARKED) or waiting or (
-            status.startswith("failed: ") and status.endswith(RESUMABLE))
-        if resumable and action == "stop":
-            h.restart_at = None
-            self._set_status(h, "stopped")
-            return {"ok": True, "status": h.status, "step": h.step}
-        if resumable and action == "resume":
-            return self._restart(h, start=True)
-        if status == PARKED and action == "pause":
-            if h.info.get("parked_from") == "running":
-                h.info["parked_from"] = "paused"
-                self._set_status(h, status)
-            return {"ok": True, "status": h.status, "step": h.step}
-        if status == PARKED or waiting:
-            self._restart(h, start=waiting and h.live_status == "running")
-            return None
-        allowed = "resume, stop, branch" if resumable else "branch"
-        raise Conflict(f"action: cannot {action} run {h.id}: it is {h.status} (allowed: {allowed})",
-                       field="action")
 
     def _send(self, h: _Handle, action: str, params: dict[str, Any],
               timeout: float = REPLY_TIMEOUT) -> dict[str, Any]:
@@ -560,28 +534,23 @@ class LocalBackend(Backend):
         reply = slot[0] or {}
         return reply_or_raise(reply)
 
-    def _branch(self, h: _Handle, changes: dict[str, Any],
-                checkpoint: str | None = None) -> dict[str, Any]:
-        new = branch_config(h.config, changes)
+    def _admit_branch(self, config: dict[str, Any]) -> None:
         with self._lock:  # refuse before writing anything (the parent's checkpoint included)
             self._check_open()
             self._check_limit()
             self._check_writable()
-            admit(RunConfig.from_dict(new), self.settings, self._active_memory())
-            self._check_disk(new)
-        ck, temporary = self._branch_point(h, checkpoint)
-        try:
-            new = branch_steps(new, changes, h.config, ck["step"])
-            new_id = self._create(new, start=True, view=h.info.get("view") or None, parent=h.id,
-                                  init={"checkpoint": ck["path"], "branch": True,
-                                        "step": ck["step"]})
-        finally:
-            if temporary:  # the branch holds its own link to it ("origin"): the parent drops it
-                with contextlib.suppress(Exception):
-                    self.store.drop_checkpoint(h.id, ck["name"])
-                    h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
-        return {"ok": True, "id": new_id, "checkpoint": ck["name"], "step": ck["step"],
-                "status": h.status}
+            admit(RunConfig.from_dict(config), self.settings, self._active_memory())
+            self._check_disk(config)
+
+    def _create_branch(self, h: _Handle, config: dict[str, Any], point: dict[str, Any]) -> str:
+        return self._create(config, start=True, view=h.info.get("view") or None, parent=h.id,
+                            init={"checkpoint": point["path"], "branch": True,
+                                  "step": point["step"]})
+
+    def _drop_branch_point(self, h: _Handle, point: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            self.store.drop_checkpoint(h.id, point["name"])
+            h.checkpoints = [c["name"] for c in self.store.checkpoints(h.id)]
 
     def _branch_point(self, h: _Handle, name: str | None) -> tuple[dict[str, Any], bool]:
         """The checkpoint to branch from, and whether it was made for this branch only."""
@@ -671,33 +640,26 @@ class LocalBackend(Backend):
             if kind == "hello":  # idle time counts from when the worker is up
                 h.touched, h.up = time.monotonic(), True
             self._state(h, msg[1])
+            _answer(h.held)
         elif kind == "checkpoint":
             self._checkpointed(h, msg[1])
-        elif kind == "reply":
-            waiter = h.pending.pop(msg[1], None)
+        elif kind == "reply":  # the worker sends its new state right after: answer with it,
+            waiter = h.pending.pop(msg[1], None)  # so a caller then reads the new state
             if waiter is not None:
-                waiter[1][0] = msg[2]
-                waiter[0].set()
+                h.held.append((waiter, msg[2]))
         elif kind == "bye":
             h.clean_exit = True
             self._state(h, msg[1])
+            _answer(h.held)
         elif kind == "failed":
             h.fail_reason = msg[1]
             log.error("run %s failed: %s\n%s", h.id, msg[1], msg[2] if len(msg) > 2 else "")
 
     def _progress(self, h: _Handle, frame: dict[str, Any]) -> None:
-        h.step = int(frame.get("t1", h.step))
-        if "steps_per_second" in frame:
-            h.info["steps_per_second"] = frame["steps_per_second"]
+        h.step = fold_progress(h.info, frame, h.step)
         status = frame.get("run_status")
         if status and status != h.status:
             self._set_status(h, status)
-        losses = frame.get("test_loss")
-        if losses is not None:
-            h.info["last_test_loss"] = losses
-            h.info["last_test_step"] = frame.get("test_step", h.step)
-            best = h.info.get("best_test_loss") or [None] * len(losses)
-            h.info["best_test_loss"] = [_nanmin(a, b) for a, b in zip(best, losses, strict=False)]
 
     def _state(self, h: _Handle, state: dict[str, Any]) -> None:
         if state.get("status") == PARKED:  # parked once the worker has gone, not before
@@ -715,9 +677,9 @@ class LocalBackend(Backend):
             self._maybe_store(h, force=True)
 
     def _set_status(self, h: _Handle, status: str) -> None:
-        h.status = status
-        if status in ACTIVE_STATUSES:
-            h.live_status = status
+        h.status = str(status)
+        if Status.parse(h.status).is_active:
+            h.live_status = h.status
         if h.buffer is not None:
             h.info["cursor"] = h.buffer.cursor
         try:
@@ -759,6 +721,7 @@ class LocalBackend(Backend):
             if process.is_alive():
                 process.kill()
                 process.join(timeout=5)
+        _answer(h.held)
         with h.send_lock:  # from here on, _send sees no worker and waits for nothing
             h.process = None
             waiters = list(h.pending.values())
@@ -771,19 +734,19 @@ class LocalBackend(Backend):
             h.conn.close()
         if h.deleting:
             return
-        killed = None
+        killed, now = None, Status.parse(h.status)
         if not h.clean_exit and self._closed and not h.fail_reason:
-            status = "interrupted"  # did not stop in time at shutdown: resumable all the same
+            status = Kind.INTERRUPTED  # did not stop in time at shutdown: resumable all the same
         elif not h.clean_exit and h.fail_reason:
-            status = f"failed: {h.fail_reason}"
+            status = str(Status.failed(h.fail_reason))
         elif not h.clean_exit:
             killed = _exit_reason(process)
-        elif h.status == "interrupted" and not self._closed:  # its own SIGTERM handler
+        elif now.kind is Kind.INTERRUPTED and not self._closed:  # its own SIGTERM handler
             killed = "worker stopped by SIGTERM"
         elif h.parking and "parked_from" in h.info:
             status = PARKED
-        elif h.status in ACTIVE_STATUSES:
-            status = "interrupted"
+        elif now.is_active:
+            status = Kind.INTERRUPTED
         else:
             status = h.status
         if killed is not None:
@@ -808,8 +771,8 @@ class LocalBackend(Backend):
             return h.live_status or "running"
         log.error("run %s: %s, %d times within %g s: failed (resumable)", h.id, reason,
                   len(h.kills), s.restart_window)
-        return (f"failed: {reason}; restarted {len(h.kills) - 1} times within "
-                f"{s.restart_window:g} s already{RESUMABLE}")
+        return str(Status.failed(f"{reason}; restarted {len(h.kills) - 1} times within "
+                                 f"{s.restart_window:g} s already", resumable=True))
 
     # ---- the supervisor thread -------------------------------------------------------------
     def _supervise(self) -> None:
@@ -836,15 +799,13 @@ class LocalBackend(Backend):
                 except Exception as exc:
                     log.exception("run %s: restart failed", h.id)
                     h.restart_at = None
-                    self._set_status(h, f"failed: restart failed: {type(exc).__name__}{RESUMABLE}")
+                    self._set_status(h, str(Status.failed(
+                        f"restart failed: {type(exc).__name__}", resumable=True)))
             elif idle > 0 and h.alive() and not h.parking and not h.deleting:
                 self._maybe_park(h, idle)
 
     def _idle(self, h: _Handle, idle: float) -> bool:
-        if h.status not in ACTIVE_STATUSES or not h.up:
-            return False
-        since = max(h.touched, h.polled) if h.status == "running" else h.touched
-        return time.monotonic() - since >= idle
+        return h.up and idle_seconds(h.status, h.touched, h.polled, time.monotonic()) >= idle
 
     def _maybe_park(self, h: _Handle, idle: float) -> None:
         """Checkpoint and end an idle worker; the run becomes "parked" when it has gone."""
@@ -927,23 +888,12 @@ class LocalBackend(Backend):
 
 
 # ---- helpers ---------------------------------------------------------------------------
-def _int_param(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool):
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
-    try:
-        number = int(value)
-        if isinstance(value, float) and not value.is_integer():
-            raise ValueError
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]") from None
-    if not low <= number <= high:
-        raise ConfigError(name, f"got {quote(value)}; allowed: an integer in [{low}, {high}]")
-    return number
-
-
-def _nanmin(a: float | None, b: float | None) -> float | None:
-    values = [v for v in (a, b) if v is not None and math.isfinite(v)]
-    return min(values) if values else None
+def _answer(held: list[tuple[list[Any], Any]]) -> None:
+    """Hand the held replies to their callers (the state sent after them is in)."""
+    while held:
+        (event, slot), reply = held.pop(0)
+        slot[0] = reply
+        event.set()
 
 
 def _exit_reason(process: Any) -> str:

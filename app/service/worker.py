@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.schema import MAX_LIVE_CHUNK
+from app.service.status import Status
 from simulator.settings import ConfigError
 
 TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
@@ -226,11 +227,9 @@ class Worker:
         cfg = self.run.config.to_dict()
         cfg["lr"] = self.run.lr.get("basal", cfg["lr"])
         rule_args = dict(cfg["rule_args"])
-        own = getattr(self.run.rule, "own_populations", {}) or {}
-        for pop, rate in self.run.lr.items():
-            key = own.get(pop, f"lr_{pop}")  # e.g. apical -> rule_args.lr_apical
-            if pop not in ("basal", "readout") and key in rule_args:
-                rule_args[key] = rate
+        for key, pop in self.run.rule.live_rates(rule_args).items():  # lr_apical <- apical
+            if pop in self.run.lr and key in rule_args:
+                rule_args[key] = self.run.lr[pop]
         cfg["rule_args"] = rule_args
         return cfg
 
@@ -252,8 +251,7 @@ class Worker:
         self.send("bye", self.state())
 
     def _active(self) -> bool:
-        return self.status not in ("finished", "stopped") and not self.status.startswith(
-            "diverged") and (self.playing or self.budget > 0)
+        return not Status.parse(self.status).is_ended and (self.playing or self.budget > 0)
 
     def _drain(self, block: bool) -> None:
         timeout = 0.5 if block else 0.0
@@ -289,7 +287,7 @@ class Worker:
         self.send("state", self.state())
 
     def _require_live(self, action: str) -> None:
-        if self.status in ("finished", "stopped") or self.status.startswith("diverged"):
+        if Status.parse(self.status).is_ended:
             raise _Refused(f"action: cannot {action} a run that is {self.status}")
 
     def _quit(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -346,8 +344,15 @@ class Worker:
 
     def _do_set(self, **changes: Any) -> dict[str, Any]:
         phases = changes.pop("phases", None)
-        if changes:
-            self.run.set_learning_rates(**changes)
+        live = self.run.rule.live_rates(self.run.config.rule_args)
+        rates: dict[str, float] = {}
+        for key, value in changes.items():
+            if key.startswith("lr_") and key not in live:
+                raise ConfigError(key, f"not a live setting of rule {self.run.config.rule!r}; "
+                                       f"allowed: lr, {', '.join([*self.run.lr, *live])}")
+            rates[live.get(key, key)] = value
+        if rates:
+            self.run.set_learning_rates(**rates)
         if phases is not None:
             self.run.set_phases(phases)
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
@@ -437,6 +442,8 @@ class Worker:
     def _advance(self, k: int, live: bool) -> tuple[Any, Any]:
         """Advance k steps: (telemetry of all k, the traced tail or None). Live chunks record
         traces for their last TRACE_TAIL steps only; the rest runs scalars-only."""
+        from simulator.telemetry import concat
+
         run = self.run
         if not live:
             return run.advance(k, record="scalars"), None
@@ -446,7 +453,7 @@ class Worker:
             if head.diverged_at is not None:
                 return head, None
         tail = run.advance(min(k, TRACE_TAIL), record="traces")
-        return (_merge(head, tail) if head is not None else tail), tail
+        return (concat(head, tail) if head is not None else tail), tail
 
     def _after_chunk(self, tel: Any, traced: Any, live: bool) -> None:
         run = self.run
@@ -798,29 +805,3 @@ class HistoryCSV:
 
 class _Refused(Exception):
     """A command that does not apply in the current state (reported as a conflict)."""
-
-
-def _merge(head: Any, tail: Any) -> Any:
-    """One Telemetry for two consecutive advance() calls (scalars of both, traces of tail)."""
-    import torch
-
-    from simulator.engine import Telemetry
-
-    return Telemetry(
-        start=head.start,
-        loss=torch.cat([head.loss, tail.loss]),
-        phase=head.phase + tail.phase,
-        diagnostics={k: torch.cat([v, tail.diagnostics[k]]) for k, v in head.diagnostics.items()},
-        weight_change={k: v + tail.weight_change[k] for k, v in head.weight_change.items()},
-        diverged_at=tail.diverged_at,
-        alignment=_cat(head.alignment, tail.alignment),
-        norm_ratio=_cat(head.norm_ratio, tail.norm_ratio),
-        compare={k: torch.cat([v, tail.compare[k]]) for k, v in head.compare.items()},
-    )
-
-
-def _cat(a: Any, b: Any) -> Any:
-    """Two steps-first tensors joined (None where either is None)."""
-    import torch
-
-    return None if a is None or b is None else torch.cat([a, b])

@@ -51,10 +51,23 @@ def make_rule_args(name: str, args: dict[str, Any] | None) -> dict[str, Any]:
     return resolve(rule_class(name).settings, args, "rule_args")
 
 
+def live_settings(name: str, args: dict[str, Any] | None = None) -> dict[str, str]:
+    """The rule's settings that can change mid-run (the ``set`` action), each with the
+    population whose learning rate it is, e.g. ``{"lr_apical": "apical"}``: for ``args`` (its
+    rule_args, validated here) when given, else every one the rule may have."""
+    cls = rule_class(name)
+    return cls.live_rates(None if args is None else make_rule_args(name, args))
+
+
+def live_populations() -> dict[str, str]:
+    """Every live setting of every rule -> its population (what ``set`` accepts)."""
+    return {key: pop for cls in RULES.values() for key, pop in cls.live_rates().items()}
+
+
 def make_rule(name: str, net: Network, n_out: int, args: dict[str, Any] | None,
               seeds: list[int]) -> Rule:
     return rule_class(name)(net, n_out, make_rule_args(name, args), seeds)
 
 
-__all__ = ["RULES", "Dense", "Rank1", "Rule", "RuleOutput", "StepContext", "make_rule",
-           "make_rule_args", "rule_class"]
+__all__ = ["RULES", "Dense", "Rank1", "Rule", "RuleOutput", "StepContext", "live_populations",
+           "live_settings", "make_rule", "make_rule_args", "rule_class"]

@@ -147,6 +147,10 @@ class Rule(ABC):
     #: sub-populations beyond basal/readout that the rule owns, with the setting holding
     #: each one's learning rate, e.g. {"apical": "lr_apical"}
     own_populations: ClassVar[dict[str, str]] = {}
+    #: every rule setting that may change mid-run (the service's ``set`` action), with the
+    #: population whose learning rate it is, e.g. {"lr_apical": "apical"}; empty: the
+    #: inverse of ``own_populations``. Which of them apply to a run: :meth:`live_rates`
+    live_settings: ClassVar[dict[str, str]] = {}
     #: diagnostics this rule reports every step (names), so telemetry can preallocate
     diagnostic_names: ClassVar[tuple[str, ...]] = ()
     trains_basal: ClassVar[bool] = True
@@ -226,6 +230,15 @@ class Rule(ABC):
         batched sweep may give each member its own value of these (simulator.sweep); every
         other setting shapes the computation and must be shared."""
         return dict(cls.own_populations)
+
+    @classmethod
+    def live_rates(cls, args: Mapping[str, Any] | None = None) -> dict[str, str]:
+        """Setting -> population of the learning rates that can change mid-run: for these
+        (resolved) settings, or with ``args`` None every one the rule may have."""
+        declared = dict(cls.live_settings) or {key: pop for pop, key in cls.own_populations.items()}
+        if args is None:
+            return declared
+        return {key: pop for pop, key in cls.rate_settings(args).items()}
 
     def learning_rates(self) -> dict[str, float]:
         return {pop: float(self.args[key]) for pop, key in self.rate_settings(self.args).items()}

@@ -25,15 +25,16 @@ random N(0, 1/n_out) matrix), Jacobian (the exact J(t) or the learned J~), label
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
 from simulator.network import Network, matvec, vecmat
-from simulator.rules.base import Rank1, Rule, RuleOutput, StepContext
+from simulator.rules.base import Rank1, RuleOutput, StepContext
+from simulator.rules.family import StatefulRule, feedback_credit, random_feedback
 from simulator.seeding import seed_generator
-from simulator.settings import ConfigError, Setting
+from simulator.settings import Setting
 
 SETTINGS = (
     Setting("feedback", "symmetric", "output-error feedback B onto the apical dendrite",
@@ -75,14 +76,16 @@ def apical_target(q_prev: Tensor, back: Tensor) -> Tensor:
     return q_prev + back
 
 
-class DNI(Rule):
+class DNI(StatefulRule):
     name = "dni"
     per_slot_alpha = True  # the leak through Network's helpers only
     summary = "synthetic gradients in the apical compartment (exact J, symmetric feedback)"
     settings = SETTINGS
     diagnostic_names = ("apical_loss", "jacobian_loss")
     compilable = True
-    _fixed = ("feedback", "jacobian", "label")  # cannot change mid-run
+    fixed_args = ("feedback", "jacobian", "label")  # cannot change mid-run
+    state_keys = ("A", "A_frozen", "J", "B", "a_prev", "q_prev")
+    live_settings: ClassVar[dict[str, str]] = {"lr_apical": "apical", "lr_jacobian": "jacobian"}
 
     def __init__(self, net: Network, n_out: int, args: dict, seeds: list[int]) -> None:
         super().__init__(net, n_out, args, seeds)
@@ -94,12 +97,8 @@ class DNI(Rule):
         self.A_frozen = self.A.clone()
         self.learned = args["jacobian"] == "learned"
         self.J = net.W_rec.clone() if self.learned else None  # J~(0) = W_rec
-        if args["feedback"] == "random":
-            Bs = [torch.randn(n, n_out, generator=seed_generator("feedback", s),
-                              dtype=torch.float64) / n_out**0.5 for s in seeds]
-            self.B: Tensor | None = torch.stack(Bs).to(net.W)
-        else:
-            self.B = None
+        random = args["feedback"] == "random"
+        self.B: Tensor | None = random_feedback(seeds, n, n_out, net.W) if random else None
         self.tanh_label = args["label"] == "tanh"
         self.a_prev: Tensor | None = None  # a~(t-1) = [r(t-1); y(t-1); 1]
         self.q_prev: Tensor | None = None  # q(t-1) = B e(t-1), B as it was at step t-1
@@ -152,15 +151,9 @@ class DNI(Rule):
             rates["jacobian"] = "lr_jacobian"
         return rates
 
-    def set_args(self, **changes: object) -> None:
-        for key in changes:
-            if key in self._fixed:
-                raise ConfigError(f"rule_args.{key}", "cannot change mid-run; start a branch")
-        super().set_args(**changes)
-
     def feedback(self, e: Tensor, net: Network) -> Tensor:
         """q = B e: the output error as it arrives at the apical dendrites."""
-        return vecmat(e, net.readout) if self.B is None else matvec(self.B, e)
+        return feedback_credit(self.B, e, net)
 
     def step(self, ctx: StepContext) -> RuleOutput:
         net, out = ctx.net, RuleOutput()
@@ -203,15 +196,3 @@ class DNI(Rule):
     def after_update(self, t: int) -> None:
         if (t + 1) % self.args["refresh"] == 0:
             self.A_frozen.copy_(self.A)
-
-    def state_dict(self) -> dict:
-        keep = ("A", "A_frozen", "J", "B", "a_prev", "q_prev")
-        return {k: None if getattr(self, k) is None else getattr(self, k).clone() for k in keep}
-
-    def load_state_dict(self, state: dict) -> None:
-        for key, value in state.items():
-            current = getattr(self, key)
-            if isinstance(current, Tensor) and value is not None:
-                current.copy_(value)
-            else:
-                setattr(self, key, None if value is None else value.to(self.A))

@@ -263,13 +263,6 @@ class FrameBuffer:
             self._first_seq = self._next_seq
             self._ring = [None] * self.live_frames
 
-    def latest(self) -> dict[str, Any] | None:
-        """The newest frame, or None."""
-        with self._lock:
-            if self._next_seq == self._first_seq:
-                return None
-            return self._ring[(self._next_seq - 1) % self.live_frames]
-
     def history(self, max_points: int = 500, start: int | None = None,
                 stop: int | None = None) -> dict[str, Any]:
         """Decimated scalar history over steps [start, stop] (default: the whole run), at most
