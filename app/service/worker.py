@@ -454,11 +454,15 @@ class Worker:
         return {}
 
     def _do_set(self, **changes: Any) -> dict[str, Any]:
+        event = {"step": self.run.t, "action": "set", **changes}
         phases = changes.pop("phases", None)
         if changes:
             self.run.set_learning_rates(**changes)
         if phases is not None:
             self.run.set_phases(phases)
+        # into the history (every backend's FrameBuffer keeps it): the exports' events
+        self.send("summary", {"t0": self.run.t, "t1": self.run.t, "events": [event],
+                              "wall": time.time()})
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
 
     def _do_view(self, units: list[int] | None = None, seed_index: int | None = None) -> dict:
