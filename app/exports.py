@@ -54,7 +54,7 @@ from app.service.base import Backend
 FRAME_POINTS = 100_000
 #: runs in one zip at most
 MAX_ZIP_RUNS = 64
-BLOCK = 1 << 20
+BLOCK = 1 << 18  # bytes read and sent at a time
 _NOT_FINITE = {"nan": "", "inf": "", "-inf": ""}
 _RUN_KEYS = ("id", "status", "step", "created", "parent", "seeds", "phases",
              "learning_rates", "best_test_loss", "last_test_loss")
@@ -208,7 +208,7 @@ def joined_rows(rs: RunScalars) -> Iterator[list[str]]:
         except ValueError:
             continue
         last = step + block - 1
-        j = bisect.bisect_right(span_starts, last) - 1
+        j = bisect.bisect_right(span_starts, step) - 1  # the phase at the row's (first) step
         phase = str(rs.spans[j][2]) if j >= 0 and int(rs.spans[j][1]) > step else ""
         t = _last_in(rs.test_steps, step, last)
         test = ""

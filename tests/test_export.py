@@ -179,3 +179,79 @@ def test_bad_and_unknown_ids_are_named(api: str, tmp_path: Path) -> None:
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=10)
     assert err.value.code == 401  # no token: signed out like the rest of the API
+
+
+def test_settings_changes_survive_a_history_snapshot() -> None:
+    from simulator.framebuffer import FrameBuffer
+
+    buf = FrameBuffer()
+    buf.fold({"t0": 0, "t1": 10, "events": [{"step": 10, "action": "set", "lr": 0.01}]})
+    buf.fold({"t0": 10, "t1": 10, "events": [{"step": 10, "action": "set", "phases": "all"},
+                                             {"step": "bad"}, "bad"]})
+    again = FrameBuffer.restore(buf.snapshot())
+    want = [{"step": 10, "action": "set", "lr": 0.01},
+            {"step": 10, "action": "set", "phases": "all"}]
+    assert buf.history()["events"] == want and again.history()["events"] == want
+    assert again.history(start=11)["events"] == []
+
+
+def _big_run(tmp_path: Path, rows: int) -> Any:
+    """A RunScalars over a coarsened table of ``rows`` rows (two seeds), with per-frame parts."""
+    import numpy as np
+
+    from app.exports import RunScalars
+
+    path = tmp_path / "scalars.csv"
+    steps = np.repeat(np.arange(rows // 2) * 4, 2)
+    seeds = np.tile([0, 1], rows // 2)
+    loss = np.linspace(2.0, 0.1, rows)
+    with open(path, "w") as f:
+        f.write("step,seed,train_loss,apical_loss,alignment,block\n")
+        np.savetxt(f, np.stack([steps, seeds, loss, loss / 2, loss / 3, np.full(rows, 4)], 1),
+                   fmt="%d,%d,%.7g,%.7g,%.7g,%d")
+    return RunScalars(
+        run_id="big", name="dni", info={"seeds": [0, 1]}, config={"seeds": [0, 1]},
+        csv_path=path, csv_size=path.stat().st_size,
+        header=["step", "seed", "train_loss", "apical_loss", "alignment", "block"],
+        test_steps=[5, 4001], test_values=[[0.5, 0.25], [0.125, None]],
+        norm_steps=[3, 7], norms={"basal": [1.5, 2.5]}, spans=[[0, 6, "a"], [6, 10**9, "b"]],
+        events=[])
+
+
+def test_the_exports_stream_the_table_block_by_block(tmp_path: Path) -> None:
+    """The table is read and sent in blocks of about 256 KiB, never read whole first: rows
+    changed in the file after the first block went out come out changed."""
+    from app.exports import BLOCK, run_json, scalars_csv
+
+    for build in (scalars_csv, run_json):
+        rs = _big_run(tmp_path, 30_000)
+        assert rs.csv_size > 4 * BLOCK
+        chunks = build(rs)
+        sent = [next(chunks)]
+        while sum(map(len, sent)) < BLOCK:
+            sent.append(next(chunks))
+        data = rs.csv_path.read_bytes()
+        half = len(data) // 2  # the second half: every 1 becomes 7 (same length)
+        rs.csv_path.write_bytes(data[:half] + data[half:].replace(b"1", b"7"))
+        sent += list(chunks)
+        assert max(map(len, sent)) < 2 * BLOCK
+        last = rs.csv_path.read_bytes().splitlines()[-1].decode().split(",")
+        tail = b"".join(sent).decode().rstrip("]}\n")
+        assert f"{last[0]},{last[1]},{last[2]}" in tail[-400:].replace("[", ""), (build, last)
+
+
+def test_the_coarsened_table_gets_the_values_measured_in_each_block(tmp_path: Path) -> None:
+    from app.exports import scalars_csv
+
+    rs = _big_run(tmp_path, 200)
+    lines = b"".join(scalars_csv(rs)).decode().splitlines()
+    assert lines[0] == ("step,seed,train_loss,apical_loss,alignment,phase,test_loss,"
+                        "weight_norm_basal,block")
+    # a block of 4 steps gets the per-frame values measured inside it (test loss per seed)
+    joined = [[row[i] for i in (0, 1, 5, 6, 7, 8)] for row in
+              (line.split(",") for line in lines[1:7])]
+    assert joined == [["0", "0", "a", "", "1.5", "4"], ["0", "1", "a", "", "1.5", "4"],
+                      ["4", "0", "a", "0.5", "2.5", "4"], ["4", "1", "a", "0.25", "2.5", "4"],
+                      ["8", "0", "b", "", "", "4"], ["8", "1", "b", "", "", "4"]]
+    assert lines[-1].split(",")[5:8] == ["b", "", ""]
+    assert lines[1].split(",")[2:5] == ["2", "1", "0.6666667"]
