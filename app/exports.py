@@ -29,7 +29,7 @@ sign-in and access checks as the rest of the API):
     GET /api/runs/<id>/export/scalars.csv    the joined per-step table
     GET /api/runs/<id>/export/events.csv     the settings changes
     GET /api/runs/<id>/export/run.json       the whole document
-    GET /api/export.zip?ids=A,B[&name=...]   one CSV, events CSV and JSON per run
+    GET /api/export.zip?ids=A,B[&kind=all|csv|json]   a zip with each run's files
 """
 
 from __future__ import annotations
@@ -325,11 +325,20 @@ class _Pipe(io.RawIOBase):
         return data
 
 
-def run_files(rs: RunScalars) -> list[tuple[str, Iterable[bytes]]]:
-    """One run's files in a zip: its CSV, events CSV and JSON, named by run."""
-    return [(export_name(rs.name, rs.run_id, "csv"), scalars_csv(rs)),
-            (export_name(rs.name, rs.run_id, "events.csv"), [events_csv(rs)]),
-            (export_name(rs.name, rs.run_id, "json"), run_json(rs))]
+KINDS = ("all", "csv", "json")
+
+
+def run_files(rs: RunScalars, kind: str = "all") -> list[tuple[str, Iterable[bytes]]]:
+    """One run's files in a zip, named by run: "all", its CSV, events CSV and JSON; "csv",
+    the CSV and (when the run has settings changes) the events CSV; "json", the JSON."""
+    files: list[tuple[str, Iterable[bytes]]] = []
+    if kind in ("all", "csv"):
+        files.append((export_name(rs.name, rs.run_id, "csv"), scalars_csv(rs)))
+        if kind == "all" or rs.events:
+            files.append((export_name(rs.name, rs.run_id, "events.csv"), [events_csv(rs)]))
+    if kind in ("all", "json"):
+        files.append((export_name(rs.name, rs.run_id, "json"), run_json(rs)))
+    return files
 
 
 def zip_stream(files: Iterable[tuple[str, Iterable[bytes]]]) -> Iterator[bytes]:
@@ -408,17 +417,21 @@ def parse_ids(raw: str | None) -> list[str]:
 def export_zip() -> Response:
     """One zip of every ticked run's files (404 naming the first unknown run, before any
     byte is sent)."""
-    from app.api import backend
+    from app.api import BadRequest, backend
     from app.dashboard.names import names_by_id
+    from simulator.settings import quote
 
     ids = parse_ids(request.args.get("ids"))
+    kind = request.args.get("kind") or "all"
+    if kind not in KINDS:
+        raise BadRequest(f"kind: got {quote(kind)}; allowed: {', '.join(KINDS)}", field="kind")
     be = backend()
     infos = [be.get(rid) for rid in ids]
     named = names_by_id(infos)
     runs = [gather(be, str(info["id"]), named[str(info["id"])]) for info in infos]
     name = export_name(runs[0].name, runs[0].run_id, "zip") if len(runs) == 1 \
-        else f"plasticity-{len(runs)}-runs.zip"
-    return _attachment(zip_stream(f for rs in runs for f in run_files(rs)),
+        else f"plasticity-{len(runs)}-runs.zip" if kind == "all" else f"runs-{kind}.zip"
+    return _attachment(zip_stream(f for rs in runs for f in run_files(rs, kind)),
                        "application/zip", name)
 
 

@@ -1,0 +1,177 @@
+/*
+ * Plasticity Lab exports, composed in the browser (see app/dashboard/export.py):
+ *   image:    one panel as PNG or SVG at 2x or 3x, with the setup as a title line on the
+ *             exported image only (Plotly.toImage of a copy of the figure);
+ *   slide:    every visible panel in one PNG, a grid of 1920x1080 CSS pixels drawn at 2x,
+ *             the setup underneath (Plotly.toImage per graph, then a canvas);
+ *   download: fetch a data export (the API's streamed CSV / JSON / zip) as a download.
+ * Files are named by run and panel (export-meta, from the server). Nothing leaves the machine.
+ */
+(function () {
+    "use strict";
+    const plab = (window.plab = window.plab || {});
+    const FONT = "Inter, 'Segoe UI', Helvetica, Arial, sans-serif";
+    const TITLE_PX = 15;
+
+    function graphDiv(gid) {
+        const host = document.getElementById(gid);
+        return host ? host.querySelector(".js-plotly-plot") : null;
+    }
+
+    function visible(el) {
+        if (!el || !el.offsetParent) return false;
+        const box = el.getBoundingClientRect();
+        return box.width > 0 && box.height > 0;
+    }
+
+    function save(url, filename) {
+        const a = document.createElement("a");
+        a.href = url;
+        a.download = filename;
+        a.style.display = "none";
+        document.body.appendChild(a);
+        a.click();
+        setTimeout(() => a.remove(), 0);
+    }
+
+    function say(text) {
+        const el = document.getElementById("export-msg");
+        if (el) el.textContent = text;
+    }
+
+    function escapeHtml(s) {
+        return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
+    }
+
+    /* A copy of the graph's figure with the setup as a title line above the plot. */
+    function titled(gd, lines, width, height) {
+        const layout = JSON.parse(JSON.stringify(gd.layout || {}));
+        const margin = Object.assign({l: 60, r: 30, t: 40, b: 50}, layout.margin || {});
+        const extra = (lines.length || 0) * (TITLE_PX + 6) + 10;
+        margin.t = (margin.t || 0) + extra;
+        layout.margin = margin;
+        layout.width = width;
+        layout.height = height + extra;
+        layout.title = {
+            text: lines.map(escapeHtml).join("<br>"), x: 0.01, xanchor: "left", xref: "paper",
+            y: 1, yanchor: "top", yref: "container", pad: {t: 8},
+            font: {size: TITLE_PX, family: FONT, color: "#1f2937"},
+        };
+        return {data: gd.data, layout: layout, extra: extra};
+    }
+
+    function panelImage(panel, format, scale, meta) {
+        const gid = (meta.graphs || {})[panel];
+        const gd = graphDiv(gid);
+        if (!gd || !gd._fullLayout || !window.Plotly) {
+            say("no " + panel + " plot to save yet");
+            return Promise.resolve(null);
+        }
+        const width = Math.round(gd._fullLayout.width), height = Math.round(gd._fullLayout.height);
+        const fig = titled(gd, meta.title || [], width, height);
+        const name = ((meta.files || {})[panel] || ("plasticity-" + panel)) + "." + format;
+        return window.Plotly.toImage({data: fig.data, layout: fig.layout},
+                                     {format: format, scale: scale, width: width,
+                                      height: height + fig.extra})
+            .then((url) => {
+                save(url, name);
+                plab.lastExport = {name: name, width: width * scale,
+                                   height: (height + fig.extra) * scale};
+                say("saved " + name);
+                return name;
+            });
+    }
+
+    function loadImage(url) {
+        return new Promise((resolve, reject) => {
+            const img = new Image();
+            img.onload = () => resolve(img);
+            img.onerror = () => reject(new Error("image did not load"));
+            img.src = url;
+        });
+    }
+
+    function slide(meta) {
+        const size = meta.slide_size || {width: 1920, height: 1080, scale: 2};
+        const W = size.width, H = size.height, S = size.scale;
+        const graphs = meta.graphs || {};
+        const shown = Object.keys(graphs).map((p) => graphDiv(graphs[p]))
+            .filter((gd) => gd && gd._fullLayout && visible(gd));
+        if (!shown.length || !window.Plotly) {
+            say("no visible panel to put on a slide");
+            return Promise.resolve(null);
+        }
+        const lines = meta.title || [];
+        const footer = Math.max(60, lines.length * 30 + 24);
+        const cols = shown.length <= 1 ? 1 : shown.length <= 4 ? 2 : 3;
+        const rows = Math.ceil(shown.length / cols);
+        const cw = Math.floor(W / cols), ch = Math.floor((H - footer) / rows);
+        return Promise.all(shown.map((gd) => window.Plotly.toImage(
+            {data: gd.data, layout: Object.assign(JSON.parse(JSON.stringify(gd.layout || {})),
+                                                  {width: cw, height: ch})},
+            {format: "png", width: cw, height: ch, scale: S}).then(loadImage)))
+            .then((images) => {
+                const canvas = document.createElement("canvas");
+                canvas.width = W * S;
+                canvas.height = H * S;
+                const c = canvas.getContext("2d");
+                c.fillStyle = "#ffffff";
+                c.fillRect(0, 0, canvas.width, canvas.height);
+                images.forEach((img, i) => {
+                    const x = (i % cols) * cw, y = Math.floor(i / cols) * ch;
+                    c.drawImage(img, x * S, y * S, cw * S, ch * S);
+                });
+                c.fillStyle = "#1f2937";
+                c.font = (20 * S) + "px " + FONT;
+                c.textBaseline = "top";
+                lines.forEach((line, i) => {
+                    c.fillText(line, 24 * S, (H - footer + 12 + i * 30) * S, (W - 48) * S);
+                });
+                return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
+            })
+            .then((blob) => {
+                const name = (meta.slide || "plasticity-slide") + ".png";
+                const url = URL.createObjectURL(blob);
+                save(url, name);
+                setTimeout(() => URL.revokeObjectURL(url), 60000);
+                plab.lastExport = {name: name, width: W * S, height: H * S,
+                                   panels: shown.length};
+                say("saved " + name + " (" + shown.length + " panels)");
+                return name;
+            });
+    }
+
+    plab.exportImage = panelImage;
+    plab.exportSlide = slide;
+
+    const ns = (window.dash_clientside = window.dash_clientside || {});
+    Object.assign(ns, {
+        plab_export: {
+            image: function (_nImage, _nSlide, panel, format, scale, meta) {
+                const dc = window.dash_clientside;
+                const trigger = ((dc.callback_context || {}).triggered || [])[0] || {};
+                meta = meta || {};
+                const job = String(trigger.prop_id || "").startsWith("btn-slide")
+                    ? slide(meta)
+                    : panelImage(panel, format === "svg" ? "svg" : "png",
+                                 scale === 3 ? 3 : 2, meta);
+                job.catch((err) => say("export failed: " + err.message));
+                return dc.no_update;
+            },
+            toolbar: function (meta) {
+                const graphs = (meta || {}).graphs || {}, configs = (meta || {}).toolbar || {};
+                Object.keys(configs).forEach((panel) => {
+                    const gd = graphDiv(graphs[panel]);
+                    if (gd && gd.data && window.Plotly) {
+                        window.Plotly.react(gd, gd.data, gd.layout, configs[panel]);
+                    }
+                });
+                return window.dash_clientside.no_update;
+            },
+            download: function (link) {
+                if (link && link.url) save(link.url, "");
+                return window.dash_clientside.no_update;
+            },
+        },
+    });
+})();
