@@ -528,6 +528,7 @@ def openapi_document() -> dict[str, Any]:
                          "description": "Runs in background workers, live telemetry frames after "
                                         "a cursor, control, persistent history."},
                 "paths": paths, "components": {"schemas": schemas}}
+    from app.exports import add_openapi as add_exports
     from app.sharing import add_openapi  # sign-in, viewer links, copies
 
-    return add_openapi(document)
+    return add_exports(add_openapi(document))

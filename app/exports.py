@@ -439,3 +439,44 @@ def export_zip() -> Response:
 def _errors(exc: Exception) -> Response:
     """Errors answer like the rest of the API ("field: message" JSON)."""
     return api_errors(exc)
+
+
+def add_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (app.api's OpenAPI) with the export routes."""
+    err = {"description": "error naming the field",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    run_id = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+
+    def ok(mime: str, text: str) -> dict[str, Any]:
+        schema = {"type": "string", "format": "binary"} if mime == "application/zip" else (
+            {"type": "object"} if mime == "application/json" else {"type": "string"})
+        return {"description": text, "content": {mime: {"schema": schema}}}
+
+    def one(summary: str, op: str, mime: str, text: str) -> dict[str, Any]:
+        return {"parameters": [run_id], "get": {
+            "summary": summary, "operationId": op,
+            "responses": {"200": ok(mime, text), "404": err}}}
+
+    paths = document["paths"]
+    paths["/api/runs/{run_id}/export/scalars.csv"] = one(
+        "Every scalar per step: the history CSV joined on step with phase, test_loss (per "
+        "seed, where measured) and weight_norm_<pop> (per frame)", "exportScalars", "text/csv",
+        "CSV: step, seed, train_loss, rule losses, alignment..., phase, test_loss, "
+        "weight_norm_<pop>..., block")
+    paths["/api/runs/{run_id}/export/events.csv"] = one(
+        "The run's settings changes (set actions)", "exportEvents", "text/csv",
+        "CSV: step, action, setting, value")
+    paths["/api/runs/{run_id}/export/run.json"] = one(
+        "Every scalar as one JSON document", "exportRunJson", "application/json",
+        "{run, config, columns, rows, series: {test_loss, weight_norm, phases}, events}")
+    paths["/api/export.zip"] = {"get": {
+        "summary": "A zip of several runs' exports, each file named by run",
+        "operationId": "exportZip",
+        "parameters": [
+            {"name": "ids", "in": "query", "required": True, "description":
+             f"1 to {MAX_ZIP_RUNS} run ids separated by commas", "schema": {"type": "string"}},
+            {"name": "kind", "in": "query", "required": False, "description":
+             "all (CSV, events CSV and JSON per run), csv or json",
+             "schema": {"type": "string", "enum": list(KINDS), "default": "all"}}],
+        "responses": {"200": ok("application/zip", "zip"), "400": err, "404": err}}}
+    return document
