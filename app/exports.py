@@ -41,7 +41,7 @@ import json
 import math
 import re
 import zipfile
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,22 @@ def _last_in(steps: Sequence[int], lo: int, hi: int) -> int:
     return i if i >= 0 and steps[i] >= lo else -1
 
 
+def _schedule_phase(rs: RunScalars) -> Callable[[int], str] | None:
+    """The phase at a step from the run's phase schedule, for steps older than the history's
+    phase spans (it keeps the newest 4,096); None when the phases were changed mid-run (the
+    config holds only the current schedule) or cannot be read."""
+    from simulator.phases import parse_schedule
+
+    text = rs.config.get("phases")
+    if not isinstance(text, str) or any("phases" in e for e in rs.events):
+        return None
+    try:
+        schedule = parse_schedule(text)
+    except ValueError:
+        return None
+    return lambda t: schedule.at(t).name
+
+
 def joined_rows(rs: RunScalars) -> Iterator[list[str]]:
     """The joined table's rows as text fields (``columns`` order; "" where not measured,
     numbers as the file or ``repr`` writes them)."""
@@ -195,6 +211,7 @@ def joined_rows(rs: RunScalars) -> Iterator[list[str]]:
     seeds = [int(s) for s in rs.info.get("seeds") or rs.config.get("seeds") or []]
     seed_index = {s: i for i, s in enumerate(seeds)}
     span_starts = [int(s[0]) for s in rs.spans]
+    early = _schedule_phase(rs)
     pops = list(rs.norms)
     norm_text = [[_text(rs.norms[p][i]) for p in pops] for i in range(len(rs.norm_steps))]
     no_norms = [""] * len(pops)
@@ -210,6 +227,8 @@ def joined_rows(rs: RunScalars) -> Iterator[list[str]]:
         last = step + block - 1
         j = bisect.bisect_right(span_starts, step) - 1  # the phase at the row's (first) step
         phase = str(rs.spans[j][2]) if j >= 0 and int(rs.spans[j][1]) > step else ""
+        if not phase and early is not None and (not span_starts or step < span_starts[0]):
+            phase = early(step)
         t = _last_in(rs.test_steps, step, last)
         test = ""
         if t >= 0:

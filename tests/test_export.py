@@ -255,3 +255,13 @@ def test_the_coarsened_table_gets_the_values_measured_in_each_block(tmp_path: Pa
                       ["8", "0", "b", "", "", "4"], ["8", "1", "b", "", "", "4"]]
     assert lines[-1].split(",")[5:8] == ["b", "", ""]
     assert lines[1].split(",")[2:5] == ["2", "1", "0.6666667"]
+    # steps older than the phase spans the history kept: from the run's schedule, unless
+    # the phases were changed mid-run (then unknown: empty)
+    rs.spans = [[300, 10**9, "late"]]  # rows 150 on (a row is 4 steps of one of 2 seeds)
+    rs.config["phases"] = "apical-then-basal"
+    phases = [line.split(",")[5] for line in b"".join(scalars_csv(rs)).decode().splitlines()[1:]]
+    assert phases[:2] == ["apical", "apical"] and phases[50:52] == ["basal", "basal"]
+    assert set(phases[100:150]) == {"apical"} and set(phases[150:]) == {"late"}
+    rs.events = [{"step": 40, "action": "set", "phases": "all"}]
+    phases = [line.split(",")[5] for line in b"".join(scalars_csv(rs)).decode().splitlines()[1:]]
+    assert set(phases[:150]) == {""} and set(phases[150:]) == {"late"}
