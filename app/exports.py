@@ -80,6 +80,12 @@ def setup_line(name: str, config: Mapping[str, Any]) -> str:
     rates = [f"lr {num(config.get('lr'))}"] if config.get("lr") is not None else []
     rates += [f"{key} {num(value)}" for key, value in sorted(rule_args.items())
               if key.startswith("lr_") and isinstance(value, int | float)]
+    from simulator.phases import PRESETS
+
+    phases = str(config.get("phases", "all"))
+    phases = next((name for name, text in PRESETS.items() if text == phases), phases)
+    if len(phases) > 40:
+        phases = phases[:39] + "…"
     seeds = config.get("seeds")
     seeds = ",".join(map(str, seeds[:4])) + ("…" if len(seeds) > 4 else "") \
         if isinstance(seeds, list) else seeds
@@ -87,7 +93,7 @@ def setup_line(name: str, config: Mapping[str, Any]) -> str:
              f"n {config.get('n', '?')}", *rates,
              f"α {num(config['alpha'])}" if config.get("alpha") is not None else "",
              f"seeds {seeds}" if seeds is not None else "",
-             f"phases {config.get('phases', 'all')}", f"{num(config.get('steps'))} steps"]
+             f"phases {phases}", f"{num(config.get('steps'))} steps"]
     setup = " · ".join(p for p in parts if p)
     return setup if not name or name == config.get("rule") else f"{name} — {setup}"
 

@@ -43,20 +43,45 @@
         return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
     }
 
-    /* A copy of the graph's figure with the setup as a title line above the plot. */
+    /* Lines of at most about ``width`` pixels, broken at " · ". */
+    function wrap(lines, width) {
+        const perLine = Math.max(20, Math.floor((width - 24) / (TITLE_PX * 0.55)));
+        const out = [];
+        lines.forEach((line) => {
+            let cur = "";
+            String(line).split(" · ").forEach((part) => {
+                const next = cur ? cur + " · " + part : part;
+                if (cur && next.length > perLine) {
+                    out.push(cur);
+                    cur = part;
+                } else {
+                    cur = next;
+                }
+            });
+            if (cur) out.push(cur);
+        });
+        return out;
+    }
+
+    /* A copy of the graph's figure with the setup as title lines in a band added above it
+     * (one annotation per line, placed in pixels from the plot area Plotly laid out). */
     function titled(gd, lines, width, height) {
         const layout = JSON.parse(JSON.stringify(gd.layout || {}));
-        const margin = Object.assign({l: 60, r: 30, t: 40, b: 50}, layout.margin || {});
-        const extra = (lines.length || 0) * (TITLE_PX + 6) + 10;
-        margin.t = (margin.t || 0) + extra;
-        layout.margin = margin;
+        const size = gd._fullLayout._size;
+        const wrapped = wrap(lines, width);
+        const lineH = TITLE_PX + 6;
+        const extra = wrapped.length ? wrapped.length * lineH + 12 : 0;
+        const top = size.t + extra;
+        layout.margin = Object.assign({}, layout.margin || {},
+                                      {l: size.l, r: size.r, t: top, b: size.b});
         layout.width = width;
         layout.height = height + extra;
-        layout.title = {
-            text: lines.map(escapeHtml).join("<br>"), x: 0.01, xanchor: "left", xref: "paper",
-            y: 1, yanchor: "top", yref: "container", pad: {t: 8},
+        layout.annotations = (layout.annotations || []).concat(wrapped.map((text, i) => ({
+            text: escapeHtml(text), showarrow: false, xref: "paper", yref: "paper",
+            x: (12 - size.l) / size.w, xanchor: "left",
+            y: 1 + (top - 6 - i * lineH) / size.h, yanchor: "top", align: "left",
             font: {size: TITLE_PX, family: FONT, color: "#1f2937"},
-        };
+        })));
         return {data: gd.data, layout: layout, extra: extra};
     }
 
@@ -97,6 +122,12 @@
         const graphs = meta.graphs || {};
         const shown = Object.keys(graphs).map((p) => graphDiv(graphs[p]))
             .filter((gd) => gd && gd._fullLayout && visible(gd));
+        const heads = shown.map((gd) => {
+            const section = gd.closest("section");
+            const h = section ? section.querySelector("h3") : null;
+            return h ? h.textContent.trim() : "";
+        });
+        const HEAD = 36;
         if (!shown.length || !window.Plotly) {
             say("no visible panel to put on a slide");
             return Promise.resolve(null);
@@ -108,8 +139,8 @@
         const cw = Math.floor(W / cols), ch = Math.floor((H - footer) / rows);
         return Promise.all(shown.map((gd) => window.Plotly.toImage(
             {data: gd.data, layout: Object.assign(JSON.parse(JSON.stringify(gd.layout || {})),
-                                                  {width: cw, height: ch})},
-            {format: "png", width: cw, height: ch, scale: S}).then(loadImage)))
+                                                  {width: cw, height: ch - HEAD})},
+            {format: "png", width: cw, height: ch - HEAD, scale: S}).then(loadImage)))
             .then((images) => {
                 const canvas = document.createElement("canvas");
                 canvas.width = W * S;
@@ -117,9 +148,13 @@
                 const c = canvas.getContext("2d");
                 c.fillStyle = "#ffffff";
                 c.fillRect(0, 0, canvas.width, canvas.height);
+                c.textBaseline = "top";
                 images.forEach((img, i) => {
                     const x = (i % cols) * cw, y = Math.floor(i / cols) * ch;
-                    c.drawImage(img, x * S, y * S, cw * S, ch * S);
+                    c.fillStyle = "#1f2937";
+                    c.font = "600 " + (18 * S) + "px " + FONT;
+                    c.fillText(heads[i], (x + 16) * S, (y + 10) * S, (cw - 32) * S);
+                    c.drawImage(img, x * S, (y + HEAD) * S, cw * S, (ch - HEAD) * S);
                 });
                 c.fillStyle = "#1f2937";
                 c.font = (20 * S) + "px " + FONT;
