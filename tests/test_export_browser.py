@@ -94,7 +94,11 @@ def test_panel_images_are_titled_named_and_sized_and_the_slide_is_one_png(
     assert float(root.get("width")) == 3 * width and float(root.get("height")) > 3 * height
     text = " ".join("".join(t.itertext()) for t in root.iter() if t.tag.endswith("text"))
     setup = _api(server, f"/api/runs/{rid}/export/run.json")["run"]["setup"]
-    assert setup.startswith("dni-b · add · n 8 · lr ") and setup in text, text[:300]
+    assert setup.startswith("dni-b · add · n 8 · lr "), setup
+    # the setup, wrapped at " · " to the image's width: every part, in order
+    parts = setup.split(" · ")
+    where = [text.find(part) for part in parts]
+    assert -1 not in where and where == sorted(where), (parts, text[-300:])
 
     name, path = _download(page, "#btn-slide", tmp_path)
     assert name == f"plasticity-slide-dni-b-{rid}.png"
