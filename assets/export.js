@@ -43,6 +43,26 @@
         return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
     }
 
+    /* A shallow copy of the graph's layout for Plotly.toImage, with no axis line on an
+     * axis no trace with points uses: a fresh plot of an empty subplot draws its axis lines
+     * from NaN (a console error; figures.py avoids it on screen the same way). */
+    function layoutCopy(gd, extra) {
+        const layout = Object.assign({}, gd.layout || {}, extra || {});
+        const used = new Set();
+        (gd.data || []).forEach((t) => {
+            if ((t.x || t.z || []).length) {
+                used.add("xaxis" + String(t.xaxis || "x").slice(1));
+                used.add("yaxis" + String(t.yaxis || "y").slice(1));
+            }
+        });
+        Object.keys(layout).forEach((key) => {
+            if (/^[xy]axis\d*$/.test(key) && !used.has(key)) {
+                layout[key] = Object.assign({}, layout[key], {showline: false});
+            }
+        });
+        return layout;
+    }
+
     /* Lines of at most about ``width`` pixels, broken at " · ". */
     function wrap(lines, width) {
         const perLine = Math.max(20, Math.floor((width - 24) / (TITLE_PX * 0.55)));
@@ -66,7 +86,7 @@
     /* A copy of the graph's figure with the setup as title lines in a band added above it
      * (one annotation per line, placed in pixels from the plot area Plotly laid out). */
     function titled(gd, lines, width, height) {
-        const layout = JSON.parse(JSON.stringify(gd.layout || {}));
+        const layout = layoutCopy(gd);
         const size = gd._fullLayout._size;
         const wrapped = wrap(lines, width);
         const lineH = TITLE_PX + 6;
@@ -138,8 +158,7 @@
         const rows = Math.ceil(shown.length / cols);
         const cw = Math.floor(W / cols), ch = Math.floor((H - footer) / rows);
         return Promise.all(shown.map((gd) => window.Plotly.toImage(
-            {data: gd.data, layout: Object.assign(JSON.parse(JSON.stringify(gd.layout || {})),
-                                                  {width: cw, height: ch - HEAD})},
+            {data: gd.data, layout: layoutCopy(gd, {width: cw, height: ch - HEAD})},
             {format: "png", width: cw, height: ch - HEAD, scale: S}).then(loadImage)))
             .then((images) => {
                 const canvas = document.createElement("canvas");
@@ -195,10 +214,14 @@
             },
             toolbar: function (meta) {
                 const graphs = (meta || {}).graphs || {}, configs = (meta || {}).toolbar || {};
+                // the camera button reads this when clicked: set it in place (a
+                // Plotly.react with the new config would redraw every graph, and an empty
+                // subplot logs NaN path errors)
                 Object.keys(configs).forEach((panel) => {
                     const gd = graphDiv(graphs[panel]);
-                    if (gd && gd.data && window.Plotly) {
-                        window.Plotly.react(gd, gd.data, gd.layout, configs[panel]);
+                    if (gd && gd._context) {
+                        gd._context.toImageButtonOptions = Object.assign(
+                            {}, configs[panel].toImageButtonOptions);
                     }
                 });
                 return window.dash_clientside.no_update;

@@ -67,6 +67,8 @@ def _download(page: Any, selector: str, tmp_path: Path) -> tuple[str, Path]:
 
 def test_panel_images_are_titled_named_and_sized_and_the_slide_is_one_png(
         page: Any, server: str, tmp_path: Path) -> None:
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
     (rid,) = _finished_run(page, server, "?rule=dni-b&steps=400&n=8&speed=max")
     _wait_until(lambda: page.evaluate(SIZE_JS, "loss-graph")[5]["filename"].endswith(rid), 20,
                 "the toolbar named by run", page=page)
@@ -105,6 +107,7 @@ def test_panel_images_are_titled_named_and_sized_and_the_slide_is_one_png(
     assert png_size(path) == (3840, 2160)
     assert page.evaluate("() => window.plab.lastExport.panels") == 5
     assert not page.errors, page.errors
+    assert not console, console
 
 
 def test_csv_and_json_of_ticked_runs_download_with_every_scalar(page: Any, server: str,
