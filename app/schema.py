@@ -585,6 +585,7 @@ def _document(rules: tuple[str, ...], tasks: tuple[str, ...]) -> dict[str, Any]:
                                         "refusal: {\"error\": \"field: got X; allowed: Y\", "
                                         "\"field\": ...}."},
                 "paths": paths, "components": {"schemas": component_schemas()}}
+    from app.exports import add_openapi as add_exports  # every scalar as CSV / JSON / zip
     from app.sharing import add_openapi  # sign-in, viewer links, copies
 
-    return add_openapi(document)
+    return add_exports(add_openapi(document))

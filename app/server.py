@@ -21,6 +21,7 @@ from flask import Flask
 from app import experiments, security
 from app.access import GuardedBackend
 from app.api import BACKEND_KEY, api, register_api_errors
+from app.exports import exports
 from app.security import AuthSettings
 from app.service.base import Backend, BackendSettings
 from app.sharing import sharing
@@ -54,6 +55,7 @@ def create_server(backend: Backend | None = None, *, data_dir: str | Path | None
     server.register_blueprint(api)
     server.register_blueprint(sharing)
     experiments.install(server)
+    server.register_blueprint(exports)
     register_api_errors(server)
     logging.getLogger("app").setLevel(logging.INFO)
     return server

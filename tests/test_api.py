@@ -248,7 +248,9 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
         "/api/runs/{run_id}/history", "/api/runs/{run_id}/control",
         "/api/runs/{run_id}/export.csv", "/api/runs/{run_id}/config.json", "/api/openapi.json",
         "/api/runs/{run_id}/share", "/api/runs/{run_id}/copy", "/api/shares", "/api/shares/{token}",
-        "/api/estimate"}
+        "/api/estimate", "/api/runs/{run_id}/export/scalars.csv",
+        "/api/runs/{run_id}/export/events.csv", "/api/runs/{run_id}/export/run.json",
+        "/api/export.zip"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
     assert {"RunConfig", "RunInfo", "Frame", "Frames", "Control", "Error"} <= set(schemas)

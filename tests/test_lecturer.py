@@ -167,7 +167,7 @@ def test_exports_are_named_by_run_and_panel_at_2x_without_cloud_buttons(tmp_path
     import io
     import zipfile
 
-    from app.dashboard.callbacks import export_name, image_config, zip_files
+    from app.dashboard.export import export_name, image_config, zip_files
 
     assert export_name("dni · random fb · learned J̃", "ab12cd34", "csv") == (
         "plasticity-dni_random-fb_learned-J-ab12cd34.csv")

@@ -19,7 +19,7 @@ import dash
 from flask_caching import Cache
 
 from app.access import GuardedBackend
-from app.dashboard import callbacks, experiments, layout, share
+from app.dashboard import callbacks, experiments, export, layout, share
 
 if TYPE_CHECKING:
     from flask import Flask
@@ -46,6 +46,7 @@ def build_dashboard(server: Flask, backend: Backend, *, url_base_pathname: str =
         meta_tags=[{"name": "viewport", "content": "width=device-width, initial-scale=1"}],
     )
     svc = callbacks.register(app, backend, cache)
+    export.register(app, svc)
     if isinstance(backend, GuardedBackend):  # sign-in is on the server: Share, viewer mode
         share.register(app, backend)
         app.layout = lambda: share.decorate(

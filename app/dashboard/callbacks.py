@@ -988,51 +988,9 @@ def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) ->
                             methods=["GET"])
 
 
-def export_name(name: str, run_id: str, ext: str, panel: str = "") -> str:
-    """A file name for a run's export: plasticity-<panel>-<run name>-<id>.<ext>, safe
-    characters only ("dni · random fb" -> "dni_random-fb")."""
-    import re
-
-    words = [re.sub(r"[^A-Za-z0-9.+-]+", "-", w.strip()).strip("-")
-             for w in (name or "").split("·")]
-    stem = "_".join(w for w in words if w)[:80]
-    parts = ["plasticity", panel, stem, run_id]
-    return "-".join(p for p in parts if p) + f".{ext}"
-
-
-def zip_files(files: Mapping[str, Any]) -> bytes:
-    """A zip (in memory) of {name in the zip: path on disk}."""
-    import io
-    import zipfile
-
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, path in files.items():
-            zf.write(str(path), arcname=name)
-    return buf.getvalue()
-
-
-def image_config(panel: str, labels: Sequence[str], ids: Sequence[str]) -> dict[str, Any]:
-    """A graph's toolbar: PNG at 2x named by panel and run(s), no cloud buttons."""
-    if len(ids) == 1:
-        filename = export_name(labels[0] if labels else "", ids[0], "png", panel)[:-4]
-    else:
-        filename = f"plasticity-{panel}-{len(ids)}-runs" if ids else f"plasticity-{panel}"
-    return {"displaylogo": False, "responsive": True, "showSendToCloud": False,
-            "showEditInChartStudio": False, "modeBarButtonsToRemove": ["lasso2d", "select2d"],
-            "toImageButtonOptions": {"format": "png", "scale": 2, "filename": filename}}
-
-
 # ---- the run table ------------------------------------------------------------------------------
 def _register_table(app: dash.Dash, svc: Service) -> None:
     backend = svc.backend
-
-    @app.callback(*[Output(gid, "config") for gid in GRAPHS], Input("view-store", "data"),
-                  prevent_initial_call=True)
-    def image_names(view: dict | None) -> tuple:
-        runs = (view or {}).get("runs") or []
-        labels, ids = [r["label"] for r in runs], [r["id"] for r in runs]
-        return tuple(image_config(PANEL_OF[gid], labels, ids) for gid in GRAPHS)
 
     def finished_row(rid: str, status: str, step: int) -> dict[str, Any]:
         """A finished run's row does not change: shared by every client via the cache."""
@@ -1066,17 +1024,16 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
     @app.callback(
         Output("live-store", "data", allow_duplicate=True),
         Output("download", "data"),
-        Output("table-msg", "children"),
+        Output("table-msg", "children", allow_duplicate=True),
         Output("run-table", "selected_row_ids"),
         Output("delete-armed", "data"),
         Input("tbl-open", "n_clicks"), Input("tbl-overlay", "n_clicks"),
-        Input("tbl-csv", "n_clicks"), Input("tbl-json", "n_clicks"),
         Input("tbl-branch", "n_clicks"), Input("tbl-delete", "n_clicks"),
         State("run-table", "selected_row_ids"), State("live-store", "data"),
         State("setup-store", "data"), State("delete-armed", "data"),
         prevent_initial_call=True,
     )
-    def act(_o: int, _v: int, _c: int, _j: int, _b: int, _d: int, selected: list | None,
+    def act(_o: int, _v: int, _b: int, _d: int, selected: list | None,
             live: dict | None, setup: dict | None, armed: dict | None) -> tuple:
         out = _act(ctx.triggered_id, list(selected or []),
                    dict(live or {"runs": [], "group": [], "variants": {}}), setup or {}, armed)
@@ -1094,22 +1051,6 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
                 runs = list(dict.fromkeys([*live.get("runs", []), *selected]))
                 return ({**live, "runs": runs, "n": time.time()}, no_update,
                         f"overlaying {len(runs)} run(s)", no_update)
-            if trigger == "tbl-csv":
-                named = names.names_by_id(svc.infos(selected))
-                files = {export_name(named.get(rid, ""), rid, "csv"): backend.export_csv(rid)
-                         for rid in selected}
-                if len(files) == 1:
-                    (name, path), = files.items()
-                    return (no_update, dash.dcc.send_file(str(path), filename=name),
-                            f"CSV of {selected[0]}", no_update)
-                return (no_update, dash.dcc.send_bytes(zip_files(files), "runs-csv.zip"),
-                        f"CSV of {len(files)} runs, one file each, in runs-csv.zip", no_update)
-            if trigger == "tbl-json":
-                configs = {rid: backend.export_config(rid) for rid in selected}
-                body = configs[selected[0]] if len(selected) == 1 else configs
-                name = f"run-{selected[0]}.json" if len(selected) == 1 else "runs.json"
-                return (no_update, {"content": json.dumps(body, indent=2), "filename": name},
-                        f"config of {', '.join(selected)}", no_update)
             if trigger == "tbl-branch":
                 new = []
                 for rid in selected:

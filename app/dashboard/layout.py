@@ -16,6 +16,7 @@ from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
+from app.dashboard.export import export_bar
 from simulator.alignment import comparable_rules
 from simulator.phases import POPULATIONS
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -358,6 +359,7 @@ def panels() -> html.Main:
             panel("alignment", "alignment-graph"),
             panel("task", "task-graph"),
         ], className="panel-grid", id="panel-grid"),
+        export_bar(),
         run_table(),
     ], className="main", id="main")
 
@@ -380,8 +382,11 @@ def run_table() -> html.Section:
                                                               "then drive them)"),
         html.Button("Overlay", id="tbl-overlay", n_clicks=0,
                     title="add the ticked runs to the plots"),
-        html.Button("CSV", id="tbl-csv", n_clicks=0, title="full-resolution per-step history"),
-        html.Button("JSON", id="tbl-json", n_clicks=0, title="the run's config (re-runnable)"),
+        html.Button("CSV", id="tbl-csv", n_clicks=0,
+                    title="every scalar per step: train and test loss, rule losses, weight "
+                          "norms, alignment, phase (several runs: a zip, one file each)"),
+        html.Button("JSON", id="tbl-json", n_clicks=0,
+                    title="every scalar, the settings changes and the config (re-runnable)"),
         html.Button("Branch", id="tbl-branch", n_clicks=0,
                     title="a new run from the latest checkpoint, with the control panel's rule, "
                           "rates and phases"),

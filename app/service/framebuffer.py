@@ -17,7 +17,8 @@ fast-forwarding):
   when full. A min/max envelope never averages a spike away. :meth:`history` answers from the
   finest level that still covers the requested range, re-binned to ``max_points``.
 
-Held-out test-loss points and phase spans are kept too (thinned / capped). Nothing here knows
+Held-out test-loss points, phase spans and settings changes (a frame's or summary's
+``events``: ``{"step", "action", ...values}``) are kept too (thinned / capped). Nothing here knows
 about Dash or processes; the class is thread-safe (one writer, many readers).
 """
 
@@ -36,6 +37,7 @@ BULKY_KEYS = ("traces", "task")
 STRIPPED_BINS = 16  # bins per series kept in frames older than the detail window
 MAX_TEST_POINTS = 4096
 MAX_SPANS = 4096
+MAX_EVENTS = 4096  # settings changes kept (the newest)
 
 #: history series name prefix of a comparison rule's alignment
 COMPARE = "alignment.compare."
@@ -129,6 +131,7 @@ class FrameBuffer:
         self._test_stride = 1
         self._test_seen = 0
         self._spans: deque[list[Any]] = deque(maxlen=MAX_SPANS)
+        self._events: deque[dict[str, Any]] = deque(maxlen=MAX_EVENTS)
         self.t = 0  # steps covered so far
 
     # ---- writing -------------------------------------------------------------------------
@@ -167,6 +170,9 @@ class FrameBuffer:
                 self._spans[-1][1] = span[1]
             else:
                 self._spans.append(list(span))
+        for event in frame.get("events") or ():
+            if isinstance(event, dict) and isinstance(event.get("step"), int):
+                self._events.append(dict(event))
         self.t = max(self.t, t1)
 
     def _init_series(self, frame: dict[str, Any]) -> None:
@@ -276,6 +282,7 @@ class FrameBuffer:
             hi = self.t if stop is None else int(stop)
             out["test_loss"] = self._test_points(lo, hi)
             out["phases"] = [s for s in self._spans if s[1] > lo and s[0] <= hi][-2 * max_points:]
+            out["events"] = [dict(e) for e in self._events if lo <= e["step"] <= hi]
             if not self.series:
                 return out
             level, rows = self._rows_covering(lo)
@@ -348,8 +355,8 @@ class FrameBuffer:
             meta = {"t": self.t, "next_seq": self._next_seq, "series": self.series,
                     "groups": [lv.group for lv in self._levels], "tests": self._tests,
                     "test_stride": self._test_stride, "test_seen": self._test_seen,
-                    "spans": list(self._spans), "bins": self.bins, "levels": self.n_levels,
-                    "fan": self.fan}
+                    "spans": list(self._spans), "events": list(self._events), "bins": self.bins,
+                    "levels": self.n_levels, "fan": self.fan}
             arrays = {"meta": np.array(json.dumps(meta))}
             for k, level in enumerate(self._levels):
                 arrays[f"level{k}"] = level.rows().copy()
@@ -368,6 +375,7 @@ class FrameBuffer:
         buf._tests = [(s, v) for s, v in meta["tests"]]
         buf._test_stride, buf._test_seen = meta["test_stride"], meta["test_seen"]
         buf._spans.extend(meta["spans"])
+        buf._events.extend(meta.get("events") or [])
         if meta["series"]:
             buf.series = meta["series"]
             width = _HEAD + 4 * len(buf.series)

@@ -343,6 +343,7 @@ class Worker:
         return {}
 
     def _do_set(self, **changes: Any) -> dict[str, Any]:
+        event = {"step": self.run.t, "action": "set", **changes}
         phases = changes.pop("phases", None)
         live = self.run.rule.live_rates(self.run.config.rule_args)
         rates: dict[str, float] = {}
@@ -355,6 +356,9 @@ class Worker:
             self.run.set_learning_rates(**rates)
         if phases is not None:
             self.run.set_phases(phases)
+        # into the history (every backend's FrameBuffer keeps it): the exports' events
+        self.send("summary", {"t0": self.run.t, "t1": self.run.t, "events": [event],
+                              "wall": time.time()})
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
 
     def _do_view(self, units: list[int] | None = None, seed_index: int | None = None) -> dict:
