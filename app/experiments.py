@@ -102,7 +102,8 @@ def get_experiment(exp_id: str) -> Response:
     return _json_response(service().get(exp_id))
 
 
-@experiments.get("/experiments/<exp_id>/<any('results.csv', 'series.csv'):name>")
+@experiments.get("/experiments/<exp_id>/results.csv", defaults={"name": "results.csv"})
+@experiments.get("/experiments/<exp_id>/series.csv", defaults={"name": "series.csv"})
 def table(exp_id: str, name: str) -> Response:
     _mine(exp_id)
     path = service().table(exp_id, name)
@@ -145,3 +146,47 @@ def member_run(exp_id: str) -> Response:
     result = open_member(current_app.extensions[BACKEND_KEY], service(), exp_id,
                          body.get("member"), body.get("seed"))
     return _json_response(result, 201)
+
+
+def add_openapi(document: dict[str, Any]) -> dict[str, Any]:
+    """``document`` (app.schema's OpenAPI) with the experiment routes."""
+    err = {"description": "error naming the field",
+           "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    exp_id = {"name": "exp_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    obj = {"content": {"application/json": {"schema": {"type": "object"}}}}
+
+    def op(summary: str, op_id: str, ok: str = "200", body: str = "", mime: str = "",
+           errors: str = "404") -> dict[str, Any]:
+        answer = ({"description": "CSV", "content": {mime: {"schema": {"type": "string"}}}}
+                  if mime else {"description": "JSON", **obj})
+        out: dict[str, Any] = {"summary": summary, "operationId": op_id,
+                               "responses": {ok: answer, **{c: err for c in errors.split()}}}
+        if body:
+            out["requestBody"] = {"required": True, "description": body, **obj}
+        return out
+
+    paths = document["paths"]
+    paths["/api/experiments"] = {
+        "get": op("The caller's experiments (the admin: all)", "listExperiments", errors="403"),
+        "post": op("Submit an experiment: the TOML form as JSON ({base, axes, record}), "
+                   "{\"toml\": TEXT} or {\"preset\": NAME, \"steps\": .., \"seeds\": ..}",
+                   "submitExperiment", "201", body="an experiment spec",
+                   errors="400 403 413 415 422")}
+    paths["/api/experiments/{exp_id}"] = {
+        "parameters": [exp_id],
+        "get": op("Status, progress (0..1), eta_seconds and batches", "getExperiment"),
+        "delete": op("Cancel and remove", "deleteExperiment")}
+    for name, text in (("results.csv", "one row per member and seed"),
+                       ("series.csv", "member, seed, step, name, value")):
+        paths[f"/api/experiments/{{exp_id}}/{name}"] = {
+            "parameters": [exp_id],
+            "get": op(f"The table: {text} (partial while running)",
+                      f"experiment{name.split('.')[0].title()}", mime="text/csv")}
+    paths["/api/experiments/{exp_id}/cancel"] = {
+        "parameters": [exp_id], "post": op("Stop it (finished batches stay)", "cancelExperiment")}
+    paths["/api/experiments/{exp_id}/runs"] = {
+        "parameters": [exp_id],
+        "post": op("One member as a normal paused run of the caller's: {\"member\": M, "
+                   "\"seed\": S} -> {id, url}", "openExperimentMember", "201",
+                   body="{member, seed}", errors="400 404 409 422")}
+    return document

@@ -6,7 +6,7 @@ One run's export joins two sources that the run service keeps (both bounded):
   ``app.service.worker.HistoryCSV``): step, seed, train_loss, the rule's losses, alignment,
   norm_ratio, alignment_RULE per comparison rule, block (steps a row averages once the byte
   budget coarsened it);
-- the per-frame history (``Backend.history``, a ``simulator.framebuffer.FrameBuffer``): the
+- the per-frame history (``Backend.history``, a ``app.service.framebuffer.FrameBuffer``): the
   held-out test loss per seed at the steps it was measured, the weight norms per population
   (one value per frame while the history keeps frames apart; for long runs the mean over a
   history bin, at the bin's last step), the phase spans and the settings changes

@@ -585,7 +585,8 @@ def _document(rules: tuple[str, ...], tasks: tuple[str, ...]) -> dict[str, Any]:
                                         "refusal: {\"error\": \"field: got X; allowed: Y\", "
                                         "\"field\": ...}."},
                 "paths": paths, "components": {"schemas": component_schemas()}}
+    from app.experiments import add_openapi as add_experiments  # grids of runs
     from app.exports import add_openapi as add_exports  # every scalar as CSV / JSON / zip
     from app.sharing import add_openapi  # sign-in, viewer links, copies
 
-    return add_exports(add_openapi(document))
+    return add_experiments(add_exports(add_openapi(document)))

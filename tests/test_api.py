@@ -250,7 +250,9 @@ def test_openapi_document_lists_every_path(client: FlaskClient) -> None:
         "/api/runs/{run_id}/share", "/api/runs/{run_id}/copy", "/api/shares", "/api/shares/{token}",
         "/api/estimate", "/api/runs/{run_id}/export/scalars.csv",
         "/api/runs/{run_id}/export/events.csv", "/api/runs/{run_id}/export/run.json",
-        "/api/export.zip"}
+        "/api/export.zip", "/api/experiments", "/api/experiments/{exp_id}",
+        "/api/experiments/{exp_id}/results.csv", "/api/experiments/{exp_id}/series.csv",
+        "/api/experiments/{exp_id}/cancel", "/api/experiments/{exp_id}/runs"}
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
     schemas = doc["components"]["schemas"]
     assert {"RunConfig", "RunInfo", "Frame", "Frames", "Control", "Error"} <= set(schemas)

@@ -182,7 +182,7 @@ def test_bad_and_unknown_ids_are_named(api: str, tmp_path: Path) -> None:
 
 
 def test_settings_changes_survive_a_history_snapshot() -> None:
-    from simulator.framebuffer import FrameBuffer
+    from app.service.framebuffer import FrameBuffer
 
     buf = FrameBuffer()
     buf.fold({"t0": 0, "t1": 10, "events": [{"step": 10, "action": "set", "lr": 0.01}]})
