@@ -92,6 +92,7 @@
         }
         if (ops.set) for (const s of ops.set) p.set[s.i] = s;
         if (ops.titles) p.titles = ops.titles;
+        if (ops.axes) p.axes = Object.assign(p.axes || {}, ops.axes);  // e.g. the loss y-range
         if (ops.spans) p.spans = p.spans.concat(ops.spans);
         if (wall) p.wall = Math.max(p.wall || 0, wall);
         p.recv = recv;
@@ -187,6 +188,7 @@
             }
         }
         if (p.spans.length) shade(gd, p.spans, meta);
+        for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {

@@ -177,10 +177,16 @@ def test_loss_figure_has_reference_lines_log_y_and_history() -> None:
     labels = " ".join(a["text"] for a in layout_["annotations"])
     assert "nothing" in labels and "optimum" in labels
     raw, smooth, test = fig["data"]
-    assert raw["y"] == [0.7, 0.6, None] and raw["opacity"] < 0.5
-    assert smooth["y"][0] == pytest.approx(0.7) and smooth["y"][2] is None
+    # blocks of the run's stride (6 steps); the last one (step 19) stays open in the carry
+    # while the run is running: the next tick continues it; a NaN bin is no point
+    assert figures.loss_stride(10_000) == 6
+    assert raw["x"] == [9] and raw["y"] == [0.7] and raw["opacity"] < 0.5
+    assert smooth["y"] == [pytest.approx(0.7, rel=1e-12)]
+    assert carry[RID]["loss"]["t"] == 19 and carry[RID]["loss"]["w"] == 10
     assert test["x"] == [20] and test["y"] == [0.55]
-    assert carry[RID]["loss"]["et"] == 19  # EMA continues from the history
+    assert carry[RID]["loss"]["et"] == 9  # EMA continues from the history
+    done = figures.loss_figure(view({**run_view(), "status": "finished"}), hist, {})
+    assert done["data"][0]["x"] == [9, 19] and done["data"][0]["y"] == [0.7, 0.6]
     # log annotations sit at log10(level)
     ann = next(a for a in layout_["annotations"] if "optimum" in a["text"])
     assert ann["y"] == pytest.approx(math.log10(0.45))

@@ -38,6 +38,7 @@ from dash.exceptions import PreventUpdate
 
 from app import live, security
 from app.dashboard import figures, layout, names, presets, urlstate
+from app.dashboard import panels as registry
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -49,9 +50,8 @@ log = logging.getLogger(__name__)
 
 TERMINAL = ("finished", "stopped", "failed", "diverged", "interrupted")
 ACTIVE = ("ready", "running", "paused", "parked")  # parked: ▶ (or any action) resumes it
-GRAPHS = tuple(figures.BUILDERS)
-PANEL_OF = {"loss-graph": "loss", "voltage-graph": "voltage", "weight-change-graph": "weights",
-            "alignment-graph": "alignment", "task-graph": "task"}
+GRAPHS = registry.GRAPHS
+PANEL_OF = {p.GRAPH: p.NAME for p in registry.PANELS}
 #: live-settable rule settings -> the "set" action's parameter
 LIVE_RULE_ARGS = {name: pop for name, pop in layout.LIVE_RULE_ARGS.items()
                   if pop in ACTIONS.get("set", ())}
@@ -341,13 +341,13 @@ class Service:
         return [p for p in presets.presets(max_runs) if not urlstate.validate(p["setup"])]
 
     def _history_uncached(self, run_id: str, status: str, step: int) -> dict[str, Any]:
-        return self.backend.history(run_id)
+        return self.backend.history(run_id, max_points=figures.HISTORY_POINTS)
 
     def history(self, info: Mapping[str, Any]) -> dict[str, Any]:
         """Whole-run overview; cached (shared by every client) once the run has ended."""
         if is_terminal(info.get("status", "")):
             return self._finished_history(info["id"], info.get("status", ""), info.get("step", 0))
-        return self.backend.history(info["id"])
+        return self.backend.history(info["id"], max_points=figures.HISTORY_POINTS)
 
     def infos(self, ids: Sequence[str]) -> list[dict[str, Any]]:
         out = []
