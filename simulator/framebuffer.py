@@ -36,6 +36,8 @@ BULKY_KEYS = ("traces", "task")
 STRIPPED_BINS = 16  # bins per series kept in frames older than the detail window
 MAX_TEST_POINTS = 4096
 MAX_SPANS = 4096
+#: setting changes kept (mid-run learning-rate or phase changes: [step, label])
+MAX_EVENTS = 256
 
 #: history series name prefix of a comparison rule's alignment
 COMPARE = "alignment.compare."
@@ -129,6 +131,7 @@ class FrameBuffer:
         self._test_stride = 1
         self._test_seen = 0
         self._spans: deque[list[Any]] = deque(maxlen=MAX_SPANS)
+        self._events: deque[list[Any]] = deque(maxlen=MAX_EVENTS)
         self.t = 0  # steps covered so far
 
     # ---- writing -------------------------------------------------------------------------
@@ -167,6 +170,8 @@ class FrameBuffer:
                 self._spans[-1][1] = span[1]
             else:
                 self._spans.append(list(span))
+        for step, label in frame.get("events") or ():
+            self._events.append([int(step), str(label)[:100]])
         self.t = max(self.t, t1)
 
     def _init_series(self, frame: dict[str, Any]) -> None:
@@ -283,6 +288,7 @@ class FrameBuffer:
             hi = self.t if stop is None else int(stop)
             out["test_loss"] = self._test_points(lo, hi)
             out["phases"] = [s for s in self._spans if s[1] > lo and s[0] <= hi][-2 * max_points:]
+            out["events"] = [e for e in self._events if lo <= e[0] <= hi]
             if not self.series:
                 return out
             level, rows = self._rows_covering(lo)
@@ -355,8 +361,8 @@ class FrameBuffer:
             meta = {"t": self.t, "next_seq": self._next_seq, "series": self.series,
                     "groups": [lv.group for lv in self._levels], "tests": self._tests,
                     "test_stride": self._test_stride, "test_seen": self._test_seen,
-                    "spans": list(self._spans), "bins": self.bins, "levels": self.n_levels,
-                    "fan": self.fan}
+                    "spans": list(self._spans), "events": list(self._events), "bins": self.bins,
+                    "levels": self.n_levels, "fan": self.fan}
             arrays = {"meta": np.array(json.dumps(meta))}
             for k, level in enumerate(self._levels):
                 arrays[f"level{k}"] = level.rows().copy()
@@ -375,6 +381,7 @@ class FrameBuffer:
         buf._tests = [(s, v) for s, v in meta["tests"]]
         buf._test_stride, buf._test_seen = meta["test_stride"], meta["test_seen"]
         buf._spans.extend(meta["spans"])
+        buf._events.extend(meta.get("events") or [])
         if meta["series"]:
             buf.series = meta["series"]
             width = _HEAD + 4 * len(buf.series)

@@ -46,6 +46,7 @@ from app.dashboard.panels.common import _line, _phase_legend
 from app.dashboard.panels.loss import (
     LOG_TICKS,
     REF_MARGIN,
+    Y_PAD,
     event_marks,
     log_ticks,
     loss_figure,
@@ -78,7 +79,7 @@ BUILDERS = {gid: (lambda view, _p=p: _p.figure(view, {}, {}, {})) for gid, p in 
 
 __all__ = [
     "BUILDERS", "COMPARTMENTS", "DEFAULT_PANELS", "GRAPHS", "LOG_TICKS", "PANELS", "PANEL_GRAPHS",
-    "REF_MARGIN", "SLOTS", "_line", "_phase_legend", "alignment_figure", "alignment_protocol",
+    "REF_MARGIN", "SLOTS", "Y_PAD", "_line", "_phase_legend", "alignment_figure", "alignment_protocol",
     "alignment_slots", "bin_points", "build_figures", "combine_matrices", "ema_update",
     "event_marks", "focus_run", "fold", "fold_history", "log_ticks", "loss_figure", "loss_gap",
     "loss_slots", "merge_spans", "needs_rebuild", "new_series_carry", "norm_pops",

@@ -310,6 +310,7 @@ class Worker:
         self.status = "running" if self.playing else ("ready" if self.run.t == 0 else "paused")
         self.quit = False
         self.pending_test: list[float | None] | None = None
+        self.pending_events: list[list[Any]] = []  # set actions, for the next frame
         self.last_eval = self.run.t
         self.last_ckpt = self.run.t
         self.computed = 0.0        # seconds of compute since the last checkpoint
@@ -459,6 +460,9 @@ class Worker:
             self.run.set_learning_rates(**changes)
         if phases is not None:
             self.run.set_phases(phases)
+        label = " · ".join([f"{k} {v:g}" for k, v in changes.items()]
+                           + (["phases"] if phases is not None else []))
+        self.pending_events.append([self.run.t, label])  # recorded in the history
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
 
     def _do_view(self, units: list[int] | None = None, seed_index: int | None = None) -> dict:
@@ -654,6 +658,8 @@ class Worker:
         frame["step"] = frame.get("t1", self.run.t)
         frame["run_status"] = self.status
         frame["steps_per_second"] = round(self.sps, 1)
+        if self.pending_events:
+            frame["events"], self.pending_events = self.pending_events, []
         if self.pending_test is not None:
             frame["test_loss"] = self.pending_test
             frame["test_step"] = self.last_eval

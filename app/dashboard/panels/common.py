@@ -59,7 +59,7 @@ RULE_COLORS = {
     "rflo": "#D55E00",
     "kernl": "#6a3d9a",
 }
-EXTRA_COLORS = ("#117733", "#AA4499", "#332288", "#999933", "#88CCEE", "#661100", "#DDCC77",
+EXTRA_COLORS = ("#117733", "#AA4499", "#332288", "#999933", "#3B9AB2", "#661100", "#A6761D",
                 "#6699CC", "#CC6677", "#44AA99")
 UNIT_COLORS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7")
 UNIT_DASH = ("solid", "dot", "dash", "dashdot")
