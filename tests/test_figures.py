@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 
@@ -540,6 +541,63 @@ def test_live_updates_change_rates_and_phases_only() -> None:
     assert callbacks.live_updates(same, {"config": {"rule": "dni-b", "lr": 0.001},
                                          "learning_rates": {"basal": 0.001}, "phases": "all"},
                                   "") == {}
+
+
+def _badges(rows: list) -> dict[str, str]:
+    """Setting name -> its badge ("live") in a settings block's rows."""
+    out = {}
+    for row in rows:
+        label = row.children[0]
+        name, badge = label.children[0], label.children[1]
+        out[name] = badge.children if badge is not None else ""
+    return out
+
+
+def test_kernls_kernel_rate_changes_live_from_the_rule_class() -> None:
+    """The live settings come from the rule classes: KeRNL's lr_kernel (its "jacobian"
+    population) is marked LIVE in the form and sent with the set action; its run reports
+    that population before its first frame."""
+    from app.dashboard import rulefacts
+
+    assert rulefacts.live_form_settings("kernl") == {"lr_kernel": "jacobian"}
+    assert rulefacts.live_form_settings("dni-b") == {"lr_apical": "apical",
+                                                     "lr_jacobian": "jacobian"}
+    assert rulefacts.live_form_settings("bptt") == {}
+    kernl = _badges(layout.settings_block(RULES["kernl"].settings, "rule_args.kernl",
+                                          rulefacts.live_form_settings("kernl")))
+    assert kernl["lr_kernel"] == "live" and list(kernl.values()).count("live") == 1
+    setup = {**urlstate.default_setup(), "rules": ["kernl"],
+             "rule_args": {"kernl": {"lr_kernel": "2e-5"}}}
+    run_info = {"config": {"rule": "kernl", "lr": 0.001, "rule_args": {"lr_kernel": 5e-6}},
+                "learning_rates": {"basal": 0.001, "jacobian": 5e-6}, "phases": "all"}
+    assert callbacks.live_updates(setup, run_info, "") == {"jacobian": 2e-5}
+    assert figures.guess_populations("kernl", {}) == ["basal", "jacobian", "readout"]
+    assert figures.guess_populations("dni-b", {"jacobian": "fixed"}) == ["basal", "apical",
+                                                                         "readout"]
+
+
+def test_a_new_rule_class_drives_the_live_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.dashboard import layout, rulefacts
+    from simulator.rules.base import Rule
+    from simulator.settings import Setting
+
+    class Tuft(Rule):
+        name = "tuft"
+        summary = "a made-up rule with an apical tuft"
+        settings = (Setting("lr_tuft", 0.01, "learning rate of the tuft", float, 0.0, 1.0),)
+        own_populations: ClassVar[dict[str, str]] = {"apical": "lr_tuft"}
+
+    monkeypatch.setitem(RULES, "tuft", Tuft)
+    assert rulefacts.live_rule_settings("tuft") == {"lr_tuft": "apical"}
+    assert figures.guess_populations("tuft", None) == ["basal", "apical", "readout"]
+    assert _badges(layout.settings_block(Tuft.settings, "rule_args.tuft",
+                                         rulefacts.live_form_settings("tuft"))) == {
+        "lr_tuft": "live"}
+    run_info = {"config": {"rule": "tuft", "lr": 0.001, "rule_args": {"lr_tuft": 0.01}},
+                "learning_rates": {"basal": 0.001, "apical": 0.01}, "phases": "all"}
+    setup = {**urlstate.default_setup(), "rules": ["tuft"],
+             "rule_args": {"tuft": {"lr_tuft": "0.05"}}}
+    assert callbacks.live_updates(setup, run_info, "") == {"apical": 0.05}
 
 
 def test_restart_fields() -> None:

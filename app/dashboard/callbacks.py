@@ -39,6 +39,7 @@ from dash.exceptions import PreventUpdate
 from app import live, security
 from app.dashboard import figures, layout, names, presets, urlstate
 from app.dashboard import panels as registry
+from app.dashboard.rulefacts import live_rule_settings
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -52,9 +53,6 @@ TERMINAL = ("finished", "stopped", "failed", "diverged", "interrupted")
 ACTIVE = ("ready", "running", "paused", "parked")  # parked: ▶ (or any action) resumes it
 GRAPHS = registry.GRAPHS
 PANEL_OF = {p.GRAPH: p.NAME for p in registry.PANELS}
-#: live-settable rule settings -> the "set" action's parameter
-LIVE_RULE_ARGS = {name: pop for name, pop in layout.LIVE_RULE_ARGS.items()
-                  if pop in ACTIONS.get("set", ())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -162,8 +160,8 @@ def live_updates(setup: Mapping[str, Any], info: Mapping[str, Any], variant: str
     rule = cfg.get("rule")
     if rule in (setup.get("rules") or []):
         args = urlstate.rule_args_of(setup, rule)
-        for name, pop in LIVE_RULE_ARGS.items():
-            if name not in args:
+        for name, pop in live_rule_settings(rule, cfg.get("rule_args")).items():
+            if name not in args or pop not in allowed:
                 continue
             try:
                 value = float(args[name])

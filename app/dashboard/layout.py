@@ -18,6 +18,7 @@ from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
 from app.dashboard import panels as registry
+from app.dashboard.rulefacts import live_form_settings
 from simulator.alignment import comparable_rules
 from simulator.phases import POPULATIONS
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -75,9 +76,6 @@ def setting_control(s: Setting, key: str, value: Any) -> Any:
                      className="text-input", autoComplete="off", spellCheck=False)
 
 
-LIVE_RULE_ARGS = {"lr_apical": "apical", "lr_jacobian": "jacobian"}
-
-
 def settings_block(settings: tuple[Setting, ...], prefix: str, live: dict[str, str] | None = None
                    ) -> list[html.Div]:
     rows = []
@@ -126,7 +124,7 @@ def rule_section() -> html.Details:
         if not cls.settings:
             continue
         blocks.append(html.Div([html.H4(name), *settings_block(cls.settings, f"rule_args.{name}",
-                                                               LIVE_RULE_ARGS)],
+                                                               live_form_settings(name))],
                                id={"type": "rule-block", "rule": name}, className="rule-block",
                                style={"display": "none"}))
     return section("Rules", [

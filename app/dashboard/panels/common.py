@@ -15,6 +15,7 @@ from html import escape
 from typing import Any, TypedDict
 
 from app.dashboard.panels.binning import new_series_carry
+from app.dashboard.rulefacts import rule_populations
 
 Figure = dict[str, Any]
 Ops = dict[str, Any]
@@ -156,15 +157,8 @@ def run_label(rule: str, run_id: str, variant: str = "") -> str:
 
 def guess_populations(rule: str, rule_args: Mapping[str, Any] | None) -> list[str]:
     """The sub-populations a run reports before its first frame (corrected on the first
-    frame): basal and readout always, apical for apical rules, J̃ when it is learned."""
-    args = dict(rule_args or {})
-    pops = ["basal"]
-    if "lr_apical" in args:
-        pops.append("apical")
-    if args.get("jacobian") == "learned":
-        pops.append("jacobian")
-    pops.append("readout")
-    return pops
+    frame), from the rule class (app.dashboard.rulefacts)."""
+    return rule_populations(rule, rule_args)
 
 
 def ordered_pops(pops: Iterable[str]) -> list[str]:
