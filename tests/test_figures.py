@@ -701,17 +701,20 @@ def test_the_raw_trace_built_by_ticks_equals_the_rebuilt_one() -> None:
 
 
 def test_the_loss_range_follows_the_smoothed_curve_not_raw_spikes() -> None:
+    """The y-range spans the smoothed curve, the held-out test losses and the reference
+    levels: a raw spike does not squash the plot."""
     v = view(run_view(steps=10_000))
     frames = _noisy_frames(30)
     hist = {RID: {"step": [s for f in frames for s in f["loss"]["step"]],
-                  "loss": {"mean": [m for f in frames for m in f["loss"]["mean"]]}}}
+                  "loss": {"mean": [m for f in frames for m in f["loss"]["mean"]]},
+                  "test_loss": {"step": [200], "mean": [0.3]}}}  # a held-out loss counts
     carry: dict = {}
     fig = figures.loss_figure(v, hist, carry)
     lo, hi = fig["layout"]["yaxis"]["range"]
     assert fig["layout"]["yaxis"]["autorange"] is False
     smooth = [y for y in fig["data"][1]["y"] if y is not None]
     top = max(max(smooth), 0.66)  # the smoothed curve and the highest reference level
-    bottom = min(min(smooth), 0.45)
+    bottom = min(min(smooth), 0.45, 0.3)  # ...the lowest one, and the test loss below both
     assert max(fig["data"][0]["y"]) > 5  # the raw trace has its spike...
     span = math.log10(top) - math.log10(bottom)
     assert hi == pytest.approx(math.log10(top) + figures.Y_PAD * span, rel=1e-12)
@@ -761,11 +764,11 @@ def test_a_mid_run_learning_rate_change_is_recorded_and_marked(tmp_path) -> None
         wait_for(lambda: backend.history(rid)["events"], what="the change in the history")
         events = backend.history(rid)["events"]
         assert len(events) == 1 and step - 5 <= events[0][0] <= step + 5
-        assert events[0][1] == "lr 0.003 · apical 0.02"
+        assert events[0][1] == "lr 0.003 · lr_apical 0.02"  # named as in the form
         info = backend.get(rid)
         v = view(figures.make_run_view(info, "#0072B2"))
         fig = figures.loss_figure(v, {rid: backend.history(rid)})
         marks = [a["text"] for a in fig["layout"]["annotations"] if a.get("name") == "event"]
-        assert marks == ["lr 0.003 · apical 0.02"]
+        assert marks == ["lr 0.003 · lr_apical 0.02"]
     finally:
         backend.shutdown()

@@ -460,7 +460,9 @@ class Worker:
             self.run.set_learning_rates(**changes)
         if phases is not None:
             self.run.set_phases(phases)
-        label = " · ".join([f"{k} {v:g}" for k, v in changes.items()]
+        rule = self.run.rule  # a population's rate is named by its setting (lr_apical)
+        named = {pop: key for pop, key in rule.rate_settings(rule.args).items()}
+        label = " · ".join([f"{named.get(k, k)} {v:g}" for k, v in changes.items()]
                            + (["phases"] if phases is not None else []))
         self.pending_events.append([self.run.t, label])  # recorded in the history
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}

@@ -108,8 +108,8 @@ def log_ticks() -> dict[str, Any]:
 
 # ---- the y-range: from the smoothed curves --------------------------------------------------
 def track_range(state: dict[str, Any], values: Sequence[float | None]) -> bool:
-    """Widen the run's smoothed extent (``lo``/``hi`` in its loss carry) by ``values``;
-    True when it changed."""
+    """Widen the run's extent (``lo``/``hi`` in its loss carry) by ``values`` (smoothed
+    points and held-out test losses, never raw bins); True when it changed."""
     finite = [v for v in values if v is not None and math.isfinite(v) and v > 0]
     if not finite:
         return False
@@ -123,7 +123,7 @@ def track_range(state: dict[str, Any], values: Sequence[float | None]) -> bool:
 
 def y_range(view: View, carry: Mapping[str, Any]) -> list[float] | None:
     """The loss axis's range (axis units: decades on a log axis) spanning every run's smoothed
-    curve and the reference levels, padded by Y_PAD; None before any smoothed point."""
+    curve, its test losses and the reference levels, padded by Y_PAD; None before any point."""
     lows, highs = [], []
     for run in view["runs"]:
         state = (carry.get(run["id"]) or {}).get("loss") or {}
@@ -195,6 +195,7 @@ def _traces(view: View, histories: Mapping[str, Mapping[str, Any]],
                               hovertemplate="%{y:.4f}<extra>" + _esc(run["label"]) + "</extra>"))
         else:
             test = hist.get("test_loss") or {}
+            track_range(carry[rid]["loss"], _finite(test.get("mean") or []))
             data.append(_line(f"{run['label']} test", run["color"], width=1.5, dash="dot",
                               x=list(test.get("step") or []), y=_finite(test.get("mean") or []),
                               mode="lines+markers", legend=False, group=rid,
@@ -280,6 +281,7 @@ def tick(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
         tests = [(int(f.get("test_step", f.get("t1", 0))), _mean(f["test_loss"]))
                  for f in frames if f.get("test_loss")]
         tests = [(t, v) for t, v in tests if v is not None]
+        widened |= track_range(state, [v for _, v in tests])
         ext.add(f"test:{rid}", [t for t, _ in tests], [v for _, v in tests], MAX_POINTS)
     rng = y_range(view, carry) if widened else None
     return {"axes": {"yaxis": {"range": rng, "autorange": False}}} if rng else {}
