@@ -468,14 +468,15 @@
         }
     });
     const CLICK = {"l": "#log-y input"};
-    const PANEL_KEYS = {"1": "loss", "2": "voltage", "3": "weights", "4": "alignment", "5": "task"};
     document.addEventListener("keydown", function (ev) {
         const tag = (ev.target && ev.target.tagName) || "";
         if (/INPUT|TEXTAREA|SELECT/.test(tag) || (ev.target && ev.target.isContentEditable)) return;
         if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
         let id = KEYS[ev.key];
         if (ev.key === "Escape" && document.body.classList.contains("presenting")) id = "btn-present";
-        if (PANEL_KEYS[ev.key]) id = "panel-key-" + PANEL_KEYS[ev.key];
+        // digit k: the k-th panel tab (the tabs follow the panel registry, app/dashboard/panels)
+        const tab = /^[1-9]$/.test(ev.key) && document.querySelectorAll("#panel-tabs .tab")[+ev.key - 1];
+        if (tab) id = tab.id;
         if (ev.key === "f") {
             if (document.fullscreenElement) document.exitFullscreen();
             else if (document.documentElement.requestFullscreen) document.documentElement.requestFullscreen();

@@ -138,6 +138,14 @@ def stop_group(svc: Service, ids: Sequence[str]) -> None:
 
 
 
+#: one action at a time per tab: Dash drops the answer of a callback that is fired again
+#: while in flight, so a play pressed during a reset lost the reset's group (and its runs
+#: held slots unseen); now the buttons wait, with a spinner
+BUSY = [(Output("transport", "className"), "transport busy", "transport"),
+        (Output("presets", "className"), "preset-grid busy", "preset-grid"),
+        *[(Output(b, "disabled"), True, False) for b in TRANSPORT_BUTTONS]]
+
+
 def _register_transport(app: dash.Dash, svc: Service) -> None:
     @app.callback(
         Output("live-store", "data", allow_duplicate=True),
@@ -149,12 +157,7 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
         State("setup-store", "data"), State("live-store", "data"),
         State("step-k", "value"), State("ff-to", "value"),
         prevent_initial_call=True,
-        # one action at a time per tab: Dash drops the answer of a callback that is fired
-        # again while in flight, so a play pressed during a reset lost the reset's group
-        # (and its runs held slots unseen); now the buttons wait, with a spinner
-        running=[(Output("transport", "className"), "transport busy", "transport"),
-                 (Output("presets", "className"), "preset-grid busy", "preset-grid"),
-                 *[(Output(b, "disabled"), True, False) for b in TRANSPORT_BUTTONS]],
+        running=BUSY,
     )
     def transport(_play: int, _reset: int, _step: int, _ff: int, speed: int, auto: dict | None,
                   _test: int, _stop: int, setup: dict | None, live: dict | None, k: Any,
