@@ -444,10 +444,12 @@ def test_a_live_kernel_rate_change_is_marked_on_a_loss_plot_that_keeps_its_scale
     line; its y-range is set from the smoothed curve (not autoranged over raw spikes)."""
     _open(page, server, "?task=add&rules=kernl&n=16&steps=100000&speed=max")
     field = "#controls input[id*='rule_args.kernl.lr_kernel']"
-    assert "live" in page.inner_text(f"{field} >> xpath=ancestor::div[contains(@class,'field-row')]")
+    row = f"{field} >> xpath=ancestor::div[contains(@class,'field-row')]"
+    assert "live" in page.inner_text(row).lower()  # the LIVE badge
     page.click("#btn-play")
     loss = "document.querySelector('#loss-graph .js-plotly-plot')"
-    _wait_until(lambda: page.evaluate(f"() => {loss}.data[1].x.length > 3"), 60,
+    smoothed = f"() => {{ const d = {loss}.data; return d.length > 1 && d[1].x.length > 3 }}"
+    _wait_until(lambda: page.evaluate(smoothed), 60,
                 "smoothed loss points", page)
     y_axis = page.evaluate(f"() => {loss}.layout.yaxis")
     assert y_axis["autorange"] is False and len(y_axis["range"]) == 2
