@@ -278,7 +278,7 @@ def events_csv(rs: RunScalars) -> bytes:
     lines = [",".join(EVENT_COLUMNS)]
     for event in rs.events:
         for key, value in event.items():
-            if key in ("step", "action"):
+            if key in ("step", "action", "label"):  # label: the dashboard's mark, not a setting
                 continue
             text = value if isinstance(value, str) else json.dumps(value)
             lines.append(",".join([str(event["step"]), _csv_field(str(event.get("action", ""))),

@@ -86,7 +86,7 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
         "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
         "wall": max(walls) if walls else None, "built": built,
         "has_frames": any(frames_by_run.values()),
-        "rebuild": gap or figures.populations_changed(view, frames_by_run),  # type: ignore[arg-type]
+        "rebuild": gap or figures.needs_rebuild(view, frames_by_run),  # type: ignore[arg-type]
         "server_ms": round((time.time() - built) * 1000, 2),
     }
 

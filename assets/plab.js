@@ -92,6 +92,7 @@
         }
         if (ops.set) for (const s of ops.set) p.set[s.i] = s;
         if (ops.titles) p.titles = ops.titles;
+        if (ops.axes) p.axes = Object.assign(p.axes || {}, ops.axes);  // e.g. the loss y-range
         if (ops.spans) p.spans = p.spans.concat(ops.spans);
         if (wall) p.wall = Math.max(p.wall || 0, wall);
         p.recv = recv;
@@ -187,6 +188,7 @@
             }
         }
         if (p.spans.length) shade(gd, p.spans, meta);
+        for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {
@@ -466,14 +468,15 @@
         }
     });
     const CLICK = {"l": "#log-y input"};
-    const PANEL_KEYS = {"1": "loss", "2": "voltage", "3": "weights", "4": "alignment", "5": "task"};
     document.addEventListener("keydown", function (ev) {
         const tag = (ev.target && ev.target.tagName) || "";
         if (/INPUT|TEXTAREA|SELECT/.test(tag) || (ev.target && ev.target.isContentEditable)) return;
         if (ev.ctrlKey || ev.metaKey || ev.altKey) return;
         let id = KEYS[ev.key];
         if (ev.key === "Escape" && document.body.classList.contains("presenting")) id = "btn-present";
-        if (PANEL_KEYS[ev.key]) id = "panel-key-" + PANEL_KEYS[ev.key];
+        // digit k: the k-th panel tab (the tabs follow the panel registry, app/dashboard/panels)
+        const tab = /^[1-9]$/.test(ev.key) && document.querySelectorAll("#panel-tabs .tab")[+ev.key - 1];
+        if (tab) id = tab.id;
         if (ev.key === "f") {
             if (document.fullscreenElement) document.exitFullscreen();
             else if (document.documentElement.requestFullscreen) document.documentElement.requestFullscreen();

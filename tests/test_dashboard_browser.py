@@ -435,3 +435,33 @@ def test_passive_comparison_rules_stream_into_the_alignment_graph(page: Any, ser
     assert [(r["config"]["compare"], r["config"]["align"]) for r in runs] == [
         (["rflo", "kernl"], "auto")]
     assert not page.errors, page.errors
+
+
+def test_a_live_kernel_rate_change_is_marked_on_a_loss_plot_that_keeps_its_scale(
+        page: Any, server: str) -> None:
+    """KeRNL's lr_kernel is LIVE (from the rule class): changing it in the form changes the
+    running run without a reset, and the loss plot draws the change as a labelled vertical
+    line; its y-range is set from the smoothed curve (not autoranged over raw spikes)."""
+    _open(page, server, "?task=add&rules=kernl&n=16&steps=100000&speed=max")
+    field = "#controls input[id*='rule_args.kernl.lr_kernel']"
+    row = f"{field} >> xpath=ancestor::div[contains(@class,'field-row')]"
+    assert "live" in page.inner_text(row).lower()  # the LIVE badge
+    page.click("#btn-play")
+    loss = "document.querySelector('#loss-graph .js-plotly-plot')"
+    smoothed = f"() => {{ const d = {loss}.data; return d.length > 1 && d[1].x.length > 3 }}"
+    _wait_until(lambda: page.evaluate(smoothed), 60,
+                "smoothed loss points", page)
+    y_axis = page.evaluate(f"() => {loss}.layout.yaxis")
+    assert y_axis["autorange"] is False and len(y_axis["range"]) == 2
+    rid = _api(server, "/api/runs")["runs"][0]["id"]
+    page.fill(field, "3e-5")
+    page.keyboard.press("Tab")
+    _wait_until(lambda: _api(server, f"/api/runs/{rid}")["learning_rates"].get("jacobian")
+                == 3e-5, 30, "the kernel rate to change live", page)
+    marks_js = (f"() => ({loss}.layout.annotations || []).filter((a) => a.name === 'event')"
+                ".map((a) => [a.x, a.text])")
+    _wait_until(lambda: page.evaluate(marks_js), 30, "the change's mark", page)
+    (step, text), = page.evaluate(marks_js)
+    assert text == "lr_kernel 3e-05" and step > 0
+    assert _api(server, f"/api/runs/{rid}")["status"] == "running"  # no reset
+    assert not page.errors, page.errors

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import ClassVar
 
 import pytest
 
@@ -134,9 +135,45 @@ def test_colours_one_per_rule_and_distinct() -> None:
     assert len(set(colors)) == 4
 
 
-def test_every_registered_rule_has_a_colour() -> None:
-    colors = figures.assign_colors(list(RULES))
-    assert len(set(colors)) == len(RULES)
+def _linear(channel: int) -> float:
+    c = channel / 255
+    return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+
+
+def _rgb(color: str) -> list[float]:
+    return [_linear(int(color[i:i + 2], 16)) for i in (1, 3, 5)]
+
+
+def _contrast_on_white(color: str) -> float:
+    """WCAG contrast ratio of a colour against the plots' white background."""
+    r, g, b = _rgb(color)
+    return 1.05 / (0.2126 * r + 0.7152 * g + 0.0722 * b + 0.05)
+
+
+def _delta_e(a: str, b: str) -> float:
+    """CIE76 colour difference (about 2.3: just noticeable; above 15: clearly different)."""
+    def lab(color: str) -> tuple[float, float, float]:
+        r, g, b_ = _rgb(color)
+        xyz = ((0.4124 * r + 0.3576 * g + 0.1805 * b_) / 0.95047,
+               0.2126 * r + 0.7152 * g + 0.0722 * b_,
+               (0.0193 * r + 0.1192 * g + 0.9505 * b_) / 1.08883)
+        fx, fy, fz = (t ** (1 / 3) if t > 0.008856 else 7.787 * t + 16 / 116 for t in xyz)
+        return 116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)
+    return math.dist(lab(a), lab(b))
+
+
+@pytest.mark.parametrize("race", [list(RULES), *[[rule] * 10 for rule in RULES]],
+                         ids=["every-rule", *[f"10x{rule}" for rule in RULES]])
+def test_runs_of_a_race_get_colours_told_apart_on_a_projector(race: list[str]) -> None:
+    """Every registered rule racing, or ten runs of one rule (seeds, rates): each run's
+    colour is clearly different from every other (CIE76 delta E >= 15) and readable as a
+    line on the white plot (contrast >= 2: no pale sand or sky blue)."""
+    colors = figures.assign_colors(race)
+    assert len(set(colors)) == len(race)
+    worst = min((_delta_e(a, b), a, b) for k, a in enumerate(colors) for b in colors[k + 1:])
+    assert worst[0] >= 15, worst
+    palest = min((_contrast_on_white(c), c) for c in colors)
+    assert palest[0] >= 2.0, palest
 
 
 def test_trace_budget_stays_small() -> None:
@@ -177,10 +214,16 @@ def test_loss_figure_has_reference_lines_log_y_and_history() -> None:
     labels = " ".join(a["text"] for a in layout_["annotations"])
     assert "nothing" in labels and "optimum" in labels
     raw, smooth, test = fig["data"]
-    assert raw["y"] == [0.7, 0.6, None] and raw["opacity"] < 0.5
-    assert smooth["y"][0] == pytest.approx(0.7) and smooth["y"][2] is None
+    # blocks of the run's stride (6 steps); the last one (step 19) stays open in the carry
+    # while the run is running: the next tick continues it; a NaN bin is no point
+    assert figures.loss_stride(10_000) == 6
+    assert raw["x"] == [9] and raw["y"] == [0.7] and raw["opacity"] < 0.5
+    assert smooth["y"] == [pytest.approx(0.7, rel=1e-12)]
+    assert carry[RID]["loss"]["t"] == 19 and carry[RID]["loss"]["w"] == 10
     assert test["x"] == [20] and test["y"] == [0.55]
-    assert carry[RID]["loss"]["et"] == 19  # EMA continues from the history
+    assert carry[RID]["loss"]["et"] == 9  # EMA continues from the history
+    done = figures.loss_figure(view({**run_view(), "status": "finished"}), hist, {})
+    assert done["data"][0]["x"] == [9, 19] and done["data"][0]["y"] == [0.7, 0.6]
     # log annotations sit at log10(level)
     ann = next(a for a in layout_["annotations"] if "optimum" in a["text"])
     assert ann["y"] == pytest.approx(math.log10(0.45))
@@ -500,6 +543,63 @@ def test_live_updates_change_rates_and_phases_only() -> None:
                                   "") == {}
 
 
+def _badges(rows: list) -> dict[str, str]:
+    """Setting name -> its badge ("live") in a settings block's rows."""
+    out = {}
+    for row in rows:
+        label = row.children[0]
+        name, badge = label.children[0], label.children[1]
+        out[name] = badge.children if badge is not None else ""
+    return out
+
+
+def test_kernls_kernel_rate_changes_live_from_the_rule_class() -> None:
+    """The live settings come from the rule classes: KeRNL's lr_kernel (its "jacobian"
+    population) is marked LIVE in the form and sent with the set action; its run reports
+    that population before its first frame."""
+    from app.dashboard import rulefacts
+
+    assert rulefacts.live_form_settings("kernl") == {"lr_kernel": "jacobian"}
+    assert rulefacts.live_form_settings("dni-b") == {"lr_apical": "apical",
+                                                     "lr_jacobian": "jacobian"}
+    assert rulefacts.live_form_settings("bptt") == {}
+    kernl = _badges(layout.settings_block(RULES["kernl"].settings, "rule_args.kernl",
+                                          rulefacts.live_form_settings("kernl")))
+    assert kernl["lr_kernel"] == "live" and list(kernl.values()).count("live") == 1
+    setup = {**urlstate.default_setup(), "rules": ["kernl"],
+             "rule_args": {"kernl": {"lr_kernel": "2e-5"}}}
+    run_info = {"config": {"rule": "kernl", "lr": 0.001, "rule_args": {"lr_kernel": 5e-6}},
+                "learning_rates": {"basal": 0.001, "jacobian": 5e-6}, "phases": "all"}
+    assert callbacks.live_updates(setup, run_info, "") == {"jacobian": 2e-5}
+    assert figures.guess_populations("kernl", {}) == ["basal", "jacobian", "readout"]
+    assert figures.guess_populations("dni-b", {"jacobian": "fixed"}) == ["basal", "apical",
+                                                                         "readout"]
+
+
+def test_a_new_rule_class_drives_the_live_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.dashboard import layout, rulefacts
+    from simulator.rules.base import Rule
+    from simulator.settings import Setting
+
+    class Tuft(Rule):
+        name = "tuft"
+        summary = "a made-up rule with an apical tuft"
+        settings = (Setting("lr_tuft", 0.01, "learning rate of the tuft", float, 0.0, 1.0),)
+        own_populations: ClassVar[dict[str, str]] = {"apical": "lr_tuft"}
+
+    monkeypatch.setitem(RULES, "tuft", Tuft)
+    assert rulefacts.live_rule_settings("tuft") == {"lr_tuft": "apical"}
+    assert figures.guess_populations("tuft", None) == ["basal", "apical", "readout"]
+    assert _badges(layout.settings_block(Tuft.settings, "rule_args.tuft",
+                                         rulefacts.live_form_settings("tuft"))) == {
+        "lr_tuft": "live"}
+    run_info = {"config": {"rule": "tuft", "lr": 0.001, "rule_args": {"lr_tuft": 0.01}},
+                "learning_rates": {"basal": 0.001, "apical": 0.01}, "phases": "all"}
+    setup = {**urlstate.default_setup(), "rules": ["tuft"],
+             "rule_args": {"tuft": {"lr_tuft": "0.05"}}}
+    assert callbacks.live_updates(setup, run_info, "") == {"apical": 0.05}
+
+
 def test_restart_fields() -> None:
     setup = {**urlstate.default_setup(), "n": "16", "seeds": "0,1"}
     assert urlstate.restart_fields(setup, {"task": "add", "n": 32, "alpha": 1.0, "seeds": [0]}) == [
@@ -541,3 +641,134 @@ def test_tick_payload_with_a_fake_backend() -> None:
     assert payload["epoch"] == 3 and payload["has_frames"] and not payload["rebuild"]
     assert payload["wall"] == 1010.0
     json.dumps(payload, allow_nan=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the loss plot on a projector: one binning, y-range from the smoothed curve, marks
+# ---------------------------------------------------------------------------------------------
+def _apply(trace: dict, op: dict, j: int) -> None:
+    """What assets/plab.js does with one trace's extend: drop the provisional point it drew
+    last time, append the new points, remember whether the last one is provisional."""
+    if trace.get("_tail") and trace["x"]:
+        trace["x"].pop()
+        trace["y"].pop()
+    trace["x"] += op["x"][j]
+    trace["y"] += op["y"][j]
+    trace["_tail"] = bool(op.get("tail") and op["tail"][j])
+
+
+def _noisy_frames(count: int, k: int = 10) -> list[dict]:
+    """Frames of k one-step bins with a loss that differs per frame (and a spike)."""
+    frames = []
+    for i in range(count):
+        f = frame(i * k, k, loss=0.6 + 0.05 * math.sin(i))
+        if i == 7:
+            f["loss"]["mean"][3] = 40.0  # one raw spike
+        frames.append(f)
+    return frames
+
+
+def test_the_raw_trace_built_by_ticks_equals_the_rebuilt_one() -> None:
+    """The faint raw loss is binned once: the points that ticks draw one by one are the
+    points a rebuild from the run's history draws (blocks of the run's stride), and the
+    rebuilt figure's carry continues exactly as the live one."""
+    from app.service.framebuffer import FrameBuffer
+
+    v = view(run_view(steps=10_000))  # stride 6: blocks straddle the 10-step frames
+    frames = _noisy_frames(40)
+    figs, carry = figures.build_figures(v)
+    raw, smooth = figs["loss-graph"]["data"][0], figs["loss-graph"]["data"][1]
+    buffer = FrameBuffer(bins=4096)
+    for f in frames[:30]:
+        ops, carry = figures.tick_ops(v, {RID: [f]}, carry)
+        for j, i in enumerate(ops["loss-graph"]["extend"]["idx"]):
+            _apply(figs["loss-graph"]["data"][i], ops["loss-graph"]["extend"], j)
+        buffer.push(json.loads(json.dumps(f)))
+    hist = buffer.history(figures.HISTORY_POINTS)
+    rebuilt, rcarry = figures.build_figures(v, {RID: hist})
+    rraw, rsmooth = rebuilt["loss-graph"]["data"][0], rebuilt["loss-graph"]["data"][1]
+    assert raw["_tail"]  # live: the open block is drawn provisionally; rebuilt: left out
+    assert rraw["x"] == raw["x"][:-1] and len(rraw["x"]) == 300 // 6 - 1
+    assert rraw["y"] == pytest.approx(raw["y"][:-1], rel=1e-12, abs=0)
+    assert rsmooth["y"] == pytest.approx(smooth["y"][:-1], rel=1e-12, abs=0)
+    for later in frames[30:]:  # both carries continue with the same points
+        live_ops, carry = figures.tick_ops(v, {RID: [later]}, carry)
+        re_ops, rcarry = figures.tick_ops(v, {RID: [later]}, rcarry)
+        a, b = live_ops["loss-graph"]["extend"], re_ops["loss-graph"]["extend"]
+        assert a["x"] == b["x"]
+        assert [y for ys in a["y"] for y in ys] == pytest.approx(
+            [y for ys in b["y"] for y in ys], rel=1e-12, abs=0)
+
+
+def test_the_loss_range_follows_the_smoothed_curve_not_raw_spikes() -> None:
+    """The y-range spans the smoothed curve, the held-out test losses and the reference
+    levels: a raw spike does not squash the plot."""
+    v = view(run_view(steps=10_000))
+    frames = _noisy_frames(30)
+    hist = {RID: {"step": [s for f in frames for s in f["loss"]["step"]],
+                  "loss": {"mean": [m for f in frames for m in f["loss"]["mean"]]},
+                  "test_loss": {"step": [200], "mean": [0.3]}}}  # a held-out loss counts
+    carry: dict = {}
+    fig = figures.loss_figure(v, hist, carry)
+    lo, hi = fig["layout"]["yaxis"]["range"]
+    assert fig["layout"]["yaxis"]["autorange"] is False
+    smooth = [y for y in fig["data"][1]["y"] if y is not None]
+    top = max(max(smooth), 0.66)  # the smoothed curve and the highest reference level
+    bottom = min(min(smooth), 0.45, 0.3)  # ...the lowest one, and the test loss below both
+    assert max(fig["data"][0]["y"]) > 5  # the raw trace has its spike...
+    span = math.log10(top) - math.log10(bottom)
+    assert hi == pytest.approx(math.log10(top) + figures.Y_PAD * span, rel=1e-12)
+    assert lo == pytest.approx(math.log10(bottom) - figures.Y_PAD * span, rel=1e-12)
+    assert 10 ** hi < max(fig["data"][0]["y"]) / 4  # ...which does not set the range
+    # live: a tick whose smoothed curve leaves the range sends the new range, a spike alone
+    # (smoothed within the range) sends none
+    ops, carry = figures.tick_ops(v, {RID: [frame(300, 10, loss=0.6)]}, carry)
+    assert "axes" not in ops["loss-graph"]
+    ops, carry = figures.tick_ops(v, {RID: [frame(310, 600, loss=0.1)]}, carry)
+    new_lo = ops["loss-graph"]["axes"]["yaxis"]["range"][0]
+    assert new_lo < lo and 10 ** new_lo < carry[RID]["loss"]["lo"]
+
+
+def test_a_setting_change_is_a_labelled_vertical_line_on_the_loss_plot() -> None:
+    v = view(run_view(), run_view(RID2, "dni", "#E69F00"))
+    events = [[1200, "lr 0.003"], [3000, "apical 0.02 · phases"]]
+    hist = {RID: {"step": [9], "loss": {"mean": [0.7]}, "events": events},
+            RID2: {"step": [9], "loss": {"mean": [0.7]}, "events": events[:1]}}  # a race: once
+    fig = figures.loss_figure(v, hist)
+    lines = [s for s in fig["layout"]["shapes"] if s.get("name") == "event"]
+    labels = [a for a in fig["layout"]["annotations"] if a.get("name") == "event"]
+    assert [(s["x0"], s["x1"], s["yref"]) for s in lines] == [(1200, 1200, "paper"),
+                                                              (3000, 3000, "paper")]
+    assert [(a["x"], a["text"]) for a in labels] == [(1200, "lr 0.003"),
+                                                     (3000, "apical 0.02 · phases")]
+    # a frame that carries a change asks the live channel to rebuild (the mark comes from
+    # the history, where the run recorded it)
+    f = frame(10)
+    assert not figures.needs_rebuild(v, {RID: [f]})
+    assert figures.needs_rebuild(v, {RID: [{**f, "events": [[10, "lr 0.01"]]}]})
+
+
+def test_a_mid_run_learning_rate_change_is_recorded_and_marked(tmp_path) -> None:
+    """A real run: the set action's change is recorded in the run's history (the worker
+    stamps it on the next frame, the frame buffer keeps it), and the loss plot marks it."""
+    from helpers import wait_for
+
+    from app.service import BackendSettings, LocalBackend
+
+    backend = LocalBackend(BackendSettings(data_dir=tmp_path / "data", max_runs=1,
+                                           frame_rate=20.0, checkpoint_every=10**6))
+    try:
+        rid = backend.create({"task": "add", "rule": "dni-b", "n": 8, "steps": 10**6})
+        wait_for(lambda: backend.get(rid)["step"] > 100, what="progress")
+        step = backend.control(rid, "set", lr=0.003, apical=0.02)["step"]
+        wait_for(lambda: backend.history(rid)["events"], what="the change in the history")
+        events = backend.history(rid)["events"]
+        assert len(events) == 1 and step - 5 <= events[0][0] <= step + 5
+        assert events[0][1] == "lr 0.003 · lr_apical 0.02"  # named as in the form
+        info = backend.get(rid)
+        v = view(figures.make_run_view(info, "#0072B2"))
+        fig = figures.loss_figure(v, {rid: backend.history(rid)})
+        marks = [a["text"] for a in fig["layout"]["annotations"] if a.get("name") == "event"]
+        assert marks == ["lr 0.003 · lr_apical 0.02"]
+    finally:
+        backend.shutdown()

@@ -10,13 +10,16 @@ Field ids are pattern-matching dicts ``{"type": "field", "key": KEY}`` (every on
 
 from __future__ import annotations
 
+from types import ModuleType
 from typing import Any
 
 from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
+from app.dashboard import panels as registry
 from app.dashboard.export import export_bar
+from app.dashboard.rulefacts import live_form_settings
 from simulator.alignment import comparable_rules
 from simulator.phases import POPULATIONS
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -29,50 +32,10 @@ SPEEDS = urlstate.SPEEDS  # steps per second; 0: as fast as possible
 SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 3: "300/s", 4: "1k/s", 5: "max"}
 #: paced for teaching: 100 steps/s (a preset may set its own; ``speed=`` in the URL)
 DEFAULT_SPEED = urlstate.speed_index(urlstate.DEFAULT_SPEED)
-PANEL_TITLES = {
-    "loss": "Loss",
-    "voltage": "Compartment voltages",
-    "weights": "Weight changes",
-    "alignment": "Gradient alignment & rule signals",
-    "task": "Task: input, target, prediction",
-}
-TAB_LABELS = {"loss": "Loss", "voltage": "Voltages", "weights": "Weights",
-              "alignment": "Alignment", "task": "Task"}
-NOTES = {
-    "loss": [
-        "Train loss of each run (bold: smoothed; faint: raw) and held-out test loss (◆). "
-        "Dashed lines are the task's reference levels: for Add, a network that learned "
-        "nothing sits at 0.66 nats, one that learned the t1 dependency at 0.52, the optimum "
-        "is 0.45. Shaded bands are circuit phases.",
-        "Look for: which rules cross the t1 line, and where each one plateaus.",
-    ],
-    "voltage": [
-        "Each unit is a neuron with two compartments. The basal voltage V drives its rate "
-        "r = tanh(V). The apical voltage U does not drive the cell: it is a synthetic "
-        "gradient, the unit's prediction of how its rate affects future loss. U is the "
-        "learning signal of the basal synapses: ΔW ∝ −U · gain · presynaptic rate.",
-        "Look for: U starting flat and growing as the apical synapses learn. Rules "
-        "without an apical compartment show U = 0.",
-    ],
-    "weights": [
-        "How each synaptic sub-population changed over the last update window (red: grew, "
-        "blue: shrank; each map has its own symmetric colour range; hover for values). "
-        "Basal: recurrent | input | bias columns. Below: the size ‖W‖ of each population.",
-        "Look for: during a phase only that phase's populations change; apical A and J̃ "
-        "settle while the basal weights keep moving.",
-    ],
-    "alignment": [
-        "Top: cosine between the rule's update and the exact gradient (1: the same direction, "
-        "0: unrelated). Bottom: the rule's own prediction errors: the apical loss (how far U "
-        "is from its bootstrapped target) and the J̃ loss (how well the learned Jacobian "
-        "predicts the next rates).",
-        "Look for: alignment far below 1 but clearly above 0 is enough to learn.",
-    ],
-    "task": [
-        "The input stream, the target and each run's prediction over the recent window.",
-        "Look for: the prediction following the target's jumps a few steps after the input.",
-    ],
-}
+#: titles, tab labels and notes come from the panel modules (app.dashboard.panels)
+PANEL_TITLES = {p.NAME: p.TITLE for p in registry.PANELS}
+TAB_LABELS = {p.NAME: p.TAB for p in registry.PANELS}
+NOTES = {p.NAME: list(p.NOTES) for p in registry.PANELS}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -112,9 +75,6 @@ def setting_control(s: Setting, key: str, value: Any) -> Any:
                              className="switch")
     return dcc.Input(id=field_id(key), type="text", value=urlstate.text(value), debounce=0.35,
                      className="text-input", autoComplete="off", spellCheck=False)
-
-
-LIVE_RULE_ARGS = {"lr_apical": "apical", "lr_jacobian": "jacobian"}
 
 
 def settings_block(settings: tuple[Setting, ...], prefix: str, live: dict[str, str] | None = None
@@ -165,7 +125,7 @@ def rule_section() -> html.Details:
         if not cls.settings:
             continue
         blocks.append(html.Div([html.H4(name), *settings_block(cls.settings, f"rule_args.{name}",
-                                                               LIVE_RULE_ARGS)],
+                                                               live_form_settings(name))],
                                id={"type": "rule-block", "rule": name}, className="rule-block",
                                style={"display": "none"}))
     return section("Rules", [
@@ -301,13 +261,17 @@ def header() -> html.Header:
     ], className="header")
 
 
-def panel(name: str, graph_id: str, extra: list[Any] | None = None) -> html.Section:
-    lines = NOTES[name]
+def panel(component: ModuleType) -> html.Section:
+    """One panel's section: its title and tools (the panel module's layout fragment), its
+    graph and its notes."""
+    name, graph_id = component.NAME, component.GRAPH
+    lines = component.NOTES
     return html.Section([
-        html.Div([html.H3(PANEL_TITLES[name]), html.Div(extra or [], className="panel-tools")],
+        html.Div([html.H3(component.TITLE),
+                  html.Div(component.tools(), className="panel-tools")],
                  className="panel-head"),
         html.Div([
-            html.Div(dcc.Graph(id=graph_id, figure=_empty_figure(graph_id), responsive=True,
+            html.Div(dcc.Graph(id=graph_id, figure=_empty_figure(component), responsive=True,
                                config={"displaylogo": False, "responsive": True,
                                        "showSendToCloud": False, "showEditInChartStudio": False,
                                        "modeBarButtonsToRemove": ["lasso2d", "select2d"],
@@ -320,45 +284,24 @@ def panel(name: str, graph_id: str, extra: list[Any] | None = None) -> html.Sect
     ], className="panel", id=f"panel-{name}", **{"data-panel": name})
 
 
-def _empty_figure(graph_id: str) -> dict[str, Any]:
-    view = figures.make_view([], epoch=0)
-    return figures.BUILDERS[graph_id](view)
+def _empty_figure(component: ModuleType) -> dict[str, Any]:
+    return component.figure(figures.make_view([], epoch=0), {}, {}, {})
 
 
 def panels() -> html.Main:
-    units = dcc.Dropdown(id="units", options=[{"label": f"unit {i}", "value": i} for i in range(32)],
-                         value=[0, 1, 2], multi=True, className="dropdown units",
-                         placeholder="units", searchable=True)
-    # which seed of an ensemble the voltage and task panels show (losses average over seeds)
-    seed = dcc.Dropdown(id="seed-index", options=[{"label": "seed 0", "value": 0}], value=0,
-                        clearable=False, searchable=False, className="dropdown seed")
-    log_y = html.Div([
-        html.Button("test now", id="btn-test", n_clicks=0, className="small",
-                    title="evaluate the held-out test loss of the live runs now (◆)"),
-        dcc.Checklist(id="log-y", options=[{"label": " log y", "value": "on"}], value=["on"],
-                      className="check inline")], className="tools-row")
-    tabs = html.Div([html.Button([html.Span(str(i + 1), className="tab-key"), TAB_LABELS[p]],
-                                 id=f"panel-key-{p}", n_clicks=0, className="tab",
-                                 **{"data-panel": p})
-                     for i, p in enumerate(urlstate.PANELS)], className="panel-tabs", id="panel-tabs")
+    """The panel grid (one section per registered panel), its tabs and picker, the run table."""
+    tabs = html.Div([html.Button([html.Span(str(i + 1), className="tab-key"), p.TAB],
+                                 id=f"panel-key-{p.NAME}", n_clicks=0, className="tab",
+                                 **{"data-panel": p.NAME})
+                     for i, p in enumerate(registry.PANELS)], className="panel-tabs",
+                    id="panel-tabs")
     panel_pick = dcc.Checklist(id="panels", options=[{"label": f" {p}", "value": p}
-                                                     for p in urlstate.PANELS],
-                               value=list(urlstate.PANELS), inline=True, className="check inline")
+                                                     for p in registry.NAMES],
+                               value=list(registry.NAMES), inline=True, className="check inline")
     return html.Main([
         html.Div([tabs, html.Div([html.Span("panels:", className="tlabel"), panel_pick],
                                  className="panel-pick")], className="panels-bar"),
-        html.Div([
-            panel("loss", "loss-graph", [log_y]),
-            panel("voltage", "voltage-graph", [html.Span("units", className="tlabel"), units,
-                                               html.Span("seed", className="tlabel"), seed]),
-            panel("weights", "weight-change-graph", [
-                html.Span("run", className="tlabel"),
-                dcc.Dropdown(id="heat-run", options=[], value=None, clearable=False,
-                             searchable=False, className="dropdown heat-run",
-                             placeholder="first run")]),
-            panel("alignment", "alignment-graph"),
-            panel("task", "task-graph"),
-        ], className="panel-grid", id="panel-grid"),
+        html.Div([panel(p) for p in registry.PANELS], className="panel-grid", id="panel-grid"),
         export_bar(),
         run_table(),
     ], className="main", id="main")

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+from app.dashboard.panels import NAMES
 from simulator.config import SCALARS, RunConfig, parse_seeds
 from simulator.phases import POPULATIONS, PRESETS, parse_schedule
 from simulator.rules import RULES
@@ -28,7 +29,7 @@ from simulator.settings import ConfigError, Setting, quote
 from simulator.tasks import TASKS
 
 CORE_FIELDS = ("n", "alpha", "lr", "seeds", "steps")
-PANELS = ("loss", "voltage", "weights", "alignment", "task")
+PANELS = NAMES  # the panel registry's names (app.dashboard.panels), in screen order
 SCALAR_SETTINGS = {s.name: s for s in SCALARS}
 DEFAULT_STEPS = "20000"
 #: the transport's speeds in steps per second (0: as fast as the CPU runs)

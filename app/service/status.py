@@ -121,6 +121,19 @@ def is_active(text: object) -> bool:
         return False
 
 
+#: kinds of a run that can still move on (a parked run resumes on ▶ or any action)
+MOVING_KINDS = ACTIVE_KINDS | {Kind.PARKED}
+
+
+def is_moving(text: object) -> bool:
+    """Whether a wire status text is ready, running, paused or parked: the run can still
+    produce frames (False for unknown text)."""
+    try:
+        return Status.parse(text).kind in MOVING_KINDS
+    except ValueError:
+        return False
+
+
 def is_terminal(text: object) -> bool:
     """Whether a wire status text is finished, stopped, diverged, failed, unreadable or
     interrupted (False for unknown text)."""

@@ -202,6 +202,7 @@ class Worker:
         self.status = "running" if self.playing else ("ready" if self.run.t == 0 else "paused")
         self.quit = False
         self.pending_test: list[float | None] | None = None
+        self.events_changed = False  # a set action was recorded: the next frame says so
         self.last_eval = self.run.t
         self.last_ckpt = self.run.t
         self.computed = 0.0        # seconds of compute since the last checkpoint
@@ -356,9 +357,15 @@ class Worker:
             self.run.set_learning_rates(**rates)
         if phases is not None:
             self.run.set_phases(phases)
-        # into the history (every backend's FrameBuffer keeps it): the exports' events
+        rule = self.run.rule  # a population's rate is named by its setting (lr_apical)
+        named = {pop: key for pop, key in rule.rate_settings(rule.args).items()}
+        event["label"] = " · ".join([f"{named.get(k, k)} {v:g}" for k, v in changes.items()]
+                                    + (["phases"] if phases is not None else []))[:100]
+        # into the history at once (every backend's FrameBuffer keeps it: the exports' events);
+        # the next frame says so, and the dashboard redraws the loss plot with its mark
         self.send("summary", {"t0": self.run.t, "t1": self.run.t, "events": [event],
                               "wall": time.time()})
+        self.events_changed = True
         return {"learning_rates": dict(self.run.lr), "phases": self.run.config.phases}
 
     def _do_view(self, units: list[int] | None = None, seed_index: int | None = None) -> dict:
@@ -556,6 +563,8 @@ class Worker:
         frame["step"] = frame.get("t1", self.run.t)
         frame["run_status"] = self.status
         frame["steps_per_second"] = round(self.sps, 1)
+        if self.events_changed:
+            frame["events_changed"], self.events_changed = True, False
         if self.pending_test is not None:
             frame["test_loss"] = self.pending_test
             frame["test_step"] = self.last_eval
