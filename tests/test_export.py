@@ -120,7 +120,7 @@ def test_the_json_is_one_document_with_the_same_table(api: str, run: dict[str, A
     assert doc["run"]["id"] == run["id"] and doc["run"]["name"] == "dni-b"
     assert doc["run"]["setup"].startswith("dni-b · add · n 8 · lr ")
     assert doc["config"]["phases"] == "apical-then-basal" and doc["config"]["seeds"] == [3, 5]
-    assert doc["events"] == [{"step": 100, "action": "set", "lr": 0.002}]
+    assert doc["events"] == [{"step": 100, "action": "set", "lr": 0.002, "label": "lr 0.002"}]
     csv_rows = _table(_get(f"{api}/runs/{run['id']}/export/scalars.csv")[1])
     assert doc["columns"] == list(csv_rows[0])
     assert len(doc["rows"]) == len(csv_rows)

@@ -27,7 +27,8 @@ def test_a_set_on_one_server_is_in_the_other_servers_export(
     wait_for(lambda: b.get(rid)["status"] == "finished", 60, "the run to finish")
     for backend in (a, b):
         rs = gather(backend, rid)
-        assert rs.events == [{"step": step, "action": "set", "lr": 0.002, "apical": 0.01}]
+        assert rs.events == [{"step": step, "action": "set", "lr": 0.002, "apical": 0.01,
+                             "label": "lr 0.002 · lr_apical 0.01"}]
         assert events_csv(rs).decode().splitlines() == [
             "step,action,setting,value", f"{step},set,lr,0.002", f"{step},set,apical,0.01"]
     table = b"".join(scalars_csv(rs)).decode().splitlines()

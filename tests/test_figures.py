@@ -731,7 +731,9 @@ def test_the_loss_range_follows_the_smoothed_curve_not_raw_spikes() -> None:
 
 def test_a_setting_change_is_a_labelled_vertical_line_on_the_loss_plot() -> None:
     v = view(run_view(), run_view(RID2, "dni", "#E69F00"))
-    events = [[1200, "lr 0.003"], [3000, "apical 0.02 · phases"]]
+    events = [{"step": 1200, "action": "set", "lr": 0.003, "label": "lr 0.003"},
+              {"step": 3000, "action": "set", "apical": 0.02, "phases": "all",
+               "label": "apical 0.02 · phases"}]
     hist = {RID: {"step": [9], "loss": {"mean": [0.7]}, "events": events},
             RID2: {"step": [9], "loss": {"mean": [0.7]}, "events": events[:1]}}  # a race: once
     fig = figures.loss_figure(v, hist)
@@ -745,12 +747,12 @@ def test_a_setting_change_is_a_labelled_vertical_line_on_the_loss_plot() -> None
     # the history, where the run recorded it)
     f = frame(10)
     assert not figures.needs_rebuild(v, {RID: [f]})
-    assert figures.needs_rebuild(v, {RID: [{**f, "events": [[10, "lr 0.01"]]}]})
+    assert figures.needs_rebuild(v, {RID: [{**f, "events_changed": True}]})
 
 
 def test_a_mid_run_learning_rate_change_is_recorded_and_marked(tmp_path) -> None:
     """A real run: the set action's change is recorded in the run's history (the worker
-    stamps it on the next frame, the frame buffer keeps it), and the loss plot marks it."""
+    records it in the history at once and flags its next frame), and the loss plot marks it."""
     from helpers import wait_for
 
     from app.service import BackendSettings, LocalBackend
@@ -763,8 +765,9 @@ def test_a_mid_run_learning_rate_change_is_recorded_and_marked(tmp_path) -> None
         step = backend.control(rid, "set", lr=0.003, apical=0.02)["step"]
         wait_for(lambda: backend.history(rid)["events"], what="the change in the history")
         events = backend.history(rid)["events"]
-        assert len(events) == 1 and step - 5 <= events[0][0] <= step + 5
-        assert events[0][1] == "lr 0.003 · lr_apical 0.02"  # named as in the form
+        assert len(events) == 1 and step - 5 <= events[0]["step"] <= step + 5
+        assert events[0]["label"] == "lr 0.003 · lr_apical 0.02"  # named as in the form
+        assert (events[0]["lr"], events[0]["apical"]) == (0.003, 0.02)  # the values, for export
         info = backend.get(rid)
         v = view(figures.make_run_view(info, "#0072B2"))
         fig = figures.loss_figure(v, {rid: backend.history(rid)})
