@@ -125,16 +125,19 @@ def _finite(x: Any) -> Any:
 SET_EVERY_S = 1.0
 #: significant digits of the numbers drawn (a plot shows no more; JSON shrinks about 3x)
 DIGITS = 5
+#: ... and of a heatmap's contents (a colour scale resolves far less; its ~34 KB become ~22 KB)
+DIGITS_SET = 3
 
 
-def _rounded(x: Any) -> Any:
-    """``x`` (per-graph ops) with every float rounded to DIGITS significant digits."""
+def _rounded(x: Any, digits: int = DIGITS) -> Any:
+    """``x`` (per-graph ops) with every float rounded to DIGITS significant digits (a
+    heatmap's contents, the "set" op, to DIGITS_SET)."""
     if isinstance(x, float):
-        return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else x
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else x
     if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
+        return {k: _rounded(v, DIGITS_SET if k == "set" else digits) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_rounded(v) for v in x]
+        return [_rounded(v, digits) for v in x]
     return x
 
 
@@ -172,14 +175,17 @@ class LiveHub:
     """Channels of live views, shared by every client of the same view (see the module doc)."""
 
     def __init__(self, backend: Any, *, min_interval: float = MIN_INTERVAL, keep: int = KEEP,
-                 idle_s: float = IDLE_S) -> None:
+                 idle_s: float = IDLE_S, shared: Any = None) -> None:
         self.backend = backend
         self.min_interval, self.keep, self.idle_s = min_interval, keep, idle_s
         self._channels: dict[str, Channel] = {}
         self._lock = threading.Lock()
         self._grants: dict[tuple[tuple[str, str, str], str], float] = {}
+        #: channels shared by the server processes (a flask-caching cache: RedisCache on the
+        #: backend's Redis in Celery mode), or None (one process: the local backend)
+        self.shared = shared if shared is not None else shared_cache(backend)
         self.counts = {"computed": 0, "reads": 0, "polls": 0, "not_modified": 0,
-                       "bytes": 0, "resync": 0, "joins": 0, "fast": 0}
+                       "bytes": 0, "resync": 0, "joins": 0, "fast": 0, "pulled": 0}
 
     # ---- clients ------------------------------------------------------------------------------
     def join(self, view: Mapping[str, Any], cursors: Mapping[str, int],
@@ -192,6 +198,8 @@ class LiveHub:
         """
         key = view_key(view)
         now = time.monotonic()
+        if self.shared is not None:
+            return self._join_shared(key, view, cursors, carry)
         with self._lock:
             self.counts["joins"] += 1
             self._expire(now)
@@ -222,6 +230,8 @@ class LiveHub:
              ) -> tuple[int, bytes, int]:
         """(HTTP status, body, newest item number) for a client at item ``since``."""
         chan = self._channels.get(key)
+        if chan is None and self.shared is not None:
+            chan = self._from_shared(key)  # seated by another server process
         if chan is None:
             self.counts["resync"] += 1
             return 200, b'{"resync":true,"seq":-1}', -1
@@ -231,7 +241,10 @@ class LiveHub:
         if now - chan.read_at >= self.min_interval:
             with chan.lock:
                 if time.monotonic() - chan.read_at >= self.min_interval:
-                    self._advance(chan)
+                    if self.shared is None:
+                        self._advance(chan)
+                    else:
+                        self._advance_shared(chan)
         seq = chan.seq
         if since == seq:
             self.counts["not_modified"] += 1
@@ -273,19 +286,19 @@ class LiveHub:
         return to_json({"seq": seq, "items": out}).encode()
 
     # ---- the shared work ----------------------------------------------------------------------
-    def _advance(self, chan: Channel) -> None:
+    def _advance(self, chan: Channel) -> bool:
         """Read the frames after the channel's cursors; one new item when there are any."""
         chan.read_at = time.monotonic()
         self.counts["reads"] += 1
         payload = tick_payload(self.backend, chan.view, chan.cursors, chan.carry)
         if not payload["has_frames"] and not payload["rebuild"]:
-            return
+            return False
         chan.carry = payload["carry"]
         chan.cursors = payload["to"]
         item = {k: payload[k] for k in ("from", "to", "wall", "built", "has_frames", "rebuild",
                                         "server_ms")}
         graphs = _rounded(payload["graphs"])
-        now = time.monotonic()
+        now = time.time()
         if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most once a second
             graphs = {gid: {op: v for op, v in ops.items() if op not in ("set", "titles")}
                       for gid, ops in graphs.items()}
@@ -303,6 +316,99 @@ class LiveHub:
         if wall:
             chan.wall = max(chan.wall, wall)
         self.counts["computed"] += 1
+        return True
+
+    # ---- several server processes: the channels in Redis ------------------------------------------
+    # {key}:state  {view, cursors, carry, seq, read, set_at, wall, period, rebuild}
+    # {key}:item:N (item N, its cursors), {key}:lock (the process reading frames right now)
+    def _state(self, chan: Channel, read: float) -> dict[str, Any]:
+        last = chan.items[-1][1] if chan.items else {}
+        return {"view": chan.view, "cursors": chan.cursors, "carry": chan.carry, "seq": chan.seq,
+                "read": read, "set_at": chan.set_at, "wall": chan.wall, "period": chan.period,
+                "rebuild": bool(last.get("rebuild"))}
+
+    def _pull(self, chan: Channel, state: dict[str, Any]) -> None:
+        """Bring ``chan`` up to ``state`` (another process's items): the items it lacks from
+        Redis; where some expired, the ring restarts at the state (its clients resync)."""
+        first = max(chan.seq + 1, state["seq"] - self.keep + 1)
+        wanted = list(range(first, state["seq"] + 1))
+        got = self.shared.get_many(*[f"{chan.key}:item:{n}" for n in wanted]) if wanted else []
+        if any(g is None for g in got):
+            got = []  # expired meanwhile: the ring restarts at the state
+        if not got or first != chan.seq + 1:
+            chan.items.clear()
+        for n, (item, to) in zip(wanted, got, strict=False):
+            chan.items.append((n, item, to))
+        self.counts["pulled"] += len(got)
+        chan.seq, chan.cursors, chan.carry = state["seq"], state["cursors"], state["carry"]
+        chan.set_at, chan.wall, chan.period = state["set_at"], state["wall"], state["period"]
+        chan.encoded, chan.gzipped = {}, {}
+
+    def _seat(self, chan: Channel) -> None:
+        self.shared.set(f"{chan.key}:state", self._state(chan, time.time()), timeout=int(IDLE_S))
+
+    def _advance_shared(self, chan: Channel) -> None:
+        """As _advance, once between all server processes: the one holding the channel's lock
+        in Redis reads the frames and publishes the item; the others take it from Redis."""
+        chan.read_at = time.monotonic()
+        state = self.shared.get(f"{chan.key}:state")
+        if state is not None and state["seq"] > chan.seq:
+            self._pull(chan, state)
+        if state is not None and time.time() - state["read"] < self.min_interval:
+            return  # another process read the frames just now
+        if not self.shared.add(f"{chan.key}:lock", 1, timeout=2):
+            return  # another process is reading them: its item comes with a later poll
+        try:
+            state = self.shared.get(f"{chan.key}:state")
+            if state is not None and state["seq"] > chan.seq:
+                self._pull(chan, state)
+            if self._advance(chan):
+                seq, item, to = chan.items[-1]
+                self.shared.set(f"{chan.key}:item:{seq}", (item, to), timeout=int(IDLE_S))
+            self._seat(chan)
+        finally:
+            self.shared.delete(f"{chan.key}:lock")
+
+    def _from_shared(self, key: str) -> Channel | None:
+        state = self.shared.get(f"{key}:state")
+        if state is None:
+            return None
+        with self._lock:
+            chan = self._channels.get(key)
+            if chan is None:
+                chan = self._channels[key] = Channel(key, state["view"], {}, {}, seq=-1,
+                                                     items=deque(maxlen=self.keep))
+        with chan.lock:
+            if state["seq"] > chan.seq:
+                self._pull(chan, state)
+        return chan
+
+    def _join_shared(self, key: str, view: Mapping[str, Any], cursors: Mapping[str, int],
+                     carry: dict[str, Any]) -> str:
+        """join() across processes: a channel some process served within the last 2 s is
+        joined as it is; otherwise it is (re)seated on this client's state, numbered on."""
+        self.counts["joins"] += 1
+        with self._lock:
+            self._expire(time.monotonic())
+        state = self.shared.get(f"{key}:state")
+        if state is not None and time.time() - state["read"] <= 2.0 and not state["rebuild"]:
+            self._from_shared(key)
+            return key
+        with self._lock:
+            chan = self._channels.get(key)
+            if chan is None:
+                chan = self._channels[key] = Channel(key, {k: v for k, v in view.items()
+                                                           if k != "live"}, {}, {},
+                                                     items=deque(maxlen=self.keep))
+        with chan.lock:
+            chan.cursors = {str(k): int(v) for k, v in cursors.items()}
+            chan.carry = json.loads(json.dumps(carry))
+            chan.items.clear()
+            chan.encoded, chan.gzipped = {}, {}
+            chan.seq = max(chan.seq, state["seq"] if state else 0) + 1
+            chan.used_at = time.monotonic()
+            self._seat(chan)
+        return key
 
     # ---- answers (the Flask route and the WSGI front share them) --------------------------------
     def respond(self, key: str, since: int, cursors: Mapping[str, int] | None = None, *,
@@ -355,6 +461,20 @@ class LiveHub:
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "channels": len(self._channels),
                 "items": {k: c.seq for k, c in self._channels.items()}}
+
+
+def shared_cache(backend: Any) -> Any:
+    """A flask-caching RedisCache on the backend's Redis (``redis_url``: the Celery backend),
+    keys under the backend's prefix; None for a backend without one (the local backend)."""
+    url = getattr(backend, "redis_url", None)
+    if not url:
+        return None
+    import redis
+    from flask_caching.backends.rediscache import RedisCache
+
+    prefix = getattr(getattr(backend, "store", None), "prefix", "") or ""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return RedisCache(host=client, key_prefix=f"{prefix}plab:live:", default_timeout=int(IDLE_S))
 
 
 def credentials(environ: Mapping[str, Any]) -> tuple[str, str, str]:
