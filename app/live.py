@@ -15,32 +15,56 @@ result) and, when there are any, computes one item (``computed`` counts them): n
 to DIGITS significant digits, the weight heatmap's contents at most every SET_EVERY_S. Every
 poll then answers from the ring:
 
-- ``since`` equal to the newest item's number: **304 Not Modified** with an empty body (the
-  ETag is the item number; If-None-Match is honoured too);
+- ``since`` equal to the newest item's number: nothing new, ``{"seq": N, "items": []}``
+  (20 bytes of body), or **304 Not Modified** with no body to a client that sends
+  If-None-Match (the ETag is the item number). The page sends no If-None-Match: waitress
+  closes the connection after every 304 (it sends no Content-Length there), which cost the
+  client a new connection per poll (an RTT on a phone) and the server 0.39 ms of CPU per
+  poll against 0.25 ms for the kept-alive 200 (1,000 polls, 2-core shared machine);
 - an older ``since`` still in the ring: 200 with every item after it, encoded once per
-  (since, newest) pair and shared; a heatmap's contents only from the newest item that has
-  them; the client merges them and draws once, so a viewer who fell behind jumps to the
-  newest frame instead of replaying a queue;
+  (since, newest) pair and shared (gzip-compressed once, too, for clients that accept it); a
+  heatmap's contents only from the newest item that has them; the client merges them and
+  draws once, so a viewer who fell behind jumps to the newest frame instead of replaying a
+  queue;
 - ``since`` = -1 (a client that just built its figures) with its cursors ``c``: the items after
   those cursors;
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
   the client rebuilds its figures from the run's history (the dashboard's rebuild), then joins.
 
-Why polling with validators and not server-sent events: waitress (the default server) runs
-each request on one of ``--threads`` (16) worker threads for its whole life, so a
-never-ending SSE response holds a thread per viewer: 100 viewers would need 100 threads, and
-a 17th viewer would wait for a free thread behind the others. A 304 poll holds a thread for
-well under a millisecond and then frees it; measured in bench/audience.py.
+Every answer carries ``X-Plab-Next``: the milliseconds until the next frame of any of the
+view's runs is due, from the frames' own creation times (each run's median gap between
+consecutive frames, averaged); assets/plab.js polls just after it, so most polls bring a frame.
 
-Channels live in the server process (the local backend has one). With several server
-processes (Celery mode) each process keeps its own channels: the work is done once per
-process per frame. Idle channels (no poll for ``idle_s``) are dropped.
+**Cheap polls.** The dashboard's route (app/dashboard/callbacks.py) checks that the client
+may read every run of the channel and then *grants* its credentials (cookies, Authorization,
+Host) that channel for GRANT_S; :class:`LiveFront`, WSGI middleware in front of Flask, answers
+the granted clients' polls itself, without Flask, Dash or the sign-in guard. Revoking a
+viewer link therefore stops its live answers within GRANT_S (5 s); everything else it asks
+goes through the guard at once.
+
+**Why polling and not server-sent events** (measured, bench/audience.py and
+tests/test_audience.py): waitress (the default server) runs each request on one of
+``--threads`` (16) threads for its whole life, so a never-ending SSE response holds a thread
+per viewer: 100 viewers would need 100 threads, and a 17th would wait behind the others. A
+poll answered by LiveFront costs 0.25-0.35 ms of server CPU and holds a thread that long; with
+the hint a viewer polls about once per frame, so polling sends what SSE would push (one
+answer per frame per viewer) plus one small request each; at 100 viewers the server process
+used 35% of one core (2-core shared machine).
+
+**Several server processes** (Celery mode, gunicorn): with ``shared`` (by default a
+flask-caching RedisCache on the Celery backend's Redis) a channel's state and items live in
+Redis, ``{prefix}plab:live:{key}:state`` and ``:item:{N}``; the process that takes
+``:lock`` (SET NX, 2 s) reads the frames and publishes the item, the others take it from
+Redis (``pulled``), so each frame's view is computed once between them and every process
+can answer every client of the channel. The local backend (one process) keeps them in
+memory. Idle channels (no poll for ``idle_s``) are dropped.
 """
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
 import math
 import threading
@@ -61,6 +85,8 @@ IDLE_S = 120.0
 #: a client whose credentials the dashboard checked for a channel is answered by the WSGI
 #: front (LiveFront) for this long without Flask; its next check then goes through Flask (s)
 GRANT_S = 5.0
+#: the hint X-Plab-Next (ms until the next frame is expected) is at most this
+NEXT_MAX_MS = 1000.0
 #: answers at least this long go out gzip-compressed to clients that accept it (once per body)
 GZIP_MIN = 1024
 #: the headers every live answer carries (Flask's after-request hooks are skipped on the fast
@@ -78,6 +104,7 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     after = dict(before)
     frames_by_run: dict[str, list[dict[str, Any]]] = {}
     walls = []
+    run_walls: dict[str, list[float]] = {}
     for run in view.get("runs") or []:
         rid = run["id"]
         try:
@@ -90,12 +117,13 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
             continue
         frames_by_run[rid] = frames
         after[rid] = new
-        walls += [f["wall"] for f in frames if f.get("wall")]
+        run_walls[rid] = sorted(f["wall"] for f in frames if f.get("wall"))
+        walls += run_walls[rid]
     gap = figures.loss_gap(view, frames_by_run, carry)  # type: ignore[arg-type]
     ops, carry = figures.tick_ops(view, frames_by_run, carry)  # type: ignore[arg-type]
     return {
         "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
-        "wall": max(walls) if walls else None, "built": built,
+        "wall": max(walls) if walls else None, "walls": run_walls, "built": built,
         "has_frames": any(frames_by_run.values()),
         "rebuild": gap or figures.populations_changed(view, frames_by_run),  # type: ignore[arg-type]
         "server_ms": round((time.time() - built) * 1000, 2),
@@ -162,7 +190,9 @@ class Channel:
     read_at: float = 0.0
     set_at: float = 0.0
     wall: float = 0.0    # the newest frame's creation time (worker clock, time.time())
-    period: float = 0.0  # seconds between frames (moving average): when to poll next
+    period: float = 0.0  # seconds between frames, the fastest run's (moving average)
+    due: float = 0.0     # when the next frame of any run is expected (time.time())
+    pace: dict[str, list[float]] = field(default_factory=dict)  # run -> [last wall, period]
     used_at: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -309,12 +339,9 @@ class LiveHub:
         chan.seq += 1
         chan.items.append((chan.seq, item, dict(payload["to"])))
         chan.encoded, chan.gzipped = {}, {}
-        wall = payload["wall"]
-        if wall and chan.wall and 0 < wall - chan.wall < 5:
-            gap = wall - chan.wall
-            chan.period = gap if not chan.period else 0.7 * chan.period + 0.3 * gap
-        if wall:
-            chan.wall = max(chan.wall, wall)
+        _pace(chan, payload["walls"])
+        if payload["wall"]:
+            chan.wall = max(chan.wall, payload["wall"])
         self.counts["computed"] += 1
         return True
 
@@ -325,7 +352,7 @@ class LiveHub:
         last = chan.items[-1][1] if chan.items else {}
         return {"view": chan.view, "cursors": chan.cursors, "carry": chan.carry, "seq": chan.seq,
                 "read": read, "set_at": chan.set_at, "wall": chan.wall, "period": chan.period,
-                "rebuild": bool(last.get("rebuild"))}
+                "due": chan.due, "pace": chan.pace, "rebuild": bool(last.get("rebuild"))}
 
     def _pull(self, chan: Channel, state: dict[str, Any]) -> None:
         """Bring ``chan`` up to ``state`` (another process's items): the items it lacks from
@@ -342,6 +369,7 @@ class LiveHub:
         self.counts["pulled"] += len(got)
         chan.seq, chan.cursors, chan.carry = state["seq"], state["cursors"], state["carry"]
         chan.set_at, chan.wall, chan.period = state["set_at"], state["wall"], state["period"]
+        chan.due, chan.pace = state["due"], state["pace"]
         chan.encoded, chan.gzipped = {}, {}
 
     def _seat(self, chan: Channel) -> None:
@@ -428,9 +456,9 @@ class LiveHub:
             status, body = 200, b'{"seq":%d,"items":[]}' % seq
         headers = [*BASE_HEADERS, ("ETag", f'"{seq}"')]
         chan = self._channels.get(key)
-        if chan is not None and chan.period:
-            wait = (chan.wall + chan.period - time.time()) * 1000
-            headers.append(("X-Plab-Next", str(int(min(max(wait, 0.0), 2000.0)))))
+        if chan is not None and chan.due:
+            wait = (chan.due - time.time()) * 1000
+            headers.append(("X-Plab-Next", str(int(min(max(wait, 0.0), NEXT_MAX_MS)))))
         if gzip_ok and len(body) >= GZIP_MIN and status == 200:
             packed = chan.gzipped.get(since) if chan is not None and chan.seq == seq else None
             if packed is None:
@@ -461,6 +489,26 @@ class LiveHub:
     def stats(self) -> dict[str, Any]:
         return {**self.counts, "channels": len(self._channels),
                 "items": {k: c.seq for k, c in self._channels.items()}}
+
+
+def _pace(chan: Channel, walls: Mapping[str, list[float]]) -> None:
+    """Each run's frame period from the creation times of its frames (the gaps between
+    consecutive frames, not between reads: polls must not slow their own hint down), and
+    when the next frame of any run is due."""
+    for rid, ws in walls.items():
+        if not ws:
+            continue
+        last, period = chan.pace.get(rid, [0.0, 0.0])
+        seq = [last, *ws] if last and 0 < ws[0] - last < 5 else list(ws)
+        gaps = sorted(b - a for a, b in itertools.pairwise(seq) if b > a)
+        if gaps:
+            gap = gaps[len(gaps) // 2]
+            period = gap if not period else 0.7 * period + 0.3 * gap
+        chan.pace[rid] = [max(last, ws[-1]), period]
+    paced = [(last, period) for last, period in chan.pace.values() if period]
+    if paced:
+        chan.period = min(period for _, period in paced)
+        chan.due = min(last + period for last, period in paced)
 
 
 def shared_cache(backend: Any) -> Any:

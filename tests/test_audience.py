@@ -524,12 +524,22 @@ def test_answers_say_when_the_next_frame_is_due_and_gzip_once() -> None:
     hub, key = _hub_and_key(stream)
     status, _, headers = hub.respond(key, -1, {"r": 0})
     assert "X-Plab-Next" not in dict(headers)  # one frame: no period yet
+    # the period comes from the frames' own times, not from when they were read: three
+    # frames 50 ms apart read at once say 50 ms
+    from app.live import Channel, _pace
+
+    paced = Channel("k", {}, {}, {})
+    _pace(paced, {"a": [100.0, 100.05, 100.1], "b": []})
+    assert abs(paced.period - 0.05) < 1e-9 and abs(paced.due - 100.15) < 1e-9
+    _pace(paced, {"a": [103.0]})  # one frame 2.9 s later (a pause): the average moves a bit
+    assert abs(paced.period - (0.7 * 0.05 + 0.3 * 2.9)) < 1e-9
     wait_for(lambda: time.time() - hub.channel(key).wall >= 0.1, 5, "100 ms", every=0.01)
     hub.respond(key, 1)  # the second frame, ~100 ms after the first
     chan = hub.channel(key)
     assert 0.1 <= chan.period < 1.0
     stream.on = False
-    due = (chan.wall + chan.period - time.time()) * 1000
+    assert chan.due == chan.wall + chan.period  # one run: its newest frame + its period
+    due = (chan.due - time.time()) * 1000
     hint = int(dict(hub.respond(key, chan.seq)[2])["X-Plab-Next"])
     assert 0 <= hint <= max(due, 0) + 1
     stream.on = True
