@@ -8,7 +8,7 @@
  *   one request in flight, GETs _plab/live/<view key>?since=N: no items when nothing is new, else
  *   the items after N, shared by every client of the same view (app/live.py). Each answer
  *   says when the run's next frame is expected (X-Plab-Next, ms): the loop polls just after
- *   it (at most every 20 ms on the dashboard, 100 ms on a viewer link; 1 s when nothing new
+ *   it (at most every 50 ms on the dashboard, 100 ms on a viewer link; 1 s when nothing new
  *   arrived for 3 s), so most polls bring a frame and few are 304s. It merges the items'
  *   per-graph ops into pending updates and draws them from requestAnimationFrame within a
  *   time budget per frame: one Plotly.react per graph with only the new points appended,
@@ -286,8 +286,7 @@
     setInterval(meter, 1000);
 
     // ---- the live loop: GET _plab/live/<key>, one request in flight ---------------------------
-    const POLL_MS = 50;        // while frames arrive, when the server gives no hint
-    const MIN_POLL_MS = 20;    // the dashboard: at most 50 polls/s, however close frames are
+    const POLL_MS = 50;        // the dashboard: at most 20 polls/s, however close frames are
     const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): at most 10 polls/s
     const SLACK_MS = 8;        // after the expected frame: the worker's pipe and the read
     const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
@@ -380,7 +379,6 @@
             const t0 = Date.now();
             const root = document.getElementById("root");
             const viewer = !!root && root.classList.contains("viewer");
-            const least = viewer ? VIEWER_POLL_MS : MIN_POLL_MS;
             let wait = plab.pollMs = viewer ? VIEWER_POLL_MS : POLL_MS;
             let after = 0;  // from the answer: the server's hint of the next frame
             plab.nextMs = null;
@@ -390,7 +388,7 @@
                 console.warn("plab tick", err);
                 wait = 1000;
             }
-            if (plab.nextMs !== null && wait < 1000) { wait = least; after = plab.nextMs + SLACK_MS; }
+            if (plab.nextMs !== null && wait < 1000) after = plab.nextMs + SLACK_MS;
             if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
             if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
             await new Promise((r) => setTimeout(r, Math.max(after, wait - (Date.now() - t0))));
