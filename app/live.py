@@ -15,37 +15,62 @@ result) and, when there are any, computes one item (``computed`` counts them): n
 to DIGITS significant digits, the weight heatmap's contents at most every SET_EVERY_S. Every
 poll then answers from the ring:
 
-- ``since`` equal to the newest item's number: **304 Not Modified** with an empty body (the
-  ETag is the item number; If-None-Match is honoured too);
+- ``since`` equal to the newest item's number: nothing new, ``{"seq": N, "items": []}``
+  (20 bytes of body), or **304 Not Modified** with no body to a client that sends
+  If-None-Match (the ETag is the item number). The page sends no If-None-Match: waitress
+  closes the connection after every 304 (it sends no Content-Length there), which cost the
+  client a new connection per poll (an RTT on a phone) and the server 0.39 ms of CPU per
+  poll against 0.25 ms for the kept-alive 200 (1,000 polls, 2-core shared machine);
 - an older ``since`` still in the ring: 200 with every item after it, encoded once per
-  (since, newest) pair and shared; a heatmap's contents only from the newest item that has
-  them; the client merges them and draws once, so a viewer who fell behind jumps to the
-  newest frame instead of replaying a queue;
+  (since, newest) pair and shared (gzip-compressed once, too, for clients that accept it); a
+  heatmap's contents only from the newest item that has them; the client merges them and
+  draws once, so a viewer who fell behind jumps to the newest frame instead of replaying a
+  queue;
 - ``since`` = -1 (a client that just built its figures) with its cursors ``c``: the items after
   those cursors;
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
   the client rebuilds its figures from the run's history (the dashboard's rebuild), then joins.
 
-Why polling with validators and not server-sent events: waitress (the default server) runs
-each request on one of ``--threads`` (16) worker threads for its whole life, so a
-never-ending SSE response holds a thread per viewer: 100 viewers would need 100 threads, and
-a 17th viewer would wait for a free thread behind the others. A 304 poll holds a thread for
-well under a millisecond and then frees it; measured in bench/audience.py.
+Every answer carries ``X-Plab-Next``: the milliseconds until the next frame of any of the
+view's runs is due, from the frames' own creation times (each run's median gap between
+consecutive frames, averaged); assets/plab.js polls just after it, so most polls bring a frame.
 
-Channels live in the server process (the local backend has one). With several server
-processes (Celery mode) each process keeps its own channels: the work is done once per
-process per frame. Idle channels (no poll for ``idle_s``) are dropped.
+**Cheap polls.** The dashboard's route (app/dashboard/callbacks.py) checks that the client
+may read every run of the channel and then *grants* its credentials (cookies, Authorization,
+Host) that channel for GRANT_S; :class:`LiveFront`, WSGI middleware in front of Flask, answers
+the granted clients' polls itself, without Flask, Dash or the sign-in guard. Revoking a
+viewer link therefore stops its live answers within GRANT_S (5 s); everything else it asks
+goes through the guard at once.
+
+**Why polling and not server-sent events** (measured, bench/audience.py and
+tests/test_audience.py): waitress (the default server) runs each request on one of
+``--threads`` (16) threads for its whole life, so a never-ending SSE response holds a thread
+per viewer: 100 viewers would need 100 threads, and a 17th would wait behind the others. A
+poll answered by LiveFront costs 0.25-0.35 ms of server CPU and holds a thread that long; with
+the hint a viewer polls about once per frame, so polling sends what SSE would push (one
+answer per frame per viewer) plus one small request each; at 100 viewers the server process
+used 35% of one core (2-core shared machine).
+
+**Several server processes** (Celery mode, gunicorn): with ``shared`` (by default a
+flask-caching RedisCache on the Celery backend's Redis) a channel's state and items live in
+Redis, ``{prefix}plab:live:{key}:state`` and ``:item:{N}``; the process that takes
+``:lock`` (SET NX, 2 s) reads the frames and publishes the item, the others take it from
+Redis (``pulled``), so each frame's view is computed once between them and every process
+can answer every client of the channel. The local backend (one process) keeps them in
+memory. Idle channels (no poll for ``idle_s``) are dropped.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
+import itertools
 import json
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,6 +82,18 @@ KEEP = 64
 MIN_INTERVAL = 0.03
 #: a channel nobody polled for this long is dropped (s)
 IDLE_S = 120.0
+#: a client whose credentials the dashboard checked for a channel is answered by the WSGI
+#: front (LiveFront) for this long without Flask; its next check then goes through Flask (s)
+GRANT_S = 5.0
+#: the hint X-Plab-Next (ms until the next frame is expected) is at most this
+NEXT_MAX_MS = 1000.0
+#: answers at least this long go out gzip-compressed to clients that accept it (once per body)
+GZIP_MIN = 1024
+#: the headers every live answer carries (Flask's after-request hooks are skipped on the fast
+#: path: these are theirs that matter for a JSON answer)
+BASE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"), ("X-Frame-Options", "DENY"),
+                ("Referrer-Policy", "no-referrer")]
 
 
 def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, int],
@@ -67,6 +104,7 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     after = dict(before)
     frames_by_run: dict[str, list[dict[str, Any]]] = {}
     walls = []
+    run_walls: dict[str, list[float]] = {}
     for run in view.get("runs") or []:
         rid = run["id"]
         try:
@@ -79,12 +117,13 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
             continue
         frames_by_run[rid] = frames
         after[rid] = new
-        walls += [f["wall"] for f in frames if f.get("wall")]
+        run_walls[rid] = sorted(f["wall"] for f in frames if f.get("wall"))
+        walls += run_walls[rid]
     gap = figures.loss_gap(view, frames_by_run, carry)  # type: ignore[arg-type]
     ops, carry = figures.tick_ops(view, frames_by_run, carry)  # type: ignore[arg-type]
     return {
         "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
-        "wall": max(walls) if walls else None, "built": built,
+        "wall": max(walls) if walls else None, "walls": run_walls, "built": built,
         "has_frames": any(frames_by_run.values()),
         "rebuild": gap or figures.needs_rebuild(view, frames_by_run),  # type: ignore[arg-type]
         "server_ms": round((time.time() - built) * 1000, 2),
@@ -114,16 +153,19 @@ def _finite(x: Any) -> Any:
 SET_EVERY_S = 1.0
 #: significant digits of the numbers drawn (a plot shows no more; JSON shrinks about 3x)
 DIGITS = 5
+#: ... and of a heatmap's contents (a colour scale resolves far less; its ~34 KB become ~22 KB)
+DIGITS_SET = 3
 
 
-def _rounded(x: Any) -> Any:
-    """``x`` (per-graph ops) with every float rounded to DIGITS significant digits."""
+def _rounded(x: Any, digits: int = DIGITS) -> Any:
+    """``x`` (per-graph ops) with every float rounded to DIGITS significant digits (a
+    heatmap's contents, the "set" op, to DIGITS_SET)."""
     if isinstance(x, float):
-        return float(f"{x:.{DIGITS}g}") if math.isfinite(x) else x
+        return float(f"{x:.{digits}g}") if math.isfinite(x) else x
     if isinstance(x, dict):
-        return {k: _rounded(v) for k, v in x.items()}
+        return {k: _rounded(v, DIGITS_SET if k == "set" else digits) for k, v in x.items()}
     if isinstance(x, list | tuple):
-        return [_rounded(v) for v in x]
+        return [_rounded(v, digits) for v in x]
     return x
 
 
@@ -144,8 +186,13 @@ class Channel:
     seq: int = 0
     items: deque = field(default_factory=lambda: deque(maxlen=KEEP))  # (seq, item, to)
     encoded: dict[int, bytes] = field(default_factory=dict)  # since -> body, for this seq
+    gzipped: dict[int, bytes] = field(default_factory=dict)  # since -> gzip(body), this seq
     read_at: float = 0.0
     set_at: float = 0.0
+    wall: float = 0.0    # the newest frame's creation time (worker clock, time.time())
+    period: float = 0.0  # seconds between frames, the fastest run's (moving average)
+    due: float = 0.0     # when the next frame of any run is expected (time.time())
+    pace: dict[str, list[float]] = field(default_factory=dict)  # run -> [last wall, period]
     used_at: float = field(default_factory=time.monotonic)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -158,13 +205,17 @@ class LiveHub:
     """Channels of live views, shared by every client of the same view (see the module doc)."""
 
     def __init__(self, backend: Any, *, min_interval: float = MIN_INTERVAL, keep: int = KEEP,
-                 idle_s: float = IDLE_S) -> None:
+                 idle_s: float = IDLE_S, shared: Any = None) -> None:
         self.backend = backend
         self.min_interval, self.keep, self.idle_s = min_interval, keep, idle_s
         self._channels: dict[str, Channel] = {}
         self._lock = threading.Lock()
+        self._grants: dict[tuple[tuple[str, str, str], str], float] = {}
+        #: channels shared by the server processes (a flask-caching cache: RedisCache on the
+        #: backend's Redis in Celery mode), or None (one process: the local backend)
+        self.shared = shared if shared is not None else shared_cache(backend)
         self.counts = {"computed": 0, "reads": 0, "polls": 0, "not_modified": 0,
-                       "bytes": 0, "resync": 0, "joins": 0}
+                       "bytes": 0, "resync": 0, "joins": 0, "fast": 0, "pulled": 0}
 
     # ---- clients ------------------------------------------------------------------------------
     def join(self, view: Mapping[str, Any], cursors: Mapping[str, int],
@@ -177,6 +228,8 @@ class LiveHub:
         """
         key = view_key(view)
         now = time.monotonic()
+        if self.shared is not None:
+            return self._join_shared(key, view, cursors, carry)
         with self._lock:
             self.counts["joins"] += 1
             self._expire(now)
@@ -195,6 +248,7 @@ class LiveHub:
                 chan.carry = json.loads(json.dumps(carry))
                 chan.items.clear()
                 chan.encoded.clear()
+                chan.gzipped.clear()
                 chan.seq += 1  # older numbers are not in the ring any more: those clients resync
             chan.used_at = now
         return key
@@ -206,6 +260,8 @@ class LiveHub:
              ) -> tuple[int, bytes, int]:
         """(HTTP status, body, newest item number) for a client at item ``since``."""
         chan = self._channels.get(key)
+        if chan is None and self.shared is not None:
+            chan = self._from_shared(key)  # seated by another server process
         if chan is None:
             self.counts["resync"] += 1
             return 200, b'{"resync":true,"seq":-1}', -1
@@ -215,7 +271,10 @@ class LiveHub:
         if now - chan.read_at >= self.min_interval:
             with chan.lock:
                 if time.monotonic() - chan.read_at >= self.min_interval:
-                    self._advance(chan)
+                    if self.shared is None:
+                        self._advance(chan)
+                    else:
+                        self._advance_shared(chan)
         seq = chan.seq
         if since == seq:
             self.counts["not_modified"] += 1
@@ -257,19 +316,19 @@ class LiveHub:
         return to_json({"seq": seq, "items": out}).encode()
 
     # ---- the shared work ----------------------------------------------------------------------
-    def _advance(self, chan: Channel) -> None:
+    def _advance(self, chan: Channel) -> bool:
         """Read the frames after the channel's cursors; one new item when there are any."""
         chan.read_at = time.monotonic()
         self.counts["reads"] += 1
         payload = tick_payload(self.backend, chan.view, chan.cursors, chan.carry)
         if not payload["has_frames"] and not payload["rebuild"]:
-            return
+            return False
         chan.carry = payload["carry"]
         chan.cursors = payload["to"]
         item = {k: payload[k] for k in ("from", "to", "wall", "built", "has_frames", "rebuild",
                                         "server_ms")}
         graphs = _rounded(payload["graphs"])
-        now = time.monotonic()
+        now = time.time()
         if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most once a second
             graphs = {gid: {op: v for op, v in ops.items() if op not in ("set", "titles")}
                       for gid, ops in graphs.items()}
@@ -279,8 +338,149 @@ class LiveHub:
         item["graphs"] = graphs
         chan.seq += 1
         chan.items.append((chan.seq, item, dict(payload["to"])))
-        chan.encoded = {}
+        chan.encoded, chan.gzipped = {}, {}
+        _pace(chan, payload["walls"])
+        if payload["wall"]:
+            chan.wall = max(chan.wall, payload["wall"])
         self.counts["computed"] += 1
+        return True
+
+    # ---- several server processes: the channels in Redis ------------------------------------------
+    # {key}:state  {view, cursors, carry, seq, read, set_at, wall, period, rebuild}
+    # {key}:item:N (item N, its cursors), {key}:lock (the process reading frames right now)
+    def _state(self, chan: Channel, read: float) -> dict[str, Any]:
+        last = chan.items[-1][1] if chan.items else {}
+        return {"view": chan.view, "cursors": chan.cursors, "carry": chan.carry, "seq": chan.seq,
+                "read": read, "set_at": chan.set_at, "wall": chan.wall, "period": chan.period,
+                "due": chan.due, "pace": chan.pace, "rebuild": bool(last.get("rebuild"))}
+
+    def _pull(self, chan: Channel, state: dict[str, Any]) -> None:
+        """Bring ``chan`` up to ``state`` (another process's items): the items it lacks from
+        Redis; where some expired, the ring restarts at the state (its clients resync)."""
+        first = max(chan.seq + 1, state["seq"] - self.keep + 1)
+        wanted = list(range(first, state["seq"] + 1))
+        got = self.shared.get_many(*[f"{chan.key}:item:{n}" for n in wanted]) if wanted else []
+        if any(g is None for g in got):
+            got = []  # expired meanwhile: the ring restarts at the state
+        if not got or first != chan.seq + 1:
+            chan.items.clear()
+        for n, (item, to) in zip(wanted, got, strict=False):
+            chan.items.append((n, item, to))
+        self.counts["pulled"] += len(got)
+        chan.seq, chan.cursors, chan.carry = state["seq"], state["cursors"], state["carry"]
+        chan.set_at, chan.wall, chan.period = state["set_at"], state["wall"], state["period"]
+        chan.due, chan.pace = state["due"], state["pace"]
+        chan.encoded, chan.gzipped = {}, {}
+
+    def _seat(self, chan: Channel) -> None:
+        self.shared.set(f"{chan.key}:state", self._state(chan, time.time()), timeout=int(IDLE_S))
+
+    def _advance_shared(self, chan: Channel) -> None:
+        """As _advance, once between all server processes: the one holding the channel's lock
+        in Redis reads the frames and publishes the item; the others take it from Redis."""
+        chan.read_at = time.monotonic()
+        state = self.shared.get(f"{chan.key}:state")
+        if state is not None and state["seq"] > chan.seq:
+            self._pull(chan, state)
+        if state is not None and time.time() - state["read"] < self.min_interval:
+            return  # another process read the frames just now
+        if not self.shared.add(f"{chan.key}:lock", 1, timeout=2):
+            return  # another process is reading them: its item comes with a later poll
+        try:
+            state = self.shared.get(f"{chan.key}:state")
+            if state is not None and state["seq"] > chan.seq:
+                self._pull(chan, state)
+            if self._advance(chan):
+                seq, item, to = chan.items[-1]
+                self.shared.set(f"{chan.key}:item:{seq}", (item, to), timeout=int(IDLE_S))
+            self._seat(chan)
+        finally:
+            self.shared.delete(f"{chan.key}:lock")
+
+    def _from_shared(self, key: str) -> Channel | None:
+        state = self.shared.get(f"{key}:state")
+        if state is None:
+            return None
+        with self._lock:
+            chan = self._channels.get(key)
+            if chan is None:
+                chan = self._channels[key] = Channel(key, state["view"], {}, {}, seq=-1,
+                                                     items=deque(maxlen=self.keep))
+        with chan.lock:
+            if state["seq"] > chan.seq:
+                self._pull(chan, state)
+        return chan
+
+    def _join_shared(self, key: str, view: Mapping[str, Any], cursors: Mapping[str, int],
+                     carry: dict[str, Any]) -> str:
+        """join() across processes: a channel some process served within the last 2 s is
+        joined as it is; otherwise it is (re)seated on this client's state, numbered on."""
+        self.counts["joins"] += 1
+        with self._lock:
+            self._expire(time.monotonic())
+        state = self.shared.get(f"{key}:state")
+        if state is not None and time.time() - state["read"] <= 2.0 and not state["rebuild"]:
+            self._from_shared(key)
+            return key
+        with self._lock:
+            chan = self._channels.get(key)
+            if chan is None:
+                chan = self._channels[key] = Channel(key, {k: v for k, v in view.items()
+                                                           if k != "live"}, {}, {},
+                                                     items=deque(maxlen=self.keep))
+        with chan.lock:
+            chan.cursors = {str(k): int(v) for k, v in cursors.items()}
+            chan.carry = json.loads(json.dumps(carry))
+            chan.items.clear()
+            chan.encoded, chan.gzipped = {}, {}
+            chan.seq = max(chan.seq, state["seq"] if state else 0) + 1
+            chan.used_at = time.monotonic()
+            self._seat(chan)
+        return key
+
+    # ---- answers (the Flask route and the WSGI front share them) --------------------------------
+    def respond(self, key: str, since: int, cursors: Mapping[str, int] | None = None, *,
+                conditional: bool = False, gzip_ok: bool = False
+                ) -> tuple[int, bytes, list[tuple[str, str]]]:
+        """(status, body, headers) of a poll: hub.poll's answer with its ETag, the hint
+        ``X-Plab-Next`` (ms until the next frame is expected: the client polls then) and,
+        for a client that accepts it, the body gzip-compressed once per (since, newest).
+
+        Nothing new: 304 to a ``conditional`` request (If-None-Match), else 200 with
+        ``{"seq": N, "items": []}``, because waitress closes the connection after every 304
+        (it has no Content-Length), so each 304 costs the client a new connection (an RTT
+        on a phone) and the server a new channel: 0.39 ms of server CPU per poll against
+        0.25 ms for the 200 that keeps the connection alive (1,000 polls, 2-core machine)."""
+        status, body, seq = self.poll(key, since, cursors)
+        if status == 304 and not conditional:
+            status, body = 200, b'{"seq":%d,"items":[]}' % seq
+        headers = [*BASE_HEADERS, ("ETag", f'"{seq}"')]
+        chan = self._channels.get(key)
+        if chan is not None and chan.due:
+            wait = (chan.due - time.time()) * 1000
+            headers.append(("X-Plab-Next", str(int(min(max(wait, 0.0), NEXT_MAX_MS)))))
+        if gzip_ok and len(body) >= GZIP_MIN and status == 200:
+            packed = chan.gzipped.get(since) if chan is not None and chan.seq == seq else None
+            if packed is None:
+                packed = gzip.compress(body, 5, mtime=0)
+                if chan is not None and chan.seq == seq:
+                    chan.gzipped[since] = packed
+            body = packed
+            headers += [("Content-Encoding", "gzip"), ("Vary", "Accept-Encoding")]
+        if status != 304:
+            headers.append(("Content-Length", str(len(body))))
+        return status, body, headers
+
+    # ---- who may be answered without Flask ------------------------------------------------------
+    def grant(self, who: tuple[str, str, str], key: str) -> None:
+        """``who`` (credentials(environ)) may read channel ``key`` for the next GRANT_S."""
+        now = time.monotonic()
+        if len(self._grants) > 10_000:
+            self._grants = {k: t for k, t in self._grants.items() if t > now}
+        self._grants[who, key] = now + GRANT_S
+
+    def granted(self, who: tuple[str, str, str], key: str) -> bool:
+        return self._grants.get((who, key), 0.0) > time.monotonic()
 
     def _expire(self, now: float) -> None:
         for key in [k for k, c in self._channels.items() if now - c.used_at > self.idle_s]:
@@ -291,4 +491,89 @@ class LiveHub:
                 "items": {k: c.seq for k, c in self._channels.items()}}
 
 
-__all__ = ["LiveHub", "tick_payload", "to_json", "view_key"]
+def _pace(chan: Channel, walls: Mapping[str, list[float]]) -> None:
+    """Each run's frame period from the creation times of its frames (the gaps between
+    consecutive frames, not between reads: polls must not slow their own hint down), and
+    when the next frame of any run is due."""
+    for rid, ws in walls.items():
+        if not ws:
+            continue
+        last, period = chan.pace.get(rid, [0.0, 0.0])
+        seq = [last, *ws] if last and 0 < ws[0] - last < 5 else list(ws)
+        gaps = sorted(b - a for a, b in itertools.pairwise(seq) if b > a)
+        if gaps:
+            gap = gaps[len(gaps) // 2]
+            period = gap if not period else 0.7 * period + 0.3 * gap
+        chan.pace[rid] = [max(last, ws[-1]), period]
+    paced = [(last, period) for last, period in chan.pace.values() if period]
+    if paced:
+        chan.period = min(period for _, period in paced)
+        chan.due = min(last + period for last, period in paced)
+
+
+def shared_cache(backend: Any) -> Any:
+    """A flask-caching RedisCache on the backend's Redis (``redis_url``: the Celery backend),
+    keys under the backend's prefix; None for a backend without one (the local backend)."""
+    url = getattr(backend, "redis_url", None)
+    if not url:
+        return None
+    import redis
+    from flask_caching.backends.rediscache import RedisCache
+
+    prefix = getattr(getattr(backend, "store", None), "prefix", "") or ""
+    client = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return RedisCache(host=client, key_prefix=f"{prefix}plab:live:", default_timeout=int(IDLE_S))
+
+
+def credentials(environ: Mapping[str, Any]) -> tuple[str, str, str]:
+    """What identifies a client's sign-in on a request: its cookies, Authorization and Host
+    (the guard checks all three; a grant holds for exactly these)."""
+    return (str(environ.get("HTTP_COOKIE", "")), str(environ.get("HTTP_AUTHORIZATION", "")),
+            str(environ.get("HTTP_HOST", "")))
+
+
+def parse_since(if_none_match: str, query_since: str) -> int:
+    """The item a client has: its If-None-Match ("N") or else ``since`` (ValueError if bad)."""
+    match = if_none_match.strip().removeprefix("W/").strip('"')
+    return int(match if match.lstrip("-").isdigit() else query_since)
+
+
+class LiveFront:
+    """WSGI middleware in front of the Flask app for ``GET {prefix}<key>?since=N``.
+
+    A poll from a client whose credentials (cookies, Authorization, Host) the dashboard's
+    route checked for that channel within the last GRANT_S is answered here, from the shared
+    channel, without Flask, Dash or the sign-in guard: a 304 costs a dictionary look-up and
+    a comparison. Everything else (a first poll with cursors, other credentials, a bad
+    ``since``, an unknown channel) goes to the app, whose route checks and grants again.
+    """
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], hub: LiveHub, prefix: str) -> None:
+        self.app, self.hub, self.prefix = app, hub, prefix
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if environ.get("REQUEST_METHOD") != "GET" or not path.startswith(self.prefix):
+            return self.app(environ, start_response)
+        key = path[len(self.prefix):]
+        if not key or "/" in key or not self.hub.granted(credentials(environ), key):
+            return self.app(environ, start_response)
+        query = environ.get("QUERY_STRING", "")
+        raw = next((part[6:] for part in query.split("&") if part.startswith("since=")), "-1")
+        try:
+            since = parse_since(environ.get("HTTP_IF_NONE_MATCH", ""), raw)
+        except ValueError:
+            return self.app(environ, start_response)
+        if since < 0 or self.hub.channel(key) is None:
+            return self.app(environ, start_response)
+        self.hub.counts["fast"] += 1
+        status, body, headers = self.hub.respond(
+            key, since, conditional=bool(environ.get("HTTP_IF_NONE_MATCH")),
+            gzip_ok="gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""))
+        start_response("304 Not Modified" if status == 304 else f"{status} OK", headers)
+        return [body]
+
+
+__all__ = ["LiveFront", "LiveHub", "credentials", "parse_since", "tick_payload", "to_json",
+           "view_key"]

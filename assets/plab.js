@@ -5,12 +5,15 @@
  * The live loop (see app/dashboard/callbacks.py):
  *   the server's show() callback rebuilds the figures and writes view-store and cursor-store;
  *   plab.follow (a clientside callback) hands both to the loop here, which then, with exactly
- *   one request in flight, GETs _plab/live/<view key>?since=N every 50 ms (1 s when nothing
- *   new arrives): 304 when nothing is new, else the items after N, shared by every client of
- *   the same view (app/live.py); it merges their per-graph ops into pending updates and
- *   draws them from requestAnimationFrame within a time budget per frame: one Plotly.react per
- *   graph with only the new points appended, heatmap contents swapped and phase shading
- *   extended. Graphs scrolled out of view keep merging until they are visible again.
+ *   one request in flight, GETs _plab/live/<view key>?since=N: no items when nothing is new, else
+ *   the items after N, shared by every client of the same view (app/live.py). Each answer
+ *   says when the run's next frame is expected (X-Plab-Next, ms): the loop polls just after
+ *   it (at most every 50 ms on the dashboard, 100 ms on a viewer link; 1 s when nothing new
+ *   arrived for 3 s), so most polls bring a frame and few are 304s. It merges the items'
+ *   per-graph ops into pending updates and draws them from requestAnimationFrame within a
+ *   time budget per frame: one Plotly.react per graph with only the new points appended,
+ *   heatmap contents swapped and phase shading extended. Graphs scrolled out of view keep
+ *   merging until they are visible again.
  * Items are accepted only for the figures on screen (same epoch) and in order (since=N), so
  * a stale or duplicate item can never draw twice.
  */
@@ -285,8 +288,9 @@
     setInterval(meter, 1000);
 
     // ---- the live loop: GET _plab/live/<key>, one request in flight ---------------------------
-    const POLL_MS = 50;        // while frames arrive
-    const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): ~6 answers/s, all items merged
+    const POLL_MS = 50;        // the dashboard: at most 20 polls/s, however close frames are
+    const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): at most 10 polls/s
+    const SLACK_MS = 8;        // after the expected frame: the worker's pipe and the read
     const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
     plab.view = null;
     plab.state = null;         // {epoch, cursors, seq}: the last shared item applied
@@ -313,11 +317,13 @@
         if (state.epoch !== view.epoch) return false;
         const sent = Date.now();
         let url = liveUrl(view.live) + "?since=" + state.seq;
-        const headers = {};
         if (state.seq < 0) url += "&c=" + encodeURIComponent(JSON.stringify(state.cursors));
-        else headers["If-None-Match"] = '"' + state.seq + '"';
-        const res = await fetch(url, {headers: headers, cache: "no-store"});
+        // no If-None-Match: "nothing new" comes as {seq, items: []} on a kept-alive
+        // connection (waitress closes it after a 304; app/live.py LiveHub.respond)
+        const res = await fetch(url, {cache: "no-store"});
         plab.polls += 1;
+        const hint = res.headers.get("X-Plab-Next");
+        plab.nextMs = hint === null ? null : +hint;
         if (res.status === 304) { plab.notModified += 1; return false; }
         if (!res.ok) throw new Error("live " + res.status);
         const body = await res.json();
@@ -325,6 +331,7 @@
         if (plab.rtts.length > 200) plab.rtts.shift();
         if (plab.state !== state || state.epoch !== view.epoch) { plab.dropped += 1; return false; }
         if (body.resync) { rebuild(Date.now(), 1000); return false; }
+        if (!(body.items || []).length && body.seq === state.seq) { plab.notModified += 1; return false; }
         return accept(body);
     }
 
@@ -373,17 +380,20 @@
         while (true) {
             const t0 = Date.now();
             const root = document.getElementById("root");
-            let wait = plab.pollMs = root && root.classList.contains("viewer") ? VIEWER_POLL_MS
-                : POLL_MS;
+            const viewer = !!root && root.classList.contains("viewer");
+            let wait = plab.pollMs = viewer ? VIEWER_POLL_MS : POLL_MS;
+            let after = 0;  // from the answer: the server's hint of the next frame
+            plab.nextMs = null;
             try {
                 if (!document.hidden) await tickOnce();
             } catch (err) {
                 console.warn("plab tick", err);
                 wait = 1000;
             }
-            if (Date.now() - plab.lastData > 3000) wait = Math.max(wait, IDLE_MS);
-            if (!plab.view || !plab.view.runs || !plab.view.runs.length) wait = 250;
-            await new Promise((r) => setTimeout(r, Math.max(0, wait - (Date.now() - t0))));
+            if (plab.nextMs !== null && wait < 1000) after = plab.nextMs + SLACK_MS;
+            if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
+            if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
+            await new Promise((r) => setTimeout(r, Math.max(after, wait - (Date.now() - t0))));
         }
     }
 

@@ -12,12 +12,15 @@ link to it. Then:
    its update rate is what assets/plab.js counts (``plab.stats()``: redraws per second);
 2. a **probe viewer** (Chromium, laptop size) opens the viewer link once; the bench records
    what that page requests while it runs: the live loop (``GET _plab/live/<key>`` with
-   ``since``/If-None-Match; on older code ``POST _plab/tick`` with view, cursors and carry)
-   and the Dash callbacks its clock fires (run status, run table), with their periods;
+   ``since``, and If-None-Match where the page sends it; on older code ``POST _plab/tick``
+   with view, cursors and carry) and the Dash callbacks its clock fires (run status, run
+   table), with their periods;
 3. **N simulated viewers** (threads, one keep-alive connection each, the viewer's cookies)
    replay exactly that: the live loop with the page's intervals (``plab.pollMs`` after an
-   answer while frames arrive: 100 ms on a viewer page, 50 ms on older code; 1 s after 3 s
-   without), the clock's callbacks at the period the probe saw (3 s; 1 s on older code).
+   answer while frames arrive: 100 ms on a viewer page, 50 ms on older code; and, where the
+   server sends the hint X-Plab-Next, not before the expected next frame + SLACK_MS; 1 s after
+   3 s without), gzip accepted as a browser does, the clock's callbacks at the period the
+   probe saw (3 s; 1 s on older code).
 
 First ``--seconds`` with no viewers (the run's and the lecturer's unwatched speed), then each
 N for ``--seconds`` after a 3 s join. Per N: updates per second each viewer received (median
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gzip
 import http.client
 import itertools
 import json
@@ -58,6 +62,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
                  "--disable-component-update", "--disable-sync", "--no-first-run"]
 CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
 IDLE_S, IDLE_AFTER_S, CLOCK_S = 1.0, 3.0, 1.0  # assets/plab.js; the layout's clock (default)
+SLACK_MS = 8  # assets/plab.js: a poll goes this long after the frame the server's hint expects
 MAX_VIEWERS, MAX_SECONDS = 200, 600
 
 
@@ -135,14 +140,14 @@ class Viewer(threading.Thread):
         self.conn: http.client.HTTPConnection | None = None
 
     def request(self, method: str, path: str, body: bytes | None,
-                headers: dict[str, str]) -> tuple[int, bytes]:
+                headers: dict[str, str]) -> tuple[int, bytes, http.client.HTTPMessage]:
         for attempt in (0, 1):  # a keep-alive connection the server closed: once more
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
             try:
                 self.conn.request(method, path, body=body, headers=headers)
                 answer = self.conn.getresponse()
-                return answer.status, answer.read()
+                return answer.status, answer.read(), answer.headers
             except (OSError, http.client.HTTPException):
                 self.conn.close()
                 self.conn = None
@@ -156,19 +161,24 @@ class Viewer(threading.Thread):
         since, cursors, carry = -1, dict(p["cursors"]), p.get("carry") or {}
         last_data, next_clock = time.time(), time.time() + p["clock_s"] * random.random()
         while not self.stop_event.is_set():
-            t0 = time.time()
+            t0, after = time.time(), 0.0
             try:
                 if p["kind"] == "live":
                     path = f"{p['path']}?since={since}"
                     headers = dict(cookie)
                     if since < 0:
                         path += "&c=" + quote(json.dumps(cursors, separators=(",", ":")))
-                    else:
+                    elif p.get("conditional"):  # as the page does (older code: it did)
                         headers["If-None-Match"] = f'"{since}"'
-                    status, raw = self.request("GET", path, None, headers)
+                    status, raw, got = self.request("GET", path, None, {
+                        **headers, "Accept-Encoding": "gzip"})
                     now = time.time()
+                    hint = got.get("X-Plab-Next")
+                    after = (int(hint) + SLACK_MS) / 1000 if hint is not None else 0.0
+                    if got.get("Content-Encoding") == "gzip":
+                        raw = gzip.decompress(raw)
                     if status == 200:
-                        body = json.loads(raw)
+                        body = json.loads(raw)  # {"seq", "items": []}: nothing new
                         if body.get("resync"):
                             self.errors.append("resync")
                         since = body.get("seq", since)
@@ -181,7 +191,7 @@ class Viewer(threading.Thread):
                 else:  # older code: POST _plab/tick with the whole view, cursors and carry
                     data = json.dumps({"view": p["view"], "cursors": cursors,
                                        "carry": carry}).encode()
-                    status, raw = self.request("POST", p["path"], data, {
+                    status, raw, _ = self.request("POST", p["path"], data, {
                         **cookie, "Content-Type": "application/json"})
                     now = time.time()
                     if status == 200:
@@ -195,7 +205,7 @@ class Viewer(threading.Thread):
                 if now >= next_clock:  # the page's 1 s clock: its Dash callbacks
                     next_clock = now + p["clock_s"]
                     for path, callback in p["clock"]:
-                        status, _ = self.request("POST", path, callback.encode(), {
+                        status, _, _ = self.request("POST", path, callback.encode(), {
                                                      **cookie, "Content-Type": "application/json"})
                         if status >= 300 and status != 304:
                             self.errors.append(f"callback {status}")
@@ -203,8 +213,11 @@ class Viewer(threading.Thread):
                 self.errors.append(type(err).__name__)
                 self.stop_event.wait(1.0)
                 continue
-            wait = p["poll_s"] if time.time() - last_data <= IDLE_AFTER_S else IDLE_S
-            self.stop_event.wait(max(0.0, wait - (time.time() - t0)))
+            if time.time() - last_data <= IDLE_AFTER_S:
+                wait = p["poll_s"]  # and, as the page does, after the next frame's hint
+            else:
+                wait, after = IDLE_S, 0.0
+            self.stop_event.wait(max(after, wait - (time.time() - t0)))
         if self.conn is not None:
             self.conn.close()
 
@@ -229,7 +242,12 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     clock: dict[str, tuple[str, str]] = {}
     fired: dict[str, list[float]] = {}
 
+    conditional: list[bool] = []
+
     def seen(request: Any) -> None:  # Dash callbacks fired by the page's 1 s clock
+        if request.method == "GET" and "/_plab/live/" in request.url and "since=-1" not in \
+                request.url:
+            conditional.append("if-none-match" in request.headers)
         if request.method != "POST" or not request.post_data:
             return
         with contextlib.suppress(ValueError, TypeError, AttributeError):
@@ -257,6 +275,7 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     pattern = {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
                "csrf": cookies.get("_csrf_token", ""), "clock": list(clock.values()),
                "cursors": state.get("cursors") or {}, "poll_s": poll,
+               "conditional": any(conditional),
                "clock_s": round(statistics.median(periods), 1) if periods else CLOCK_S}
     if view.get("live"):
         pattern.update(kind="live", path=f"/_plab/live/{view['live']}")

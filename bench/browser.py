@@ -4,6 +4,7 @@ responsive the page stays (timer delay on the main thread).
 
     python bench/browser.py                 # dni-b on Add, 100 steps/s then max speed
     python bench/browser.py --seconds 20 --race
+    python bench/browser.py --scenarios one,race3 --speeds max    # issue 12 item 6 (1920x1080)
 
 Starts ``python -m app serve`` on a free port with a temporary data dir, drives the page
 with Playwright (Debian's /usr/bin/chromium), starts a run from the controls and reads the
@@ -59,6 +60,15 @@ def start_server(data_dir: str, port: int, max_runs: int = 4) -> subprocess.Pope
     raise RuntimeError("server did not start")
 
 
+def until(page, expression: str, timeout: float = 60.0) -> None:
+    """Wait for a JS expression (the page's CSP allows no string-eval'd wait_for_function)."""
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(100)
+
+
 def set_speed(page, label: str) -> None:
     page.click(f"#speed label:has-text('{label}')")
 
@@ -87,14 +97,36 @@ def report(name: str, stats: dict) -> None:
           f"dropped {stats['dropped']}")
 
 
+def first_frames(page, clicked_ms: float, timeout_s: float = 20.0) -> dict:
+    """Seconds from the play click to each visible panel's first redraw with new data."""
+    deadline = time.time() + timeout_s
+    js = ("(t) => { const out = {}; for (const p of window.plab.paintLog) "
+          "if (p.t >= t && !(p.gid in out)) out[p.gid] = (p.t - t) / 1000; return out; }")
+    seen: dict = {}
+    while time.time() < deadline:
+        seen = page.evaluate(js, clicked_ms)
+        if len(seen) >= 3:
+            break
+        page.wait_for_timeout(50)
+    return seen
+
+
+SCENARIOS = {"one": "dni-b", "race2": "dni,dni-b", "race3": "dni,dni-b,rflo"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=12.0, help="measuring time per phase")
     parser.add_argument("--race", action="store_true", help="race dni and dni-b (2 runs)")
+    parser.add_argument("--scenarios", default="",
+                        help="comma-separated of " + ", ".join(f"{k} ({v})" for k, v in
+                                                                SCENARIOS.items())
+                        + "; overrides --race (issue 12 item 6: one,race3 with --speeds max)")
     parser.add_argument("--speeds", default="100/s,max", help="speeds to measure, comma-separated")
-    parser.add_argument("--height", type=int, default=1000,
-                        help="viewport height (2100: all five panels on screen at once; panels "
-                             "scrolled out of view refresh once a second)")
+    parser.add_argument("--width", type=int, default=1920, help="viewport width (default 1920)")
+    parser.add_argument("--height", type=int, default=1080,
+                        help="viewport height (default 1080; 2100: all five panels on screen at "
+                             "once; panels scrolled out of view refresh once a second)")
     parser.add_argument("--json", action="store_true", help="print the raw stats as JSON too")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
@@ -102,37 +134,66 @@ def main() -> int:
         return 0
     from playwright.sync_api import sync_playwright
 
-    port = free_port()
-    results = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(tmp, port)
-        try:
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-                page = browser.new_page(viewport={"width": 1600, "height": args.height})
-                rules = "dni,dni-b" if args.race else "dni-b"
-                page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}&task=add&rules={rules}&steps=1000000")
-                page.wait_for_selector("#loss-graph .js-plotly-plot")
-                page.wait_for_timeout(1500)
-                speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]
-                set_speed(page, speeds[0])
-                page.click("#btn-play")
-                page.wait_for_function("window.plab && window.plab.applied > 5", timeout=60000)
-                for speed in speeds:
-                    set_speed(page, speed)
-                    time.sleep(3)  # settle
-                    results[speed] = measure(page, args.seconds)
-                    report(f"{rules} on Add, speed {speed}, {args.seconds:.0f} s, viewport "
-                           f"1600x{args.height}", results[speed])
-                browser.close()
-        finally:
-            server.terminate()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] or (
+        ["race2"] if args.race else ["one"])
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        parser.error(f"--scenarios: got {bad[0][:100]!r}; allowed: {', '.join(SCENARIOS)}")
+    results: dict = {}
+    summary = []
+    for scenario in scenarios:
+        rules = SCENARIOS[scenario]
+        port = free_port()
+        with tempfile.TemporaryDirectory() as tmp:
+            server = start_server(tmp, port)
             try:
-                server.wait(10)
-            except subprocess.TimeoutExpired:
-                server.kill()
+                with sync_playwright() as p:
+                    browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+                    page = browser.new_page(viewport={"width": args.width, "height": args.height})
+                    errors: list[str] = []
+                    page.on("console", lambda m, errs=errors: errs.append(m.text)
+                            if m.type == "error" else None)
+                    page.on("pageerror", lambda e, errs=errors: errs.append(str(e)))
+                    page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}&task=add&rules={rules}"
+                              "&steps=1000000")
+                    page.wait_for_selector("#loss-graph .js-plotly-plot")
+                    until(page, "!!(window.plab && window.plab.stats)")
+                    page.wait_for_timeout(1500)
+                    speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]
+                    set_speed(page, speeds[0])
+                    clicked = page.evaluate("Date.now()")
+                    page.click("#btn-play")
+                    first = first_frames(page, clicked)
+                    until(page, "!!(window.plab && window.plab.applied > 5)")
+                    for speed in speeds:
+                        set_speed(page, speed)
+                        time.sleep(3)  # settle
+                        stats = measure(page, args.seconds)
+                        stats["first_frame_s"] = first
+                        stats["console_errors"] = list(errors)
+                        results[f"{scenario} {speed}"] = stats
+                        report(f"{rules} on Add, speed {speed}, {args.seconds:.0f} s, viewport "
+                               f"{args.width}x{args.height}", stats)
+                        shown = [g for g in stats["graphs"].values()]
+                        summary.append((scenario, speed, stats["ups"],
+                                        min((g["ups"] for g in shown), default=0.0),
+                                        max(first.values()) if first else None,
+                                        stats["timer_delay_ms_median"], len(errors)))
+                    browser.close()
+            finally:
+                server.terminate()
+                try:
+                    server.wait(10)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+    print(f"\n{'scenario':<10}{'speed':>7}{'ups med':>9}{'ups min':>9}{'first s':>9}"
+          f"{'timer ms':>10}{'console err':>13}")
+    for scenario, speed, med, low, first_s, timer, errs in summary:
+        print(f"{scenario:<10}{speed:>7}{med:>9.1f}{low:>9.1f}"
+              f"{(first_s if first_s is not None else float('nan')):>9.2f}"
+              f"{(timer or 0):>10.1f}{errs:>13}")
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps(results))
     return 0
 
 

@@ -13,6 +13,7 @@ the test token) and, for the pages, headless Chromium.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import http.client
 import json
 import os
@@ -243,12 +244,68 @@ def test_twenty_viewers_share_one_computation_per_frame_and_get_304s(lab: Lab, s
     # backend reads are bounded by time (at most one per 30 ms per channel), not by viewers
     polls = after["polls"] - before["polls"]
     assert after["reads"] - before["reads"] <= 4.5 / 0.03 + 10 < polls
-    # unchanged polls cost a 304 without a body
-    assert len(sizes[304]) >= 20 and max(sizes[304]) < 1200 < min(sizes[200])
+    # unchanged polls cost a 304 without a body, answered before Flask (live.LiveFront): no
+    # Content-Security-Policy or cookies, about 260 bytes on the wire (544 at 23664c2)
+    assert len(sizes[304]) >= 20 and max(sizes[304]) < 400 < 1200 < min(sizes[200])
+    assert after["fast"] - before["fast"] >= polls - 3 * 20, (polls, after, before)
     print(f"\n20 viewers, 4 s: {polls} polls, {len(sizes[304])} answered 304 "
           f"(median {sorted(sizes[304])[len(sizes[304]) // 2]} bytes in all), "
           f"{len(sizes[200])} with items (median {sorted(sizes[200])[len(sizes[200]) // 2]} "
           f"bytes); {computed} items computed, {delivered} delivered")
+
+
+def _cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.browser
+def test_an_unchanged_poll_is_cheap_and_keeps_its_connection(lab: Lab, shared: Shared,
+                                                             browser: Any) -> None:
+    """What the page sends (since=N, no If-None-Match): nothing new is a small 200 on the same
+    connection (a 304 makes waitress close it); checked clients skip Flask; a client without
+    those credentials still gets nothing."""
+    ctx, page, _ = _viewer_page(browser, shared, viewport={"width": 1400, "height": 1000})
+    try:
+        key = page.evaluate("window.plab.view.live")
+    finally:
+        ctx.close()
+    conn = http.client.HTTPConnection("127.0.0.1", lab.port, timeout=20)
+    try:
+        first = lab.call("GET", f"/_plab/live/{key}?since=-1&c=%7B%7D", headers=shared.headers,
+                         conn=conn)
+        assert first.status == 200, first.body[:200]
+        since = first.json()["seq"]
+        before, cpu0 = lab.admin("GET", "/_plab/live-stats"), _cpu_seconds(lab.proc.pid)
+        sock = conn.sock
+        empty, hints, polls = [], [], 400
+        for _ in range(polls):  # as fast as it answers: most polls find nothing new
+            answer = lab.call("GET", f"/_plab/live/{key}?since={since}", headers=shared.headers,
+                              conn=conn)
+            assert answer.status == 200 and answer.headers.get("Connection") != "close"
+            body = answer.json()
+            if not body["items"]:
+                assert body == {"seq": since, "items": []}
+                empty.append(answer.size)
+            since = body["seq"]
+            hints.append(int(answer.headers["X-Plab-Next"]))
+        cpu = (_cpu_seconds(lab.proc.pid) - cpu0) / polls
+        after = lab.admin("GET", "/_plab/live-stats")
+        assert conn.sock is sock  # one connection all along
+    finally:
+        conn.close()
+    assert len(empty) >= polls // 2 and max(empty) < 320, (len(empty), max(empty))
+    assert after["fast"] - before["fast"] == polls  # none went through Flask, Dash or the guard
+    assert all(0 <= h <= 2000 for h in hints) and min(hints) < 150  # frames ~10/s at 100 steps/s
+    assert cpu < 0.0006, f"{cpu * 1000:.2f} ms of server CPU per poll"  # 0.8 ms at 23664c2
+    print(f"\nunchanged poll: {max(empty)} bytes, {cpu * 1000:.2f} ms of server CPU")
+    # the grant is for those credentials only: others go through the guard as before
+    assert lab.call("GET", f"/_plab/live/{key}?since={since}").status == 401
+    other = {**shared.headers, "Cookie": shared.headers["Cookie"].replace("plab_view=", "x=")}
+    assert lab.call("GET", f"/_plab/live/{key}?since={since}", headers=other).status == 401
+    assert lab.call("GET", f"/_plab/live/{key}?since={since}",
+                    headers={**shared.headers, "Host": "evil.example"}).status == 400
 
 
 def test_a_viewer_link_changes_nothing(lab: Lab, shared: Shared) -> None:
@@ -388,3 +445,110 @@ def test_a_late_client_gets_every_missed_item_once_and_only_the_newest_heatmap()
     assert seq == 6 and [it["to"]["r"] for it in json.loads(raw)["items"]] == [6]
     status, raw, _ = hub.poll(key, 1)  # fell further behind than the ring: rebuild, then join
     assert json.loads(raw)["resync"] is True
+
+
+# ---- the WSGI front, without a server -----------------------------------------------------------
+class _Stream:
+    """A run's frames: one new frame per read while ``on``, stamped now (worker clock)."""
+
+    def __init__(self) -> None:
+        self.on, self.n = True, 0
+
+    def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
+        if not self.on:
+            return [], after
+        self.n += 1
+        return [{"seq": after + 1, "t0": self.n, "t1": self.n + 1, "wall": time.time(),
+                 "loss": {"t": [self.n], "mean": [0.5]}}], after + 1
+
+
+def _hub_and_key(stream: _Stream) -> tuple[Any, str]:
+    from app.dashboard import figures
+    from app.live import LiveHub
+
+    run = figures.make_run_view({"id": "r", "config": {"rule": "dni-b", "steps": 1000, "n": 4}},
+                                "#000")
+    hub = LiveHub(stream, min_interval=0.0)
+    return hub, hub.join(figures.make_view([run], epoch=1, panels=["loss"]), {"r": 0}, {})
+
+
+def test_the_front_answers_only_clients_the_route_checked(monkeypatch: pytest.MonkeyPatch
+                                                          ) -> None:
+    from app import live
+
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    to_app: list[str] = []
+
+    def app(environ: dict, start_response: Any) -> list[bytes]:
+        to_app.append(environ["PATH_INFO"] + "?" + environ.get("QUERY_STRING", ""))
+        start_response("401 UNAUTHORIZED", [])
+        return [b"app"]
+
+    front = live.LiveFront(app, hub, "/_plab/live/")
+    viewer = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/_plab/live/{key}",
+              "QUERY_STRING": "since=1", "HTTP_COOKIE": "plab_view=v|abc", "HTTP_HOST": "lab:80"}
+    got: list[tuple[str, dict]] = []
+
+    def start(status: str, headers: list) -> None:
+        got.append((status, dict(headers)))
+
+    def ask(**changes: Any) -> bytes:
+        return b"".join(front({**viewer, **changes}, start))
+
+    assert ask() == b"app"  # not checked yet
+    hub.grant(live.credentials(viewer), key)  # what the route does after its checks
+    body = json.loads(ask(QUERY_STRING="since=0"))
+    assert got[-1][0] == "200 OK" and body["seq"] == 1 and len(body["items"]) == 1
+    stream.on = False
+    assert json.loads(ask()) == {"seq": 1, "items": []}  # nothing new: a 200, kept alive
+    assert got[-1][1]["Content-Length"] == "20"
+    assert ask(HTTP_IF_NONE_MATCH='"1"') == b"" and got[-1][0].startswith("304")
+    assert "Content-Length" not in got[-1][1]
+    n = len(to_app)
+    for changes in ({"HTTP_COOKIE": "plab_view=v|abd"}, {"HTTP_HOST": "evil:80"},
+                    {"HTTP_AUTHORIZATION": "Bearer x"}, {"REQUEST_METHOD": "POST"},
+                    {"QUERY_STRING": "since=-1&c=%7B%7D"}, {"QUERY_STRING": "since=soon"},
+                    {"PATH_INFO": "/_plab/live/other"}, {"PATH_INFO": "/_plab/live-stats"}):
+        assert ask(**changes) == b"app", changes
+    assert len(to_app) == n + 8
+    monkeypatch.setattr(live, "GRANT_S", 0.0)  # a grant runs out: the route checks again
+    hub.grant(live.credentials(viewer), key)
+    assert ask() == b"app"
+
+
+def test_answers_say_when_the_next_frame_is_due_and_gzip_once() -> None:
+    from app.live import GZIP_MIN
+
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    status, _, headers = hub.respond(key, -1, {"r": 0})
+    assert "X-Plab-Next" not in dict(headers)  # one frame: no period yet
+    # the period comes from the frames' own times, not from when they were read: three
+    # frames 50 ms apart read at once say 50 ms
+    from app.live import Channel, _pace
+
+    paced = Channel("k", {}, {}, {})
+    _pace(paced, {"a": [100.0, 100.05, 100.1], "b": []})
+    assert abs(paced.period - 0.05) < 1e-9 and abs(paced.due - 100.15) < 1e-9
+    _pace(paced, {"a": [103.0]})  # one frame 2.9 s later (a pause): the average moves a bit
+    assert abs(paced.period - (0.7 * 0.05 + 0.3 * 2.9)) < 1e-9
+    wait_for(lambda: time.time() - hub.channel(key).wall >= 0.1, 5, "100 ms", every=0.01)
+    hub.respond(key, 1)  # the second frame, ~100 ms after the first
+    chan = hub.channel(key)
+    assert 0.1 <= chan.period < 1.0
+    stream.on = False
+    assert chan.due == chan.wall + chan.period  # one run: its newest frame + its period
+    due = (chan.due - time.time()) * 1000
+    hint = int(dict(hub.respond(key, chan.seq)[2])["X-Plab-Next"])
+    assert 0 <= hint <= max(due, 0) + 1
+    stream.on = True
+    for _ in range(40):  # enough items for an answer over GZIP_MIN
+        hub.respond(key, chan.seq)
+    stream.on = False
+    plain = hub.respond(key, 1)[1]
+    assert len(plain) >= GZIP_MIN
+    status, packed, headers = hub.respond(key, 1, gzip_ok=True)
+    assert status == 200 and dict(headers)["Content-Encoding"] == "gzip"
+    assert gzip.decompress(packed) == plain and len(packed) < len(plain) / 3
+    assert hub.respond(key, 1, gzip_ok=True)[1] is packed  # compressed once, shared

@@ -252,9 +252,8 @@ def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) ->
                 return jsonify({"error": "live: no such view (sign in, or open the link "
                                          "again)", "field": "live"}), 404
         raw_since = request.args.get("since", "-1")
-        match = request.headers.get("If-None-Match", "").strip().strip('W/"')
         try:
-            since = int(match if match.lstrip("-").isdigit() else raw_since)
+            since = live.parse_since(request.headers.get("If-None-Match", ""), raw_since)
             cursors = json.loads(request.args["c"]) if since < 0 and "c" in request.args else {}
             if not isinstance(cursors, dict):
                 raise ValueError("c: expected an object of run id -> cursor")
@@ -262,10 +261,14 @@ def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) ->
         except (ValueError, TypeError) as err:
             return jsonify({"error": f"live: since: got {raw_since[:100]!r} ({err}); allowed: "
                                      "an integer >= -1", "field": "since"}), 400
-        status, body, seq = hub.poll(key, since, cursors)
-        response = app.server.response_class(body, status=status, mimetype="application/json")
-        response.headers["ETag"] = f'"{seq}"'
-        response.headers["Cache-Control"] = "no-cache"
+        if chan is not None:  # checked: its next polls may be answered by live.LiveFront
+            hub.grant(live.credentials(request.environ), key)
+        status, body, headers = hub.respond(
+            key, since, cursors, conditional=bool(request.headers.get("If-None-Match")),
+            gzip_ok="gzip" in request.headers.get("Accept-Encoding", ""))
+        response = app.server.response_class(body, status=status)
+        for name, value in headers:
+            response.headers[name] = value
         return response
 
     def live_stats() -> Any:
@@ -276,6 +279,9 @@ def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) ->
         return jsonify(hub.stats())
 
     app.server.add_url_rule(f"{base}_plab/live/<key>", "plab_live", live_route, methods=["GET"])
+    # polls from clients checked above skip Flask, Dash and the guard (app.live.LiveFront)
+    app.server.wsgi_app = live.LiveFront(app.server.wsgi_app, hub,  # type: ignore[method-assign]
+                                         f"{base}_plab/live/")
     app.server.add_url_rule(f"{base}_plab/live-stats", "plab_live_stats", live_stats,
                             methods=["GET"])
 
