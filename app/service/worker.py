@@ -623,7 +623,7 @@ class Worker:
         if traced is not None and traced is not tel:
             part = make_frame(traced, self.run, units=self.units, seed_index=self.seed_index,
                               matrices=False, max_points=1)
-            for key in ("traces", "task"):
+            for key in ("traces", "task", "snapshot"):
                 if key in part:
                     frame[key] = part[key]
         self._stamp(frame)
