@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.dashboard import figures
+from app.dashboard.panels import circuit
 
 #: items kept per channel (about 6 s of frames at 10 frames/s)
 KEEP = 64
@@ -82,6 +83,7 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
         walls += [f["wall"] for f in frames if f.get("wall")]
     gap = figures.loss_gap(view, frames_by_run, carry)  # type: ignore[arg-type]
     ops, carry = figures.tick_ops(view, frames_by_run, carry)  # type: ignore[arg-type]
+    ops.update(circuit.circuit_ops(view, frames_by_run, carry))  # type: ignore[arg-type]
     return {
         "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
         "wall": max(walls) if walls else None, "built": built,

@@ -38,6 +38,7 @@ from dash.exceptions import PreventUpdate
 
 from app import live, security
 from app.dashboard import figures, layout, names, presets, urlstate
+from app.dashboard.panels import circuit
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -49,9 +50,9 @@ log = logging.getLogger(__name__)
 
 TERMINAL = ("finished", "stopped", "failed", "diverged", "interrupted")
 ACTIVE = ("ready", "running", "paused", "parked")  # parked: ▶ (or any action) resumes it
-GRAPHS = tuple(figures.BUILDERS)
+GRAPHS = (*figures.BUILDERS, circuit.GRAPH)
 PANEL_OF = {"loss-graph": "loss", "voltage-graph": "voltage", "weight-change-graph": "weights",
-            "alignment-graph": "alignment", "task-graph": "task"}
+            "alignment-graph": "alignment", "task-graph": "task", circuit.GRAPH: "circuit"}
 #: live-settable rule settings -> the "set" action's parameter
 LIVE_RULE_ARGS = {name: pop for name, pop in layout.LIVE_RULE_ARGS.items()
                   if pop in ACTIONS.get("set", ())}
@@ -908,6 +909,7 @@ def _register_view(app: dash.Dash, svc: Service) -> None:
             phase_run=phase_run, align_supported=svc.align is not None,
             phase_steps=phase_lengths(infos, phase_run), heat_run=heat_run)
         figs, carry = figures.build_figures(view, histories, recent)
+        figs[circuit.GRAPH] = circuit.circuit_figure(view, recent, carry)
         view["live"] = svc.hub.join(view, cursors, carry)  # the shared live channel (app.live)
         cursor_store = {"epoch": epoch, "cursors": cursors}
         return (*[figs[g] for g in GRAPHS], view, cursor_store)

@@ -16,6 +16,7 @@ from dash import dash_table, dcc, html
 from dash.dash_table.Format import Format, Scheme
 
 from app.dashboard import figures, urlstate
+from app.dashboard.panels import circuit
 from simulator.alignment import comparable_rules
 from simulator.phases import POPULATIONS
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -34,9 +35,10 @@ PANEL_TITLES = {
     "weights": "Weight changes",
     "alignment": "Gradient alignment & rule signals",
     "task": "Task: input, target, prediction",
+    "circuit": "The circuit: one neuron and the whole network",
 }
 TAB_LABELS = {"loss": "Loss", "voltage": "Voltages", "weights": "Weights",
-              "alignment": "Alignment", "task": "Task"}
+              "alignment": "Alignment", "task": "Task", "circuit": "Circuit"}
 NOTES = {
     "loss": [
         "Train loss of each run (bold: smoothed; faint: raw) and held-out test loss (◆). "
@@ -70,6 +72,16 @@ NOTES = {
     "task": [
         "The input stream, the target and each run's prediction over the recent window.",
         "Look for: the prediction following the target's jumps a few steps after the input.",
+    ],
+    "circuit": [
+        "One unit (the first chosen) as the paper draws it: the soma and basal dendrites "
+        "coloured by its basal voltage V, the apical tuft by its apical voltage U. Arrows are "
+        "the synapses: input and recurrent (basal W), apical A, the learned Jacobian J̃ and "
+        "the readout; an arrow glows while its synapses learn in this phase, is grey when "
+        "frozen, and is as thick as its last update (log scale). Right: V and U of every "
+        "unit over the last frames.",
+        "Look for: in a phased schedule the arrows taking turns; the U strip filling with "
+        "structure as the apical synapses learn.",
     ],
 }
 
@@ -293,7 +305,7 @@ def header() -> html.Header:
                         title="presenter mode: show or hide the panel's notes (n)"),
             html.Button("Presenter", id="btn-present", n_clicks=0, className="hbtn",
                         title="presenter mode: large fonts, controls hidden, one panel (p; "
-                              "1-5 pick the panel; Esc leaves)"),
+                              "1-6 pick the panel; Esc leaves)"),
         ], className="header-right"),
     ], className="header")
 
@@ -319,6 +331,8 @@ def panel(name: str, graph_id: str, extra: list[Any] | None = None) -> html.Sect
 
 def _empty_figure(graph_id: str) -> dict[str, Any]:
     view = figures.make_view([], epoch=0)
+    if graph_id == circuit.GRAPH:
+        return circuit.circuit_figure(view)
     return figures.BUILDERS[graph_id](view)
 
 
@@ -355,6 +369,7 @@ def panels() -> html.Main:
                              placeholder="first run")]),
             panel("alignment", "alignment-graph"),
             panel("task", "task-graph"),
+            panel("circuit", circuit.GRAPH),
         ], className="panel-grid", id="panel-grid"),
         run_table(),
     ], className="main", id="main")

@@ -28,7 +28,7 @@ from simulator.settings import ConfigError, Setting, quote
 from simulator.tasks import TASKS
 
 CORE_FIELDS = ("n", "alpha", "lr", "seeds", "steps")
-PANELS = ("loss", "voltage", "weights", "alignment", "task")
+PANELS = ("loss", "voltage", "weights", "alignment", "task", "circuit")
 SCALAR_SETTINGS = {s.name: s for s in SCALARS}
 DEFAULT_STEPS = "20000"
 #: the transport's speeds in steps per second (0: as fast as the CPU runs)
