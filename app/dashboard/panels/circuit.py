@@ -99,7 +99,8 @@ def diverging_color(value: float | None, vmax: float) -> str:
     for (f0, c0), (f1, c1) in itertools.pairwise(COLORSCALE):
         if f <= f1:
             w = (f - f0) / (f1 - f0)
-            r, g, b = (round(a + w * (b_ - a)) for a, b_ in zip(c0, c1, strict=True))
+            # halves round up, as JavaScript's Math.round (d3's interpolateRgb) does
+            r, g, b = (math.floor(a + w * (b_ - a) + 0.5) for a, b_ in zip(c0, c1, strict=True))
             return f"rgb({r},{g},{b})"
     return "rgb({},{},{})".format(*COLORSCALE[-1][1])  # pragma: no cover
 
