@@ -327,6 +327,9 @@ def _control_schema() -> dict[str, Any]:
                             "description": "speed: steps per frame (0: automatic)"},
         "steps_per_second": {"type": "number", "minimum": 0.1, "maximum": 1e7,
                              "description": "speed: real-time pacing"},
+        "narrate": {"type": "boolean", "description": "speed: with steps_per_second, slow to "
+                                                      "10 steps/s around phase switches and "
+                                                      "setting changes"},
         "to": {"type": "integer", "minimum": 0, "description": "fast_forward: target step"},
         "lr": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},
         "apical": {"type": "number", "minimum": 0, "maximum": 10, "description": "set"},

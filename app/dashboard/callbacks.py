@@ -39,6 +39,7 @@ from dash.exceptions import PreventUpdate
 from app import live, security
 from app.dashboard import figures, layout, names, presets, urlstate
 from app.dashboard.panels import circuit
+from app.service import pacing
 from app.service.base import ACTIONS, Backend, RunNotFound, ServiceError
 from simulator.config import RunConfig, parse_seeds
 from simulator.phases import PRESETS as PHASE_PRESETS
@@ -713,7 +714,9 @@ def _register_transport(app: dash.Dash, svc: Service) -> None:
 
     def set_speed(rid: str, speed: int) -> None:
         sps = layout.SPEEDS[_speed_index(speed)]
-        if sps:
+        if sps == urlstate.NARRATE:
+            svc.backend.control(rid, "speed", steps_per_second=pacing.NARRATE_BASE, narrate=True)
+        elif sps:
             svc.backend.control(rid, "speed", steps_per_second=float(sps))
         else:
             svc.backend.control(rid, "speed", steps_per_frame=0)

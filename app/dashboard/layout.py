@@ -26,7 +26,9 @@ from simulator.tasks import TASKS
 
 MAX_PHASE_ROWS = 6
 SPEEDS = urlstate.SPEEDS  # steps per second; 0: as fast as possible
-SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 3: "300/s", 4: "1k/s", 5: "max"}
+#: keys index SPEEDS; narrate (100/s, slow around events) sits beside 100/s
+SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 6: "narrate", 3: "300/s", 4: "1k/s",
+                5: "max"}
 #: paced for teaching: 100 steps/s (a preset may set its own; ``speed=`` in the URL)
 DEFAULT_SPEED = urlstate.speed_index(urlstate.DEFAULT_SPEED)
 PANEL_TITLES = {
@@ -282,7 +284,9 @@ def header() -> html.Header:
                   dcc.RadioItems(id="speed", options=[{"label": v, "value": k}
                                                       for k, v in SPEED_LABELS.items()],
                                  value=DEFAULT_SPEED, inline=True, className="toggle dark")],
-                 className="speed-box", title="steps per second (max: as fast as the CPU runs)"),
+                 className="speed-box", title="steps per second (max: as fast as the CPU runs; "
+                                              "narrate: 100/s, slowed to 10/s around phase "
+                                              "switches and setting changes)"),
         html.Div([html.Div(dcc.Input(id="ff-to", type="number", placeholder="ff to", min=1,
                                      className="num ff"), title="fast-forward to this step"),
                   html.Button("FF »", id="btn-ff", n_clicks=0, className="tbtn text",

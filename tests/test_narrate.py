@@ -1,0 +1,168 @@
+"""The "narrate" pace (issue 12 item 2): the base pace, slowed to 10 steps/s in the NARRATE_N
+steps before and after a phase switch and after a setting change.
+
+The pure rule (app/service/pacing.py), the speed control and URL, the control's validation,
+and real worker processes (the local backend) slowing near a phase switch and after a
+learning-rate change, measured in steps per wall second from the frames' own clocks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import wait_for
+
+from app.dashboard import layout, urlstate
+from app.service import BackendSettings, LocalBackend
+from app.service.pacing import (
+    NARRATE_BASE,
+    NARRATE_N,
+    NARRATE_SLOW,
+    narrate_chunk,
+    next_switch,
+    rate_at,
+)
+from app.service.worker import check_params
+from simulator.phases import parse_schedule
+from simulator.settings import ConfigError
+
+N = NARRATE_N
+FAST, SLOW = NARRATE_BASE, NARRATE_SLOW
+#: switches at 200, 500, 700, 1000, ...
+TWO = parse_schedule("a=apical+jacobian:200,b=basal+readout:300")
+
+
+# ---------------------------------------------------------------------------------------------
+# the rule
+# ---------------------------------------------------------------------------------------------
+def test_phase_switches_come_from_the_schedule() -> None:
+    assert [next_switch(TWO, t) for t in (0, 1, 200, 201, 500, 501, 999, 10**9 + 1)] == [
+        200, 200, 200, 500, 500, 700, 1000, 10**9 + 200]
+    assert next_switch(parse_schedule("all"), 5) is None
+    assert next_switch(None, 5) is None
+
+
+@pytest.mark.parametrize(("step", "rate"), [
+    (0, FAST), (200 - N - 1, FAST), (200 - N, SLOW), (199, SLOW), (200, SLOW),
+    (200 + N - 1, SLOW), (200 + N, FAST), (500 - N - 1, FAST), (500 - N, SLOW),
+    (500 + N - 1, SLOW), (500 + N, FAST), (10_000 - 1, SLOW), (10**9 + 200, SLOW),
+])
+def test_slow_in_the_n_steps_before_and_after_a_phase_switch(step: int, rate: float) -> None:
+    assert rate_at(step, TWO, []) == rate
+
+
+def test_slow_in_the_n_steps_after_a_setting_change_only() -> None:
+    one = parse_schedule("all")
+    assert [rate_at(t, one, [1000]) for t in (0, 999, 1000, 1000 + N - 1, 1000 + N)] == [
+        FAST, FAST, SLOW, SLOW, FAST]
+    assert rate_at(3, one, []) == FAST  # one phase: no switch, ever
+    assert rate_at(3, None, [0, 2]) == SLOW
+
+
+def test_phases_shorter_than_the_window_are_slow_throughout_and_a_slow_base_stays() -> None:
+    short = parse_schedule("a=apical:20,b=basal:20")
+    assert {rate_at(t, short, []) for t in range(1, 400)} == {SLOW}
+    assert rate_at(5, TWO, [], base=4.0) == 4.0  # never faster than the base
+    assert rate_at(199, TWO, [], base=4.0) == 4.0
+
+
+def test_a_chunk_stops_where_the_rate_changes() -> None:
+    # a frame's worth (100 steps/s at 10 frames/s: 10 steps) unless the slow window begins
+    assert narrate_chunk(100, TWO, [], FAST, 10.0) == (10, FAST)
+    assert narrate_chunk(145, TWO, [], FAST, 10.0) == (5, FAST)   # 145..149, then slow
+    assert narrate_chunk(150, TWO, [], FAST, 10.0) == (1, SLOW)
+    assert narrate_chunk(249, TWO, [], FAST, 10.0) == (1, SLOW)
+    assert narrate_chunk(250, TWO, [], FAST, 10.0) == (10, FAST)
+    assert narrate_chunk(100, TWO, [], FAST, 10.0, left=3) == (3, FAST)
+
+
+# ---------------------------------------------------------------------------------------------
+# the controls
+# ---------------------------------------------------------------------------------------------
+def test_narrate_is_a_speed_in_the_control_and_the_url() -> None:
+    setup, _runs = urlstate.decode("speed=narrate")
+    assert setup["speed"] == urlstate.NARRATE
+    assert "speed=narrate" in urlstate.encode(setup)
+    index = urlstate.speed_index(urlstate.NARRATE)
+    assert layout.SPEEDS[index] == urlstate.NARRATE and layout.SPEED_LABELS[index] == "narrate"
+    assert urlstate.parse_speed("120") == 100  # numbers still snap to a paced speed
+
+
+def test_the_speed_action_validates_narrate() -> None:
+    assert check_params("speed", {"steps_per_second": 100, "narrate": True}, 8, 1) == {
+        "steps_per_second": 100.0, "narrate": True}
+    with pytest.raises(ConfigError) as bad:
+        check_params("speed", {"steps_per_second": 100, "narrate": "yes"}, 8, 1)
+    assert (bad.value.field, bad.value.message) == ("narrate",
+                                                    "got 'yes'; allowed: true or false")
+    with pytest.raises(ConfigError) as bad:
+        check_params("speed", {"steps_per_frame": 0, "narrate": True}, 8, 1)
+    assert bad.value.field == "narrate" and "only with steps_per_second" in bad.value.message
+
+
+# ---------------------------------------------------------------------------------------------
+# real workers
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture
+def backend(tmp_path: Path) -> Iterator[LocalBackend]:
+    b = LocalBackend(BackendSettings(data_dir=tmp_path / "data", max_runs=3, eval_every=0,
+                                     checkpoint_every=10**6, frame_rate=10.0))
+    yield b
+    b.shutdown()
+
+
+def _frames_until(b: LocalBackend, rid: str, step: int, timeout: float = 60.0
+                  ) -> list[dict[str, Any]]:
+    got: list[dict[str, Any]] = []
+    cursor = -1
+
+    def reached() -> bool:
+        nonlocal cursor
+        frames, cursor = b.frames(rid, cursor)
+        got.extend(frames)
+        return bool(got) and got[-1]["t1"] >= step
+
+    wait_for(reached, timeout=timeout, what=f"run {rid} at step {step}", every=0.05)
+    return got
+
+
+def _rate(frames: list[dict[str, Any]], lo: int, hi: int) -> float:
+    """Steps per wall second between the first frame ending at or after ``lo`` and the last
+    ending at or before ``hi`` (each frame's wall clock is when the worker sent it)."""
+    inside = [f for f in frames if lo <= f["t1"] <= hi]
+    assert len(inside) >= 3, f"too few frames in [{lo}, {hi}]: {[f['t1'] for f in frames]}"
+    first, last = inside[0], inside[-1]
+    return (last["t1"] - first["t1"]) / (last["wall"] - first["wall"])
+
+
+def test_a_narrated_run_slows_near_a_phase_switch_and_after_a_rate_change(
+        backend: LocalBackend) -> None:
+    small = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**6}
+    phased = backend.create({**small, "phases": "a=apical+jacobian:120,b=basal+readout:120"},
+                            start=False)
+    plain = backend.create(small, start=False)
+    for rid in (phased, plain):
+        reply = backend.control(rid, "speed", steps_per_second=100.0, narrate=True)
+        assert (reply["pace"], reply["narrate"]) == (100.0, True)
+        backend.control(rid, "resume")
+    # the learning-rate change lands on the plain run at about step 60
+    before = _frames_until(backend, plain, 60)
+    event = backend.control(plain, "set", lr=0.002)["step"]
+    after = _frames_until(backend, plain, event + 22)
+    # the phase switch at step 120: slow from step 70
+    frames = _frames_until(backend, phased, 95)
+    fast_phased = _rate(frames, 10, 68)
+    slow_phased = _rate(frames, 72, 95)
+    fast_plain = _rate(before, 10, 60)
+    slow_plain = _rate(after, event + 2, event + 22)
+    print(f"steps/s: phased {fast_phased:.1f} then {slow_phased:.1f} near the switch; "
+          f"plain {fast_plain:.1f} then {slow_plain:.1f} after the change at step {event}")
+    # the schedule asks for 100 and 10 steps/s; a loaded machine can only fall behind the
+    # fast pace (a chunk's wait is never negative), never run the slow one faster
+    assert 60 < fast_phased <= 100 * 1.05 and 60 < fast_plain <= 100 * 1.05
+    assert 8.0 < slow_phased <= 10 * 1.05 and 8.0 < slow_plain <= 10 * 1.05
+    for rid in (phased, plain):
+        backend.control(rid, "stop")
