@@ -6,7 +6,9 @@ appearing and updating live.
 
 from __future__ import annotations
 
+import itertools
 import math
+import time
 from typing import Any
 
 import pytest
@@ -269,3 +271,86 @@ def test_the_live_channel_carries_the_circuits_ops() -> None:
     ops = payload["graphs"][circuit.GRAPH]
     assert ops["heat"][0]["x"] == [f["snapshot"]["step"] for f in frames[1:]]
     assert "loss-graph" in payload["graphs"]
+
+
+# ---------------------------------------------------------------------------------------------
+# in real Chromium, against a real server (fixtures of test_dashboard_browser)
+# ---------------------------------------------------------------------------------------------
+try:
+    from test_dashboard_browser import _open, browser, page, server  # noqa: F401 - fixtures
+except pytest.skip.Exception:  # no Chromium or no Playwright: the browser test is skipped
+    _open = None
+
+#: what the live circuit shows: columns, rows, the apical arrow, the neuron and its numbers
+CIRCUIT_JS = """
+() => {
+  const gd = document.querySelector('#circuit-graph .js-plotly-plot');
+  if (!gd || !gd.data || !gd.data.length) return null;
+  const ann = (n) => (gd.layout.annotations || []).find((a) => a.name === n) || {};
+  const shp = (n) => (gd.layout.shapes || []).find((s) => s.name === n) || {};
+  const durs = (gid) => window.plab.paintLog.filter((p) => p.gid === gid).map((p) => p.dur);
+  return {cols: (gd.data[0].x || []).length, last: (gd.data[0].x || []).slice(-1)[0],
+          x: gd.data[0].x, lossDurs: durs('loss-graph'),
+          rows: (gd.data[0].z || []).length, zmaxV: gd.data[0].zmax,
+          apical: ann('arrow:apical').opacity, basal: ann('arrow:recurrent').opacity,
+          values: ann('values').text, soma: shp('soma').fillcolor,
+          paints: window.plab.paintLog.filter((p) => p.gid === 'circuit-graph').length,
+          durs: window.plab.paintLog.filter((p) => p.gid === 'circuit-graph').map((p) => p.dur)};
+}
+"""
+
+
+@pytest.mark.browser
+def test_the_circuit_panel_appears_and_updates_live(page: Any, server: str) -> None:
+    if _open is None:
+        pytest.skip("Chromium / Playwright not available")
+    _open(page, server, "?phases=apical-then-basal&panels=loss,circuit&steps=100000&n=32")
+    assert page.is_visible("#panel-circuit")
+    page.click("#btn-play")
+    state = lambda: page.evaluate(CIRCUIT_JS)  # noqa: E731
+    first = wait_for_state(page, state, lambda s: s and s["cols"] >= 6, "live columns")
+    assert first["rows"] == 32
+    # the arrows take turns: apical A glows in the apical phase and is dimmed in the basal
+    # one (100 steps each, 1 s at 100 steps/s), the recurrent arrow the other way round
+    seen = set()
+
+    def both_phases(s: dict | None) -> bool:
+        if s:
+            seen.add((s["apical"], s["basal"]))
+        return {(1, circuit.DIM_OPACITY), (circuit.DIM_OPACITY, 1)} <= seen
+
+    wait_for_state(page, state, both_phases, "both phases drawn")
+    # the neuron's colour is the unit's V on the strip's colour scale (3 digits shown)
+    now = state()
+    v = float(now["values"].split("V = ")[1].split(",")[0])
+    want = [int(c) for c in circuit.diverging_color(v, now["zmaxV"])[4:-1].split(",")]
+    got = [int(c) for c in now["soma"][4:-1].split(",")]
+    assert max(abs(a - b) for a, b in zip(want, got, strict=True)) <= 3, (now, want)
+    # updates keep coming: measured over 3 s of frames (10 frames/s at 100 steps/s)
+    t0, p0 = time.monotonic(), now["paints"]
+    later = wait_for_state(page, state, lambda s: s and time.monotonic() - t0 >= 3.0, "3 s")
+    rate = (later["paints"] - p0) / (time.monotonic() - t0)
+    median = sorted(later["durs"])[len(later["durs"]) // 2]
+    loss = sorted(later["lossDurs"])[len(later["lossDurs"]) // 2]
+    print(f"circuit panel: {rate:.1f} updates/s, redraw median {median:.1f} ms "
+          f"(loss panel {loss:.1f} ms), {later['cols']} columns")
+    assert later["last"] > now["last"] and rate > 0
+    # every frame became a column, in order, none twice (paced: 10 steps a frame), however
+    # many frames one redraw took in
+    steps = [x for x in later["x"] if x > first["last"]]
+    assert steps and {b - a for a, b in itertools.pairwise(steps)} == {10}, steps
+    # a redraw of the circuit costs about what the loss panel's does (both measured in this
+    # page on this machine, whatever its load): it is not what holds the rate down
+    assert median <= 3 * loss + 5, (later["durs"], later["lossDurs"])
+    assert not page.errors, page.errors
+
+
+def wait_for_state(page: Any, read: Any, cond: Any, what: str, timeout: float = 60.0) -> Any:
+    """Poll the page through Playwright (its events keep flowing) until ``cond(read())``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = read()
+        if cond(value):
+            return value
+        page.wait_for_timeout(100)
+    raise AssertionError(f"timed out waiting for {what}: {read()}")
