@@ -166,3 +166,24 @@ def test_a_narrated_run_slows_near_a_phase_switch_and_after_a_rate_change(
     assert 8.0 < slow_phased <= 10 * 1.05 and 8.0 < slow_plain <= 10 * 1.05
     for rid in (phased, plain):
         backend.control(rid, "stop")
+
+
+def test_a_parked_narrated_run_narrates_again_when_it_resumes(tmp_path: Path) -> None:
+    b = LocalBackend(BackendSettings(data_dir=tmp_path / "data", max_runs=2, eval_every=0,
+                                     checkpoint_every=10**6, frame_rate=10.0, idle_release=1.0))
+    try:
+        rid = b.create({"task": "add", "rule": "dni-b", "n": 8, "steps": 10**6}, start=False)
+        b.control(rid, "speed", steps_per_second=100.0, narrate=True)
+        b.control(rid, "resume")
+        wait_for(lambda: b.get(rid)["step"] > 20, what="progress")
+        b.control(rid, "pause")
+        wait_for(lambda: next(r["status"] for r in b.list_runs() if r["id"] == rid) == "parked",
+                 timeout=30, what="parked")
+        parked = b.get(rid)["step"]
+        b.control(rid, "resume")  # a new worker, from the checkpoint
+        wait_for(lambda: b.get(rid)["step"] > parked + 5, what="progress after resume")
+        # what the new worker reports (every state message carries it) is what it does
+        state = b._runs[rid].info  # the worker's last state (not in the public info)
+        assert (state["pace"], state["narrate"]) == (100.0, True)
+    finally:
+        b.shutdown()
