@@ -24,6 +24,7 @@ from app.service.pacing import (
     narrate_chunk,
     next_switch,
     rate_at,
+    switch_window,
 )
 from app.service.worker import check_params
 from simulator.phases import parse_schedule
@@ -62,9 +63,14 @@ def test_slow_in_the_n_steps_after_a_setting_change_only() -> None:
     assert rate_at(3, None, [0, 2]) == SLOW
 
 
-def test_phases_shorter_than_the_window_are_slow_throughout_and_a_slow_base_stays() -> None:
-    short = parse_schedule("a=apical:20,b=basal:20")
-    assert {rate_at(t, short, []) for t in range(1, 400)} == {SLOW}
+def test_short_phases_are_narrated_a_quarter_phase_each_side_and_a_slow_base_stays() -> None:
+    preset = parse_schedule("apical-then-basal")  # 100 steps each: 25 steps each side
+    assert switch_window(preset) == 25 and switch_window(TWO) == N
+    assert [rate_at(t, preset, []) for t in (74, 75, 124, 125, 174, 175, 224, 225)] == [
+        FAST, SLOW, SLOW, FAST, FAST, SLOW, SLOW, FAST]
+    blur = parse_schedule("a=apical:3,b=basal:3")  # a switch every 3 steps: not narrated
+    assert switch_window(blur) == 0 and {rate_at(t, blur, []) for t in range(50)} == {FAST}
+    assert rate_at(7, blur, [5]) == SLOW  # a setting change still is
     assert rate_at(5, TWO, [], base=4.0) == 4.0  # never faster than the base
     assert rate_at(199, TWO, [], base=4.0) == 4.0
 
@@ -141,7 +147,7 @@ def _rate(frames: list[dict[str, Any]], lo: int, hi: int) -> float:
 def test_a_narrated_run_slows_near_a_phase_switch_and_after_a_rate_change(
         backend: LocalBackend) -> None:
     small = {"task": "add", "rule": "dni-b", "n": 8, "steps": 10**6}
-    phased = backend.create({**small, "phases": "a=apical+jacobian:120,b=basal+readout:120"},
+    phased = backend.create({**small, "phases": "a=apical+jacobian:200,b=basal+readout:200"},
                             start=False)
     plain = backend.create(small, start=False)
     for rid in (phased, plain):
@@ -152,18 +158,19 @@ def test_a_narrated_run_slows_near_a_phase_switch_and_after_a_rate_change(
     before = _frames_until(backend, plain, 60)
     event = backend.control(plain, "set", lr=0.002)["step"]
     after = _frames_until(backend, plain, event + 22)
-    # the phase switch at step 120: slow from step 70
-    frames = _frames_until(backend, phased, 95)
-    fast_phased = _rate(frames, 10, 68)
-    slow_phased = _rate(frames, 72, 95)
+    # the phase switch at step 200: slow from step 150
+    frames = _frames_until(backend, phased, 175)
+    fast_phased = _rate(frames, 10, 148)
+    slow_phased = _rate(frames, 152, 175)
     fast_plain = _rate(before, 10, 60)
     slow_plain = _rate(after, event + 2, event + 22)
     print(f"steps/s: phased {fast_phased:.1f} then {slow_phased:.1f} near the switch; "
           f"plain {fast_plain:.1f} then {slow_plain:.1f} after the change at step {event}")
-    # the schedule asks for 100 and 10 steps/s; a loaded machine can only fall behind the
-    # fast pace (a chunk's wait is never negative), never run the slow one faster
-    assert 60 < fast_phased <= 100 * 1.05 and 60 < fast_plain <= 100 * 1.05
-    assert 8.0 < slow_phased <= 10 * 1.05 and 8.0 < slow_plain <= 10 * 1.05
+    # the schedule asks for 100 and 10 steps/s; on a loaded machine a worker that stalled
+    # catches up with its schedule (up to half a second behind), so a window can read a little
+    # above its pace, or below it
+    assert 60 < fast_phased < 130 and 60 < fast_plain < 130
+    assert 7 < slow_phased < 12.5 and 7 < slow_plain < 12.5
     for rid in (phased, plain):
         backend.control(rid, "stop")
 
@@ -187,3 +194,37 @@ def test_a_parked_narrated_run_narrates_again_when_it_resumes(tmp_path: Path) ->
         assert (state["pace"], state["narrate"]) == (100.0, True)
     finally:
         b.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------
+# the dashboard: speed=narrate in the URL selects it and the runs it starts narrate
+# ---------------------------------------------------------------------------------------------
+try:
+    from test_dashboard_browser import _api, _open, browser, page, server  # noqa: F401
+except pytest.skip.Exception:  # no Chromium or no Playwright: the browser test is skipped
+    _open = None
+
+
+@pytest.mark.browser
+def test_speed_narrate_in_the_url_selects_it_and_the_run_slows_at_the_switch(
+        page: Any, server: str) -> None:
+    if _open is None:
+        pytest.skip("Chromium / Playwright not available")
+    _open(page, server, "?speed=narrate&phases=apical-then-basal&steps=100000")
+    checked = page.locator("#speed input:checked")
+    assert checked.count() == 1
+    assert page.inner_text("#speed label:has(input:checked)").strip() == "narrate"
+    page.click("#btn-play")
+
+    def step() -> int:
+        runs = _api(server, "/api/runs")["runs"]
+        return int(runs[0]["step"]) if runs else -1
+
+    # apical-then-basal: 100-step phases, so 25 steps each side of a switch are slow: steps
+    # 75-124 at 10/s, 125-174 at 100/s, 175-224 at 10/s
+    wait_for(lambda: step() >= 180, timeout=60, what="step 180", every=0.2)
+    rid = _api(server, "/api/runs")["runs"][0]["id"]
+    frames = _api(server, f"/api/runs/{rid}/frames?after=-1")["frames"]
+    slow, fast = _rate(frames, 80, 122), _rate(frames, 128, 172)
+    assert 7 < slow < 12.5 and 60 < fast < 130, (slow, fast)
+    assert "speed=narrate" in page.evaluate("location.href")

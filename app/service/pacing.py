@@ -3,7 +3,10 @@ class should see happen (issue 12: paced for teaching).
 
 An event is
 - a phase switch, known ahead from the phase schedule: the NARRATE_N steps before it and the
-  NARRATE_N steps after it are slow (the class sees it coming and sees what it changes);
+  NARRATE_N steps after it are slow (the class sees it coming and sees what it changes); with
+  phases shorter than 4 x NARRATE_N steps, a quarter of the shortest phase on each side
+  (100-step phases: 25 steps), so half of every phase still runs at the base pace (phases
+  under 4 steps are not narrated: a switch every step or two is a blur either way);
 - a learning-rate or phase-schedule change made mid-run, at the step it took effect: the
   NARRATE_N steps after it are slow (it cannot be seen coming).
 
@@ -43,14 +46,23 @@ def next_switch(schedule: Schedule | None, step: int) -> int | None:
     return cycle * total + starts[i] if i < len(starts) else (cycle + 1) * total
 
 
+def switch_window(schedule: Schedule | None, n: int = NARRATE_N) -> int:
+    """Steps slowed on each side of a phase switch: ``n``, at most a quarter of the shortest
+    phase."""
+    if schedule is None or len(schedule.phases) < 2:
+        return 0
+    return min(n, min(p.steps for p in schedule.phases) // 4)
+
+
 def rate_at(step: int, schedule: Schedule | None, events: Sequence[int],
             base: float = NARRATE_BASE, *, n: int = NARRATE_N,
             slow: float = NARRATE_SLOW) -> float:
-    """Steps/s for ``step``: ``slow`` (never above ``base``) within ``n`` steps of a phase
-    switch s (s - n <= step < s + n) or in the ``n`` steps from a setting change e
-    (e <= step < e + n); ``base`` otherwise."""
-    switch = next_switch(schedule, step - n + 1)
-    near = switch is not None and switch <= step + n
+    """Steps/s for ``step``: ``slow`` (never above ``base``) within w = switch_window(schedule,
+    n) steps of a phase switch s (s - w <= step < s + w) or in the ``n`` steps from a setting
+    change e (e <= step < e + n); ``base`` otherwise."""
+    w = switch_window(schedule, n)
+    switch = next_switch(schedule, step - w + 1) if w else None
+    near = switch is not None and switch <= step + w
     near = near or any(e <= step < e + n for e in events)
     return min(base, slow) if near else base
 
@@ -75,4 +87,4 @@ def remember(events: list[int], step: int) -> list[int]:
 
 
 __all__ = ["NARRATE_BASE", "NARRATE_N", "NARRATE_SLOW", "narrate_chunk", "next_switch",
-           "rate_at", "remember"]
+           "rate_at", "remember", "switch_window"]
