@@ -28,15 +28,22 @@ PHASED = "listen=apical+jacobian:20,act=basal+readout:20"
 # helpers: frames from a real run
 # ---------------------------------------------------------------------------------------------
 def run_frames(k: int = 10, chunks: int = 3, **config: Any) -> tuple[Run, list[dict[str, Any]]]:
+    """A real run's first ``chunks`` frames of ``k`` steps each (traces recorded, as live)."""
+    run, frames, _tel = run_frames_tel(k, chunks, **config)
+    return run, frames
+
+
+def run_frames_tel(k: int = 10, chunks: int = 3, **config: Any
+                   ) -> tuple[Run, list[dict[str, Any]], Any]:
+    """run_frames and the last chunk's telemetry."""
     run = Run(RunConfig(**{"n": 8, "steps": 10_000, **config}))
-    frames = []
+    frames, tel = [], None
     for seq in range(chunks):
         tel = run.advance(k, record="traces")
         frame = make_frame(tel, run)
         frame["seq"] = seq
-        frames.append((frame, tel))
-    run.last_tel = frames[-1][1]  # type: ignore[attr-defined]
-    return run, [f for f, _ in frames]
+        frames.append(frame)
+    return run, frames, tel
 
 
 def view_of(run: Run, frames: list[dict[str, Any]], panels: tuple[str, ...] = ("circuit",),
@@ -60,12 +67,11 @@ def note(fig: dict[str, Any], name: str) -> dict[str, Any]:
 # the frame's snapshot (simulator/telemetry.py)
 # ---------------------------------------------------------------------------------------------
 def test_a_frame_carries_every_units_v_and_u_at_its_last_step() -> None:
-    run, frames = run_frames(n=12)
-    tel = run.last_tel  # type: ignore[attr-defined]
+    run, frames, tel = run_frames_tel(n=12)
     snap = frames[-1]["snapshot"]
     assert snap["n"] == 12 and snap["step"] == frames[-1]["t1"] - 1 == run.t - 1
     for comp in ("V", "U"):
-        want = tel.__dict__[comp][-1, 0].double().tolist()
+        want = getattr(tel, comp)[-1, 0].double().tolist()
         assert len(snap[comp]) == 12
         # 4 significant digits relative to the largest magnitude of the snapshot
         tol = 10 ** (math.floor(math.log10(max(abs(v) for v in want))) - 3)
