@@ -168,11 +168,11 @@ def neuron_patch(view: figures.View, run: figures.RunView, frame: Mapping[str, A
     notes: dict[str, dict[str, Any]] = {}
     for arrow, (pop, label, _head, _tail) in ARROWS.items():
         if pop not in run["pops"]:
-            color, opacity, text = DIM_COLOR, ABSENT_OPACITY, f"{label} (none)"
+            color, opacity, text = DIM_COLOR, ABSENT_OPACITY, f"{label}<br>(none)"
         elif not phase_known or pop in plastic:
             color, opacity, text = figures.POP_COLORS[pop], 1.0, f"<b>{label}</b>"
         else:
-            color, opacity, text = DIM_COLOR, DIM_OPACITY, f"{label} (frozen)"
+            color, opacity, text = DIM_COLOR, DIM_OPACITY, f"{label}<br>(frozen)"
         notes[f"arrow:{arrow}"] = {"arrowcolor": color, "arrowwidth": widths[arrow],
                                    "opacity": opacity, "text": text,
                                    "font": {"color": color}}
@@ -294,7 +294,7 @@ def circuit_figure(view: figures.View, recent: Mapping[str, Sequence[Mapping[str
             "font": {**figures._font(view, 11), **patch["annotations"][f"arrow:{arrow}"]["font"]}})
     layout["annotations"] += [
         {"name": "values", "xref": "x", "yref": "y", "x": 10.0, "y": 0.1, "xanchor": "right",
-         "yanchor": "bottom", "showarrow": False, "font": figures._font(view, 12),
+         "yanchor": "bottom", "showarrow": False, "font": figures._font(view, 11),
          **patch["annotations"]["values"]},
         {"name": "phase", "xref": "x", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
          "yanchor": "bottom", "showarrow": False, "font": {**figures._font(view, 11),
