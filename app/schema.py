@@ -104,6 +104,15 @@ class Speed(_Action):
     action: Literal["speed"]
     steps_per_frame: annotation(STEPS_PER_FRAME, default=None)  # type: ignore[valid-type]
     steps_per_second: annotation(STEPS_PER_SECOND, default=None)  # type: ignore[valid-type]
+    narrate: bool | None = Field(None, description="with steps_per_second: slow to 10 steps/s "
+                                                   "around phase switches and setting changes")
+
+    @field_validator("narrate", mode="before")
+    @classmethod
+    def _flag(cls, value: Any) -> Any:
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError("narrate", f"got {quote(value)}; allowed: true or false")
+        return value
 
     @model_validator(mode="after")
     def _one(self) -> Speed:
@@ -111,6 +120,9 @@ class Speed(_Action):
             raise ConfigError("steps_per_frame", f"give exactly one of steps_per_frame "
                               f"({STEPS_PER_FRAME.allowed()}, 0: automatic) or "
                               f"steps_per_second ({STEPS_PER_SECOND.allowed()})")
+        if self.narrate and self.steps_per_second is None:
+            raise ConfigError("narrate", "got true with steps_per_frame; allowed: narrate only "
+                                         "with steps_per_second (its base pace)")
         return self
 
 

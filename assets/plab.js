@@ -97,8 +97,64 @@
         if (ops.titles) p.titles = ops.titles;
         if (ops.axes) p.axes = Object.assign(p.axes || {}, ops.axes);  // e.g. the loss y-range
         if (ops.spans) p.spans = p.spans.concat(ops.spans);
+        if (ops.heat) mergeHeat(p, ops.heat);
+        if (ops.patch) mergePatch(p, ops.patch);
         if (wall) p.wall = Math.max(p.wall || 0, wall);
         p.recv = recv;
+    }
+
+    // the circuit panel (app/dashboard/panels/circuit.py): "heat" appends columns to a
+    // heatmap (z per row, keeping the last max), "patch" sets shape and annotation
+    // properties by name (the neuron's colours, the arrows' widths); the newest wins
+    function mergeHeat(p, heat) {
+        p.heat = p.heat || {};
+        for (const h of heat) {
+            const a = p.heat[h.i];
+            if (!a || a.z.length !== h.z.length) { p.heat[h.i] = {...h, x: h.x.slice(), z: h.z.map((r) => r.slice())}; continue; }
+            a.x = a.x.concat(h.x);
+            for (let r = 0; r < h.z.length; r++) a.z[r] = a.z[r].concat(h.z[r]);
+            a.zmin = h.zmin; a.zmax = h.zmax; a.max = h.max;
+        }
+    }
+
+    function mergePatch(p, patch) {
+        p.patch = p.patch || {shapes: {}, annotations: {}};
+        for (const kind of ["shapes", "annotations"]) {
+            for (const [name, props] of Object.entries(patch[kind] || {})) {
+                p.patch[kind][name] = {...(p.patch[kind][name] || {}), ...props};
+            }
+        }
+    }
+
+    function applyHeat(gd, heat) {
+        for (const key of Object.keys(heat)) {
+            const h = heat[key], tr = gd.data[h.i];
+            if (!tr || tr.type !== "heatmap") continue;
+            const x = (tr.x || []).concat(h.x);
+            const rows = h.z.length;
+            const z = [];
+            for (let r = 0; r < rows; r++) {
+                const old = (tr.z && tr.z[r]) || new Array((tr.x || []).length).fill(null);
+                z.push(old.concat(h.z[r]));
+            }
+            const cut = Math.max(0, x.length - (h.max || x.length));
+            tr.x = x.slice(cut);
+            tr.z = z.map((row) => row.slice(cut));
+            tr.y = Array.from({length: rows}, (_, r) => r);
+            if (h.zmin !== undefined) { tr.zmin = h.zmin; tr.zmax = h.zmax; }
+        }
+    }
+
+    function applyPatch(gd, patch) {
+        const set = (items, props) => (items || []).map((it) => {
+            const q = props[it.name];
+            if (!q) return it;
+            const out = {...it, ...q};
+            for (const k of ["line", "font"]) if (q[k]) out[k] = {...(it[k] || {}), ...q[k]};
+            return out;
+        });
+        gd.layout.shapes = set(gd.layout.shapes, patch.shapes || {});
+        gd.layout.annotations = set(gd.layout.annotations, patch.annotations || {});
     }
 
     // traces whose last drawn point is provisional (a loss block still filling)
@@ -192,6 +248,8 @@
         }
         if (p.spans.length) shade(gd, p.spans, meta);
         for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
+        if (p.heat) applyHeat(gd, p.heat);
+        if (p.patch) applyPatch(gd, p.patch);
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {
@@ -464,7 +522,7 @@
         if (next) next.click();
     }, {passive: true});
 
-    // Keyboard shortcuts: space play/pause, s or → step, r reset, p presenter, 1-5 panels,
+    // Keyboard shortcuts: space play/pause, s or → step, r reset, p presenter, 1-6 panels,
     // l log-y, f full screen, Esc leaves presenter mode.
     const KEYS = {
         " ": "btn-play", "k": "btn-play", "s": "btn-step", "ArrowRight": "btn-step",

@@ -18,7 +18,12 @@ size does not grow with the number of steps it covers:
     task                {"seed", "step", "x", "y", "pred"}: the same window of inputs, targets and
                         predictions (chosen channels)
     weight_change       population -> {"norm": mean over seeds of ||W(t1) - W(t0)||_F,
-                        "max_abs", "matrix": that change for one seed, at most 64 x 64}
+                        "max_abs", "matrix": that change for one seed, at most 64 x 64}; basal
+                        also "parts": {"recurrent": norm of the W_rec block, "input": of W_in}
+    plastic             the sub-populations plastic in the phase at t1 - 1 (sorted)
+    snapshot            {"seed", "step", "n", "V", "U"}: basal and apical voltage of every unit
+                        (the first SNAPSHOT_UNITS of n) of the traces' seed at step t1 - 1, 4
+                        significant digits (the circuit panel's whole-network strip)
     weight_norm         population -> mean over seeds of ||W||_F
     test_loss           per-seed held-out loss when the producer evaluated one (else absent)
     status              the run's status after these steps
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     from simulator.engine import Run, Telemetry
 
 MAX_MATRIX = 64
+#: units a frame's snapshot carries at most (the circuit panel says when n is larger)
+SNAPSHOT_UNITS = 256
 
 #: Telemetry fields that are not a steps-first series, and how two consecutive calls combine
 #: them: the first call's start, the later divergence, the summed weight change
@@ -142,6 +149,7 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
         "t1": t0 + k,
         "phase": run.schedule.phases[tel.phase[-1]].name if k else run.phase_at(t0),
         "phases": [list(span) for span in run.schedule.spans(t0, t0 + k)],
+        "plastic": sorted(run.schedule.at(t0 + k - 1 if k else t0).plastic),
         "loss": binned(tel.loss, t0, max_points),
         "loss_seeds": _floats(tel.loss.double().nanmean(0).cpu()),
         "diagnostics": {name: binned(v, t0, max_points) for name, v in tel.diagnostics.items()},
@@ -165,6 +173,10 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
 
         frame["traces"] = {"seed": run.seeds[seed_index], "units": units, "step": steps,
                            "V": unit_series(tel.V), "U": unit_series(tel.U), "r": unit_series(tel.r)}
+        cap = min(run.net.n, SNAPSHOT_UNITS)
+        frame["snapshot"] = {"seed": run.seeds[seed_index], "step": t0 + k - 1, "n": run.net.n,
+                             "V": _floats(tel.V[-1, seed_index, :cap].cpu(), digits=4),
+                             "U": _floats(tel.U[-1, seed_index, :cap].cpu(), digits=4)}
         pred = run.task.prediction(tel.z[window, seed_index])
         frame["task"] = {
             "seed": run.seeds[seed_index],
@@ -179,6 +191,11 @@ def make_frame(tel: Telemetry, run: Run, *, units: list[int] | None = None, seed
             "norm": float(torch.linalg.vector_norm(dw.flatten(1), dim=1).mean()),
             "max_abs": float(dw.abs().max()) if dw.numel() else 0.0,
         }
+        if name == "basal" and dw.dim() == 3:  # [W_rec | W_in | b]: the circuit's two arrows
+            n, n_in = run.net.n, run.net.n_in
+            entry["parts"] = {part: float(torch.linalg.vector_norm(block.flatten(1), dim=1).mean())
+                              for part, block in (("recurrent", dw[:, :, :n]),
+                                                  ("input", dw[:, :, n:n + n_in]))}
         if matrices:
             entry["matrix"] = _floats(shrink_matrix(dw[seed_index]).cpu(), digits=3)
         changes[name] = entry

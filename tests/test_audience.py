@@ -361,7 +361,7 @@ def test_a_phone_shows_one_live_panel_at_full_width(lab: Lab, shared: Shared,
                         "#btn-present", "#log-y"):
             assert not page.is_visible(control), control
         tabs = page.locator("#panel-tabs .tab")
-        assert tabs.count() == 5 and page.is_visible("#panel-key-weights")
+        assert tabs.count() == 6 and page.is_visible("#panel-key-weights")  # 6: the circuit
         # legible: every visible text, figures included, at least 14 px
         wait_for(lambda: page.evaluate("(document.querySelector('#loss-graph .xtick text') || "
                                        "{}).textContent"), 30, "the loss axis")

@@ -66,6 +66,7 @@ from app.dashboard.controls import (  # noqa: F401  (the helpers' names, as test
 )
 from app.dashboard.service import Service
 from app.service.base import Backend, ServiceError
+from app.service.pacing import NARRATE_BASE
 from simulator.settings import ConfigError
 
 GRAPHS = registry.GRAPHS
@@ -125,7 +126,9 @@ def start_group(svc: Service, setup: Mapping[str, Any], start: bool, speed: int 
 
 def set_speed(svc: Service, rid: str, speed: int) -> None:
     sps = layout.SPEEDS[_speed_index(speed)]
-    if sps:
+    if sps == urlstate.NARRATE:  # 100 steps/s, slowed to 10 around events (the worker's pacing)
+        svc.backend.control(rid, "speed", steps_per_second=NARRATE_BASE, narrate=True)
+    elif sps:
         svc.backend.control(rid, "speed", steps_per_second=float(sps))
     else:
         svc.backend.control(rid, "speed", steps_per_frame=0)

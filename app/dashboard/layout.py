@@ -29,7 +29,9 @@ from simulator.tasks import TASKS
 
 MAX_PHASE_ROWS = 6
 SPEEDS = urlstate.SPEEDS  # steps per second; 0: as fast as possible
-SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 3: "300/s", 4: "1k/s", 5: "max"}
+#: keys index SPEEDS; narrate (100/s, slow around events) sits beside 100/s
+SPEED_LABELS = {0: "10/s", 1: "30/s", 2: "100/s", 6: "narrate", 3: "300/s", 4: "1k/s",
+                5: "max"}
 #: paced for teaching: 100 steps/s (a preset may set its own; ``speed=`` in the URL)
 DEFAULT_SPEED = urlstate.speed_index(urlstate.DEFAULT_SPEED)
 #: titles, tab labels and notes come from the panel modules (app.dashboard.panels)
@@ -231,7 +233,9 @@ def header() -> html.Header:
                   dcc.RadioItems(id="speed", options=[{"label": v, "value": k}
                                                       for k, v in SPEED_LABELS.items()],
                                  value=DEFAULT_SPEED, inline=True, className="toggle dark")],
-                 className="speed-box", title="steps per second (max: as fast as the CPU runs)"),
+                 className="speed-box", title="steps per second (max: as fast as the CPU runs; "
+                                              "narrate: 100/s, slowed to 10/s around phase "
+                                              "switches and setting changes)"),
         html.Div([html.Div(dcc.Input(id="ff-to", type="number", placeholder="ff to", min=1,
                                      className="num ff"), title="fast-forward to this step"),
                   html.Button("FF »", id="btn-ff", n_clicks=0, className="tbtn text",
@@ -256,7 +260,7 @@ def header() -> html.Header:
                         title="presenter mode: show or hide the panel's notes (n)"),
             html.Button("Presenter", id="btn-present", n_clicks=0, className="hbtn",
                         title="presenter mode: large fonts, controls hidden, one panel (p; "
-                              "1-5 pick the panel; Esc leaves)"),
+                              "1-6 pick the panel; Esc leaves)"),
         ], className="header-right"),
     ], className="header")
 

@@ -32,8 +32,11 @@ CORE_FIELDS = ("n", "alpha", "lr", "seeds", "steps")
 PANELS = NAMES  # the panel registry's names (app.dashboard.panels), in screen order
 SCALAR_SETTINGS = {s.name: s for s in SCALARS}
 DEFAULT_STEPS = "20000"
-#: the transport's speeds in steps per second (0: as fast as the CPU runs)
-SPEEDS = (10, 30, 100, 300, 1000, 0)
+#: "narrate" (``speed=narrate``): 100 steps/s, slowed to 10 around phase switches and setting
+#: changes (app.service.pacing); a sentinel among the speeds
+NARRATE = -1
+#: the transport's speeds in steps per second (0: as fast as the CPU runs; NARRATE)
+SPEEDS = (10, 30, 100, 300, 1000, 0, NARRATE)
 #: paced for teaching: 100 steps/s unless a preset or the URL says otherwise
 DEFAULT_SPEED = 100
 
@@ -144,7 +147,7 @@ def encode(setup: Mapping[str, Any], runs: Sequence[str] = ()) -> str:
 
 
 def speed_text(sps: int) -> str:
-    return "max" if sps == 0 else str(sps)
+    return "max" if sps == 0 else "narrate" if sps == NARRATE else str(sps)
 
 
 def parse_speed(value: str) -> int:
@@ -152,11 +155,13 @@ def parse_speed(value: str) -> int:
     value = value.strip().lower()
     if value in ("max", "0"):
         return 0
+    if value == "narrate":
+        return NARRATE
     try:
         sps = float(value)
     except ValueError:
         return DEFAULT_SPEED
-    return min((s for s in SPEEDS if s), key=lambda s: abs(s - sps))
+    return min((s for s in SPEEDS if s > 0), key=lambda s: abs(s - sps))
 
 
 def speed_index(sps: Any) -> int:

@@ -84,7 +84,9 @@ __all__ = [
 #:   stop                                  end the run for good (status "stopped"), checkpoint
 #:   speed         steps_per_frame: int    as fast as possible, one frame every N steps (0: automatic,
 #:                                         about frame_rate frames/s), or
-#:                 steps_per_second: float real-time pacing (frames ~10/s); give one of the two
+#:                 steps_per_second: float real-time pacing (frames ~10/s); give one of the two;
+#:                 narrate: bool           with steps_per_second: slow to 10 steps/s around
+#:                                         phase switches and setting changes (app.service.pacing)
 #:   fast_forward  to: int                 no frame/display work until step ``to``, then live
 #:   set           lr, apical, jacobian, lr_apical, lr_jacobian, lr_kernel: float; phases: str
 #:                                         learning rates (a population's, or a rule setting

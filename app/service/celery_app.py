@@ -340,7 +340,8 @@ class RunChannel:
             history_budget=int(self.settings.get("history_budget", 0)))
         # what a resumed run was doing that its checkpoint does not hold
         if f.get("pace"):
-            self.pending.append(("cmd", None, "speed", {"steps_per_second": f["pace"]}))
+            self.pending.append(("cmd", None, "speed", {"steps_per_second": f["pace"],
+                                                        "narrate": bool(f.get("narrate"))}))
         elif f.get("steps_per_frame"):
             self.pending.append(("cmd", None, "speed", {"steps_per_frame": f["steps_per_frame"]}))
         if f.get("fast_forward_to") and playing:
@@ -417,7 +418,7 @@ class RunChannel:
 
     def _state(self, state: dict[str, Any]) -> None:
         fields = {k: state[k] for k in ("status", "step", "steps_per_second", "steps_per_frame",
-                                        "learning_rates", "phases", "view", "pace",
+                                        "learning_rates", "phases", "view", "pace", "narrate",
                                         "fast_forward_to", "config") if k in state}
         fields["alive"] = True
         self.progress["status"] = state.get("status", self.progress.get("status"))
@@ -457,7 +458,8 @@ class RunChannel:
     def _bye(self, state: dict[str, Any]) -> None:
         status = str(state.get("status", ""))
         fields = {k: state[k] for k in ("status", "step", "learning_rates", "phases", "view",
-                                        "pace", "steps_per_frame", "config", "parked_from")
+                                        "pace", "narrate", "steps_per_frame", "config",
+                                        "parked_from")
                   if k in state}
         fields["steps_per_second"] = 0.0
         ops = self._csv_ops() + self._reply_ops()

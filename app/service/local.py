@@ -342,7 +342,7 @@ class LocalBackend(ServiceCore):
                           checkpoint_every=s.checkpoint_every,
                           checkpoint_seconds=s.checkpoint_seconds, frame_rate=s.frame_rate,
                           steps_per_frame=s.steps_per_frame, history_budget=s.history_budget,
-                          pace=h.info.get("pace"))
+                          pace=h.info.get("pace"), narrate=bool(h.info.get("narrate")))
         parent_conn, child_conn = self._ctx.Pipe(duplex=True)
         process = self._ctx.Process(target=worker_main, args=(spec, child_conn), daemon=True,
                                     name=f"plasticity-run-{h.id}")
@@ -665,7 +665,7 @@ class LocalBackend(ServiceCore):
         if state.get("status") == PARKED:  # parked once the worker has gone, not before
             state = {k: v for k, v in state.items() if k != "status"}
         for key in ("steps_per_second", "steps_per_frame", "learning_rates", "phases", "view",
-                    "pace", "fast_forward_to", "note", "parked_from"):
+                    "pace", "narrate", "fast_forward_to", "note", "parked_from"):
             if key in state:
                 h.info[key] = state[key]
         if state.get("config"):

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from app.schema import MAX_LIVE_CHUNK
+from app.service import pacing
 from app.service.status import Status
 from simulator.settings import ConfigError
 
@@ -143,6 +144,7 @@ class WorkerSpec:
     steps_per_frame: int | None = None
     history_budget: int = 0
     pace: float | None = None
+    narrate: bool = False  # pacing.narrate_chunk: slow around phase switches and changes
 
 
 def main(spec: WorkerSpec, conn: Connection) -> None:
@@ -196,6 +198,9 @@ class Worker:
         self.ff_to: int | None = None
         self.pace: float | None = spec.pace
         self.due: float | None = None  # pacing: when the steps done so far are due
+        self.narrate = bool(spec.narrate) and bool(self.pace)
+        self.events: list[int] = []    # steps of mid-run setting changes (narrate slows after)
+        self.pace_now: float | None = None  # the rate the current chunk is due at
         self.spf: int | None = spec.steps_per_frame
         self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
         self.sps = 0.0             # delivered steps/s (EMA)
@@ -219,7 +224,8 @@ class Worker:
         run = self.run
         parked = {"parked_from": self.parked_from} if self.parked_from else {}
         return {**parked, "status": self.status, "step": run.t, "steps_per_second": round(self.sps, 1),
-                "steps_per_frame": self.spf or 0, "pace": self.pace, "fast_forward_to": self.ff_to,
+                "steps_per_frame": self.spf or 0, "pace": self.pace, "narrate": self.narrate,
+                "fast_forward_to": self.ff_to,
                 "learning_rates": dict(run.lr), "phases": run.config.phases,
                 "view": {"units": self.units, "seed_index": self.seed_index},
                 "config": self._config_now(), "note": self.note}
@@ -330,10 +336,11 @@ class Worker:
         return {}
 
     def _do_speed(self, steps_per_frame: int | None = None,
-                  steps_per_second: float | None = None) -> dict[str, Any]:
+                  steps_per_second: float | None = None, narrate: bool = False) -> dict[str, Any]:
         self.pace = steps_per_second
+        self.narrate = bool(narrate) and steps_per_second is not None
         self.spf = steps_per_frame or None
-        return {}
+        return {"pace": self.pace, "narrate": self.narrate}
 
     def _do_fast_forward(self, to: int) -> dict[str, Any]:
         self._require_live("fast_forward")
@@ -346,6 +353,7 @@ class Worker:
     def _do_set(self, **changes: Any) -> dict[str, Any]:
         event = {"step": self.run.t, "action": "set", **changes}
         phases = changes.pop("phases", None)
+        self.events = pacing.remember(self.events, self.run.t)
         live = self.run.rule.live_rates(self.run.config.rule_args)
         rates: dict[str, float] = {}
         for key, value in changes.items():
@@ -424,8 +432,11 @@ class Worker:
         self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
 
     def _live_k(self, left: int) -> int:
-        if self.pace:
-            k = max(1, round(self.pace / self.spec.frame_rate))
+        if self.pace and self.narrate:
+            k, self.pace_now = pacing.narrate_chunk(self.run.t, self.run.schedule, self.events,
+                                                    self.pace, self.spec.frame_rate)
+        elif self.pace:
+            k, self.pace_now = max(1, round(self.pace / self.spec.frame_rate)), self.pace
         elif self.spf:
             k = self.spf
         else:
@@ -442,7 +453,7 @@ class Worker:
             self.due = None
             return
         start = self.due if self.due is not None and self.due > began - 0.5 else began
-        self.due = start + k / self.pace
+        self.due = start + k / (self.pace_now or self.pace)
         wait = self.due - time.perf_counter()
         end = time.perf_counter() + wait
         while wait > 0 and not self.quit:  # stay responsive to commands while waiting
@@ -532,7 +543,7 @@ class Worker:
         if traced is not None and traced is not tel:
             part = make_frame(traced, self.run, units=self.units, seed_index=self.seed_index,
                               matrices=False, max_points=1)
-            for key in ("traces", "task"):
+            for key in ("traces", "task", "snapshot"):
                 if key in part:
                     frame[key] = part[key]
         self._stamp(frame)

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from app.dashboard.panels import alignment, loss, task, voltage, weights
+from app.dashboard.panels import alignment, circuit, loss, task, voltage, weights
 from app.dashboard.panels.binning import merge_spans
 from app.dashboard.panels.common import (
     Figure,
@@ -31,7 +31,7 @@ from app.dashboard.panels.common import (
 )
 
 #: the panels, in screen order
-PANELS: tuple[ModuleType, ...] = (loss, voltage, weights, alignment, task)
+PANELS: tuple[ModuleType, ...] = (loss, voltage, weights, alignment, task, circuit)
 BY_NAME: dict[str, ModuleType] = {p.NAME: p for p in PANELS}
 BY_GRAPH: dict[str, ModuleType] = {p.GRAPH: p for p in PANELS}
 NAMES: tuple[str, ...] = tuple(BY_NAME)

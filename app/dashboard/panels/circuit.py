@@ -1,0 +1,390 @@
+"""The circuit panel: the paper's picture of one unit, drawn live (docs/model.md section 2).
+
+One figure (plain JSON, like the other panels):
+
+- left: one unit as a pyramidal neuron, a soma with basal dendrites (coloured by its basal
+  voltage V) and an apical trunk and tuft (coloured by its apical voltage U), on the same
+  diverging colour scales as the strips on the right (their colour bars are the legend);
+- five labelled arrows, one per synaptic sub-population: input W_in and recurrent W_rec onto
+  the basal dendrites (together the basal population W), apical A onto the tuft, the learned
+  Jacobian J̃ (the credit passed back one step) onto the tuft, and the readout from the soma.
+  An arrow glows (its population's colour, full opacity) when its population is plastic in the
+  current phase and is dimmed (grey, faint, "frozen") otherwise; its thickness follows the
+  size of the population's last update ‖ΔW‖ (log-scaled against the largest arrow's, over
+  DECADES decades); a population the rule does not have is drawn faintest, "(none)";
+- right: two heatmaps, every unit (rows, the first telemetry.SNAPSHOT_UNITS) by recent frame
+  (columns, the last HISTORY): V on top, U below, so a class sees the whole network.
+
+Live (``circuit_ops``): per frame one new column per heatmap (the client's "heat" op) and a
+"patch" of the neuron's shape colours and the arrows' width, colour and opacity, by name.
+The panel shows the run the weight-change picker chose (focus_run), the first chosen
+unit, the seed the voltage panel shows.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.dashboard.panels import common
+from app.dashboard.panels.common import _Extend
+from app.dashboard.panels.weights import focus_run
+from simulator.telemetry import SNAPSHOT_UNITS
+
+GRAPH = "circuit-graph"
+#: frames (heatmap columns) kept in the strips: about 10 s at 10 frames/s
+HISTORY = 100
+#: arrow widths (px): no update at all .. the largest update of the frame
+MIN_WIDTH, MAX_WIDTH = 1.0, 9.0
+#: an update this many decades below the frame's largest gets the thinnest arrow
+DECADES = 4.0
+#: the colour ranges cover this quantile of |V| and |U| (outliers take the end colour)
+QUANTILE = 0.95
+DIM_COLOR = "#a3a8b0"
+DIM_OPACITY, ABSENT_OPACITY = 0.35, 0.15
+NEUTRAL = "#d9dce1"  # the neuron before any voltage arrived
+#: the diverging scale of V and U (blue: negative, white: 0, red: positive); the heatmaps use
+#: it as given and the neuron's shapes interpolate it the way Plotly does (linear in RGB)
+COLORSCALE = ((0.0, (33, 102, 172)), (0.25, (103, 169, 207)), (0.5, (247, 247, 247)),
+              (0.75, (239, 138, 98)), (1.0, (178, 24, 43)))
+
+#: arrow -> (sub-population, label, synapse end (x, y), label end (x, y)) on the drawing's
+#: 0..10 x 0..12 axes; the readout's head is at its label (the output), the others' at the cell
+ARROWS: dict[str, tuple[str, str, tuple[float, float], tuple[float, float]]] = {
+    "input": ("basal", "input W<sub>in</sub>", (3.3, 2.15), (1.4, 0.45)),
+    "recurrent": ("basal", "recurrent W<sub>rec</sub>", (4.3, 3.9), (1.9, 6.3)),
+    "apical": ("apical", "apical A", (3.9, 9.9), (1.9, 11.4)),
+    "jacobian": ("jacobian", "J̃ (credit from t+1)", (6.1, 9.9), (8.1, 11.4)),
+    "readout": ("readout", "readout W<sub>out</sub>", (5.7, 3.9), (8.3, 2.4)),
+}
+#: the neuron's shapes: name -> (compartment, SVG path); lines are drawn as open paths
+SOMA = "M 4.1 3.5 L 5.9 3.5 L 5.0 5.2 Z"
+DENDRITES: dict[str, tuple[str, str]] = {
+    "basal:0": ("V", "M 4.45 3.6 L 3.3 2.2 L 2.6 1.7"),
+    "basal:1": ("V", "M 5.0 3.6 L 5.0 2.0 L 4.6 1.3"),
+    "basal:2": ("V", "M 5.55 3.6 L 6.7 2.2 L 7.4 1.8"),
+    "apical:trunk": ("U", "M 5.0 5.1 L 5.0 8.4"),
+    "apical:tuft:0": ("U", "M 5.0 8.4 L 3.9 9.8 L 3.4 10.4"),
+    "apical:tuft:1": ("U", "M 5.0 8.4 L 5.0 10.6"),
+    "apical:tuft:2": ("U", "M 5.0 8.4 L 6.1 9.8 L 6.6 10.4"),
+}
+X_DOMAIN = [0.0, 0.48]
+HEAT_X = [0.58, 0.93]
+HEAT_Y = {"V": [0.55, 1.0], "U": [0.0, 0.45]}
+COMP_TITLES = {"V": "basal V", "U": "apical U"}
+
+
+# ---------------------------------------------------------------------------------------------
+# pure helpers
+# ---------------------------------------------------------------------------------------------
+def nice_range(values: Sequence[Any], floor: float = 1e-3, quantile: float = QUANTILE) -> float:
+    """The smallest 1-2-5 x 10^k at least the ``quantile`` of |value| (at least ``floor``): a
+    colour range that only changes in readable steps, not set by a few outlying units (they
+    take the end colour)."""
+    mags = sorted(abs(float(v)) for v in values if v is not None and math.isfinite(float(v)))
+    top = mags[min(len(mags) - 1, math.ceil(quantile * len(mags)) - 1)] if mags else 0.0
+    top = max(top, floor)
+    exp = math.floor(math.log10(top))
+    for m in (1.0, 2.0, 5.0, 10.0):
+        if m * 10.0**exp >= top * (1 - 1e-12):
+            return m * 10.0**exp
+    return 10.0 ** (exp + 1)  # pragma: no cover (10 x 10^exp >= top always)
+
+
+def diverging_color(value: float | None, vmax: float) -> str:
+    """``value`` on COLORSCALE over [-vmax, vmax] (clipped), as Plotly interpolates it."""
+    if value is None or not math.isfinite(value) or vmax <= 0:
+        return NEUTRAL
+    f = min(1.0, max(0.0, 0.5 + 0.5 * value / vmax))
+    for (f0, c0), (f1, c1) in itertools.pairwise(COLORSCALE):
+        if f <= f1:
+            w = (f - f0) / (f1 - f0)
+            # halves round up, as JavaScript's Math.round (d3's interpolateRgb) does
+            r, g, b = (math.floor(a + w * (b_ - a) + 0.5) for a, b_ in zip(c0, c1, strict=True))
+            return f"rgb({r},{g},{b})"
+    return "rgb({},{},{})".format(*COLORSCALE[-1][1])  # pragma: no cover
+
+
+def update_sizes(frame: Mapping[str, Any]) -> dict[str, float | None]:
+    """‖ΔW‖ of each arrow's population over the frame (mean over seeds; the basal update
+    split into its recurrent and input blocks when the frame carries them)."""
+    changes = frame.get("weight_change") or {}
+    sizes: dict[str, float | None] = {}
+    for arrow, (pop, *_rest) in ARROWS.items():
+        entry = changes.get(pop) or {}
+        value = (entry.get("parts") or {}).get(arrow, entry.get("norm"))
+        sizes[arrow] = float(value) if value is not None and math.isfinite(value) else None
+    return sizes
+
+
+def arrow_widths(sizes: Mapping[str, float | None]) -> dict[str, float]:
+    """Widths from update sizes: log10 of each against the largest, over DECADES decades;
+    no update (0 or missing) is the thinnest."""
+    logs = {k: math.log10(v) for k, v in sizes.items() if v is not None and v > 0}
+    top = max(logs.values(), default=0.0)
+    out = {}
+    for arrow in sizes:
+        s = 0.0 if arrow not in logs else max(0.0, 1.0 - (top - logs[arrow]) / DECADES)
+        out[arrow] = round(MIN_WIDTH + (MAX_WIDTH - MIN_WIDTH) * s, 2)
+    return out
+
+
+def snapshot_of(view: common.View, run: common.RunView, frame: Mapping[str, Any]
+                ) -> dict[str, Any] | None:
+    """The frame's whole-network snapshot if it is of the seed the view shows."""
+    snap = frame.get("snapshot")
+    seed = common.shown_seed(view, run)
+    if not snap or not snap.get("V") or (seed is not None and snap.get("seed", seed) != seed):
+        return None
+    return snap
+
+
+def shown_unit(view: common.View) -> int:
+    return int((view.get("units") or [0])[0])
+
+
+def _unit_value(snap: Mapping[str, Any] | None, comp: str, unit: int) -> float | None:
+    values = (snap or {}).get(comp) or []
+    v = values[unit] if unit < len(values) else None
+    return float(v) if v is not None else None
+
+
+def neuron_patch(view: common.View, run: common.RunView, frame: Mapping[str, Any] | None,
+                 ranges: Mapping[str, float]) -> dict[str, dict[str, dict[str, Any]]]:
+    """What the newest frame changes in the drawing, by shape and annotation name: the
+    compartments' colours, the arrows' width, colour, opacity and label, the unit's values
+    and the phase line. The figure is built with it and ticks send it (one source)."""
+    frame = frame or {}
+    snap = snapshot_of(view, run, frame) if frame else None
+    unit = shown_unit(view)
+    values = {c: _unit_value(snap, c, unit) for c in ("V", "U")}
+    shapes: dict[str, dict[str, Any]] = {
+        "soma": {"fillcolor": diverging_color(values["V"], ranges["V"])}}
+    for name, (comp, _path) in DENDRITES.items():
+        shapes[name] = {"line": {"color": diverging_color(values[comp], ranges[comp])}}
+    plastic = set(frame.get("plastic") or [])
+    phase_known = "plastic" in frame
+    widths = arrow_widths(update_sizes(frame))
+    notes: dict[str, dict[str, Any]] = {}
+    for arrow, (pop, label, _head, _tail) in ARROWS.items():
+        if pop not in run["pops"]:
+            color, opacity, text = DIM_COLOR, ABSENT_OPACITY, f"{label}<br>(none)"
+        elif not phase_known or pop in plastic:
+            color, opacity, text = common.POP_COLORS[pop], 1.0, f"<b>{label}</b>"
+        else:
+            color, opacity, text = DIM_COLOR, DIM_OPACITY, f"{label}<br>(frozen)"
+        notes[f"arrow:{arrow}"] = {"arrowcolor": color, "arrowwidth": widths[arrow],
+                                   "opacity": opacity, "text": text,
+                                   "font": {"color": color}}
+
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:+.3g}"
+
+    notes["values"] = {"text": f"unit {unit}: V = {fmt(values['V'])}, U = {fmt(values['U'])}"}
+    phase = frame.get("phase")
+    notes["phase"] = {"text": "" if phase is None else
+                      f"phase {common._esc(phase)}: "
+                      f"{', '.join(sorted(plastic)) or 'nothing'} plastic"}
+    return {"shapes": shapes, "annotations": notes}
+
+
+def _frames_of(view: common.View, run: common.RunView | None,
+               recent: Mapping[str, Sequence[Mapping[str, Any]]]
+               ) -> list[tuple[Mapping[str, Any], dict[str, Any]]]:
+    if run is None:
+        return []
+    out = []
+    for frame in recent.get(run["id"]) or []:
+        snap = snapshot_of(view, run, frame)
+        if snap is not None:
+            out.append((frame, snap))
+    return out
+
+
+def _state(carry: dict[str, Any] | None) -> dict[str, Any]:
+    """The panel's carry (colour ranges, last column's step) inside the figures' carry."""
+    if carry is None:
+        return {"V": 1e-3, "U": 1e-3, "t": None}
+    return carry.setdefault("circuit", {"V": 1e-3, "U": 1e-3, "t": None})
+
+
+def _grow_ranges(state: dict[str, Any], snaps: Sequence[Mapping[str, Any]]) -> bool:
+    """Widen the colour ranges to the new values (they never shrink within a view, so a
+    column keeps its colour); True when one changed."""
+    changed = False
+    for comp in ("V", "U"):
+        top = nice_range([v for s in snaps for v in s.get(comp) or []])
+        if top > state[comp]:
+            state[comp], changed = top, True
+    return changed
+
+
+# ---------------------------------------------------------------------------------------------
+# the figure
+# ---------------------------------------------------------------------------------------------
+def _colorscale() -> list[list[Any]]:
+    return [[f, "rgb({},{},{})".format(*c)] for f, c in COLORSCALE]
+
+
+def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | None
+                   = None, carry: dict[str, Any] | None = None) -> common.Figure:
+    """The panel's figure for ``view`` with the latest frames ``recent`` (run id -> frames)."""
+    run = focus_run(view)
+    got = _frames_of(view, run, recent or {})[-HISTORY:]
+    state = _state(carry)
+    _grow_ranges(state, [s for _f, s in got])
+    if got:
+        state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
+    rows = len(got[-1][1]["V"]) if got else 0
+    steps = [int(s.get("step", f.get("t1", 0))) for f, s in got]
+    data: list[dict[str, Any]] = []
+    layout = common._base_layout(view, height=420, legend=False)
+    layout["hovermode"] = "closest"
+    for k, comp in enumerate(("V", "U")):
+        ax = str(k + 2)
+        z = [[(s.get(comp) or [None] * rows)[u] if u < len(s.get(comp) or []) else None
+              for _f, s in got] for u in range(rows)]
+        dom = HEAT_Y[comp]
+        data.append({
+            "type": "heatmap", "name": COMP_TITLES[comp], "x": steps, "y": list(range(rows)),
+            "z": z, "zmin": -state[comp], "zmax": state[comp], "colorscale": _colorscale(),
+            "xaxis": f"x{ax}", "yaxis": f"y{ax}", "showscale": True, "hoverongaps": False,
+            "colorbar": {"title": {"text": COMP_TITLES[comp], "side": "right",
+                                   "font": common._font(view, 11)},
+                         "len": dom[1] - dom[0], "y": (dom[0] + dom[1]) / 2, "yanchor": "middle",
+                         "x": 1.0, "thickness": 12, "tickfont": common._font(view, 10)},
+            "hovertemplate": f"{COMP_TITLES[comp]} %{{z:.3f}}<br>unit %{{y}} · step %{{x}}"
+                             "<extra></extra>"})
+        layout[f"xaxis{ax}"] = common._axis(view, "step" if comp == "U" else "", domain=HEAT_X,
+                                             anchor=f"y{ax}", showticklabels=comp == "U",
+                                             showgrid=False, **({"matches": "x3"}
+                                                                if comp == "V" else {}))
+        layout[f"yaxis{ax}"] = common._axis(view, f"unit ({COMP_TITLES[comp]})", domain=dom,
+                                             anchor=f"x{ax}", autorange="reversed",
+                                             showgrid=False, zeroline=False)
+    layout["xaxis"] = {"domain": X_DOMAIN, "range": [0, 10], "visible": False, "fixedrange": True,
+                       "anchor": "y"}
+    layout["yaxis"] = {"domain": [0, 1], "range": [0, 12], "visible": False, "fixedrange": True,
+                       "anchor": "x"}
+    if run is None:
+        layout["annotations"].append(common._empty_note(view, "the circuit appears when a run "
+                                                               "steps"))
+        return {"data": data, "layout": layout}
+    last = got[-1][0] if got else ((recent or {}).get(run["id"]) or [None])[-1]
+    patch = neuron_patch(view, run, last, state)
+    # a dark outline under each dendrite, so a pale (near 0) compartment still reads
+    layout["shapes"] = [{"type": "path", "name": f"outline:{name}", "path": path, "xref": "x",
+                         "yref": "y", "layer": "above", "line": {"color": "#4b5563", "width": 10}}
+                        for name, (_comp, path) in DENDRITES.items()]
+    for name, (_comp, path) in DENDRITES.items():
+        layout["shapes"].append({"type": "path", "name": name, "path": path, "xref": "x",
+                                 "yref": "y", "layer": "above",
+                                 "line": {"width": 7, **patch["shapes"][name]["line"]}})
+    layout["shapes"].append({"type": "path", "name": "soma", "path": SOMA, "xref": "x",
+                             "yref": "y", "line": {"color": "#4b5563", "width": 2},
+                             "layer": "above", **patch["shapes"]["soma"]})
+    for arrow, (_pop, _label, head, tail) in ARROWS.items():
+        layout["annotations"].append({
+            "name": f"arrow:{arrow}", "xref": "x", "yref": "y", "axref": "x", "ayref": "y",
+            "x": head[0], "y": head[1], "ax": tail[0], "ay": tail[1], "showarrow": True,
+            "arrowhead": 2, "arrowsize": 0.6, "standoff": 2, "startstandoff": 4,
+            "arrowside": "start" if arrow == "readout" else "end",
+            "xanchor": "center", "yanchor": "middle",
+            "bgcolor": "rgba(255,255,255,0.8)", **patch["annotations"][f"arrow:{arrow}"],
+            "font": {**common._font(view, 11), **patch["annotations"][f"arrow:{arrow}"]["font"]}})
+    layout["annotations"] += [
+        {"name": "values", "xref": "x", "yref": "y", "x": 10.0, "y": 0.1, "xanchor": "right",
+         "yanchor": "bottom", "showarrow": False, "font": common._font(view, 11),
+         **patch["annotations"]["values"]},
+        {"name": "phase", "xref": "x", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
+         "yanchor": "bottom", "showarrow": False, "font": {**common._font(view, 11),
+                                                             "color": common.MUTED},
+         **patch["annotations"]["phase"]},
+        {"name": "circuit-run", "xref": "paper", "yref": "paper", "x": HEAT_X[0], "y": 1.0,
+         "xanchor": "left", "yanchor": "bottom", "showarrow": False,
+         "text": f"<b>all units of {common._esc(run['label'])}</b>",
+         "font": {**common._font(view, 12), "color": run["color"]}}]
+    n = int((got[-1][1].get("n") if got else None) or run.get("n") or 0)
+    if n > SNAPSHOT_UNITS:
+        layout["annotations"].append({
+            "name": "cap", "xref": "paper", "yref": "paper", "x": 1.0, "y": 1.0,
+            "xanchor": "right", "yanchor": "bottom", "showarrow": False,
+            "text": f"first {SNAPSHOT_UNITS} of {n} units",
+            "font": {**common._font(view, 11), "color": "#b54708"}})
+    layout["margin"]["l"] = round(8 * view.get("scale", 1.0))
+    return {"data": data, "layout": layout}
+
+
+# ---------------------------------------------------------------------------------------------
+# live
+# ---------------------------------------------------------------------------------------------
+def circuit_ops(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
+                carry: dict[str, Any]) -> dict[str, common.Ops]:
+    """The new frames as the panel's live update (nothing when it is hidden or has nothing
+    new): {"heat": [{"i", "x", "z" (per row, the new columns), "max", "zmin", "zmax"}],
+    "patch": neuron_patch(...)}; ``carry`` moves on in place."""
+    if view.get("panels") is not None and "circuit" not in view["panels"]:
+        return {}
+    run = focus_run(view)
+    got = _frames_of(view, run, frames_by_run)
+    if run is None or not got:
+        return {}
+    state = _state(carry)
+    last_t = state.get("t")
+    got = [(f, s) for f, s in got if last_t is None or int(s.get("step", -1)) > int(last_t)]
+    if not got:
+        return {}
+    got = got[-HISTORY:]
+    _grow_ranges(state, [s for _f, s in got])
+    state["t"] = int(got[-1][1].get("step", 0))
+    rows = len(got[-1][1]["V"])
+    heat = []
+    for i, comp in enumerate(("V", "U")):
+        cols = [list(s.get(comp) or []) for _f, s in got]
+        z = [[c[u] if u < len(c) else None for c in cols] for u in range(rows)]
+        heat.append({"i": i, "x": [int(s.get("step", 0)) for _f, s in got], "z": z,
+                     "max": HISTORY, "zmin": -state[comp], "zmax": state[comp]})
+    return {GRAPH: {"heat": heat, "patch": neuron_patch(view, run, got[-1][0], state)}}
+
+
+# ---------------------------------------------------------------------------------------------
+# the panel's component interface (app.dashboard.panels)
+# ---------------------------------------------------------------------------------------------
+NAME = "circuit"
+TITLE = "The circuit: one neuron and the whole network"
+TAB = "Circuit"
+NOTES = (
+    "One unit (the first chosen) as the paper draws it: the soma and basal dendrites "
+    "coloured by its basal voltage V, the apical tuft by its apical voltage U. Arrows are "
+    "the synapses: input and recurrent (basal W), apical A, the learned Jacobian J~ and "
+    "the readout; an arrow glows while its synapses learn in this phase, is grey when "
+    "frozen, and is as thick as its last update (log scale). Right: V and U of every "
+    "unit over the last frames.",
+    "Look for: in a phased schedule the arrows taking turns; the U strip filling with "
+    "structure as the apical synapses learn.",
+)
+
+
+def tools() -> list[Any]:
+    return []
+
+
+def slots(view: common.View) -> list[str]:
+    return []  # no line traces: the heatmaps grow by the "heat" op
+
+
+def figure(view: common.View, histories: Mapping[str, Mapping[str, Any]] | None,
+           recent: Mapping[str, Sequence[Mapping[str, Any]]] | None,
+           carry: dict[str, Any]) -> common.Figure:
+    return circuit_figure(view, recent, carry)
+
+
+def tick(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
+         carry: dict[str, Any], ext: _Extend) -> dict[str, Any]:
+    return dict(circuit_ops(view, frames_by_run, carry).get(GRAPH) or {})
+
+
+__all__ = ["ARROWS", "GRAPH", "HISTORY", "arrow_widths", "circuit_figure", "circuit_ops",
+           "diverging_color", "neuron_patch", "nice_range", "update_sizes"]
