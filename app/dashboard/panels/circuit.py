@@ -233,7 +233,7 @@ def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str,
     """The panel's figure for ``view`` with the latest frames ``recent`` (run id -> frames)."""
     run = focus_run(view)
     got = _frames_of(view, run, recent or {})[-HISTORY:]
-    state = _state(carry)
+    state = _state(carry if run is not None else None)  # no run: nothing to carry
     _grow_ranges(state, [s for _f, s in got])
     if got:
         state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
@@ -372,7 +372,7 @@ def tools() -> list[Any]:
 
 
 def slots(view: common.View) -> list[str]:
-    return []  # no line traces: the heatmaps grow by the "heat" op
+    return ["V", "U"]  # the two heatmaps (they grow by the "heat" op, not by extend)
 
 
 def figure(view: common.View, histories: Mapping[str, Mapping[str, Any]] | None,
