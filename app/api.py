@@ -16,15 +16,15 @@ import secrets
 from collections.abc import Iterator
 from typing import Any
 
-import orjson
 from flask import Blueprint, Flask, Response, current_app, g, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app.encoding import dumps
 from app.schema import CREATE_EXTRAS, QUERIES, check_action, openapi_document
 from app.service.admission import estimate_dict
 from app.service.base import Backend, ServiceError
 from simulator.config import RunConfig
-from simulator.settings import ConfigError, finite, quote
+from simulator.settings import ConfigError, quote
 
 log = logging.getLogger("app.api")
 
@@ -46,14 +46,8 @@ class BadRequest(ServiceError):
 
 
 def _json_response(payload: Any, status: int = 200) -> Response:
-    """JSON with null for NaN/inf (a diverged run). orjson: a frames page (~50 kB) encodes in
-    about a quarter of json.dumps' time, which sets the server's capacity under polling."""
-    try:
-        text: bytes | str = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS
-                                         | orjson.OPT_SERIALIZE_NUMPY)
-    except TypeError:  # something orjson does not know: the standard encoder
-        text = json.dumps(finite(payload), allow_nan=False, separators=(",", ":"), default=str)
-    return Response(text, status=status, mimetype="application/json")
+    """JSON with null for NaN/inf (a diverged run): the app's one encoder."""
+    return Response(dumps(payload), status=status, mimetype="application/json")
 
 
 def _error(status: int, message: str, field: str | None) -> Response:
