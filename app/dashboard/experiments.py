@@ -196,6 +196,13 @@ def _cell(value: str) -> Any:
 
 # ---- callbacks -----------------------------------------------------------------------------
 def register(app: dash.Dash) -> None:
+    _register_submit(app)
+    _register_views(app)
+    _register_exports(app)
+
+
+def _register_submit(app: dash.Dash) -> None:
+    """The form, the experiment picker, progress and cancel."""
     @app.callback(Output("xp-spec", "value"), Input("xp-preset", "value"),
                   prevent_initial_call=True)
     def fill_preset(name: str | None) -> str:
@@ -287,6 +294,10 @@ def register(app: dash.Dash) -> None:
         except (ServiceError, ConfigError) as err:
             return _message(err)
 
+
+
+def _register_views(app: dash.Dash) -> None:
+    """Learning curves, final loss against an axis, the two-axis heatmap, the table."""
     @app.callback(Output("xp-curves", "figure"), Input("xp-state", "data"),
                   Input("xp-series", "value"))
     def curves(state: dict | None, name: str) -> Any:
@@ -352,6 +363,10 @@ def register(app: dash.Dash) -> None:
                 html.A(made["id"], href=made["url"], id="xp-open-link", target="_blank"),
                 " (paused; open it to watch, branch or race it)"]
 
+
+
+def _register_exports(app: dash.Dash) -> None:
+    """Each view as CSV (here) and as PNG / SVG (in the browser: assets/experiments.js)."""
     @app.callback(Output("xp-download", "data"), Input({"type": "xp-csv", "view": ALL},
                                                        "n_clicks"),
                   State("xp-state", "data"), State("xp-series", "value"),

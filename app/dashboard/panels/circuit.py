@@ -228,20 +228,12 @@ def _colorscale() -> list[list[Any]]:
     return [[f, "rgb({},{},{})".format(*c)] for f, c in COLORSCALE]
 
 
-def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | None
-                   = None, carry: dict[str, Any] | None = None) -> common.Figure:
-    """The panel's figure for ``view`` with the latest frames ``recent`` (run id -> frames)."""
-    run = focus_run(view)
-    got = _frames_of(view, run, recent or {})[-HISTORY:]
-    state = _state(carry if run is not None else None)  # no run: nothing to carry
-    _grow_ranges(state, [s for _f, s in got])
-    if got:
-        state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
+def _strips(view: common.View, got: Sequence[tuple[Mapping[str, Any], dict[str, Any]]],
+            state: Mapping[str, Any], layout: dict[str, Any]) -> list[dict[str, Any]]:
+    """The two heatmaps (V on top, U below: every unit by recent frame) and their axes."""
     rows = len(got[-1][1]["V"]) if got else 0
     steps = [int(s.get("step", f.get("t1", 0))) for f, s in got]
     data: list[dict[str, Any]] = []
-    layout = common._base_layout(view, height=420, legend=False)
-    layout["hovermode"] = "closest"
     for k, comp in enumerate(("V", "U")):
         ax = str(k + 2)
         z = [[(s.get(comp) or [None] * rows)[u] if u < len(s.get(comp) or []) else None
@@ -264,6 +256,21 @@ def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str,
         layout[f"yaxis{ax}"] = common._axis(view, f"unit ({COMP_TITLES[comp]})", domain=dom,
                                              anchor=f"x{ax}", autorange="reversed",
                                              showgrid=False, zeroline=False)
+    return data
+
+
+def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | None
+                   = None, carry: dict[str, Any] | None = None) -> common.Figure:
+    """The panel's figure for ``view`` with the latest frames ``recent`` (run id -> frames)."""
+    run = focus_run(view)
+    got = _frames_of(view, run, recent or {})[-HISTORY:]
+    state = _state(carry if run is not None else None)  # no run: nothing to carry
+    _grow_ranges(state, [s for _f, s in got])
+    if got:
+        state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
+    layout = common._base_layout(view, height=420, legend=False)
+    layout["hovermode"] = "closest"
+    data = _strips(view, got, state, layout)
     layout["xaxis"] = {"domain": X_DOMAIN, "range": [0, 10], "visible": False, "fixedrange": True,
                        "anchor": "y"}
     layout["yaxis"] = {"domain": [0, 1], "range": [0, 12], "visible": False, "fixedrange": True,
