@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import logging
 import secrets
-from collections.abc import Iterator
 from typing import Any
 
 from flask import Blueprint, Flask, Response, current_app, g, request
@@ -218,23 +217,10 @@ def export_csv(run_id: str) -> Response:
     path = backend().export_csv(run_id)
     size = path.stat().st_size
 
-    def chunks() -> Iterator[bytes]:
-        """The file as it is now, up to its last complete line (the worker may be appending)."""
-        left, tail = size, b""
-        with open(path, "rb") as f:
-            while left > 0:
-                block = f.read(min(1 << 20, left))
-                if not block:
-                    break
-                left -= len(block)
-                block = tail + block
-                cut = block.rfind(b"\n") + 1
-                tail = block[cut:]
-                if cut:
-                    yield block[:cut]
-
     headers = {"Content-Disposition": f'attachment; filename="run-{run_id}.csv"'}
-    return Response(chunks(), mimetype="text/csv", headers=headers)
+    from app.exports import complete_blocks  # the file as it is now, complete lines only
+
+    return Response(complete_blocks(path, size, 1 << 20), mimetype="text/csv", headers=headers)
 
 
 @api.get("/runs/<run_id>/config.json")

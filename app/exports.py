@@ -169,23 +169,31 @@ def _text(x: Any) -> str:
     return repr(float(x)) if _finite(x) else ""
 
 
-def _lines(path: Path, size: int) -> Iterator[bytes]:
-    """The file's complete lines within its first ``size`` bytes (the worker may be
-    appending), without the header, read in blocks."""
-    left, tail, first = size, b"", True
+def complete_blocks(path: Path, size: int, block_size: int = BLOCK) -> Iterator[bytes]:
+    """The file's first ``size`` bytes in blocks that end on a line break: complete lines
+    only (the worker may be appending)."""
+    left, tail = size, b""
     with open(path, "rb") as f:
         while left > 0:
-            block = f.read(min(BLOCK, left))
+            block = f.read(min(block_size, left))
             if not block:
                 break
             left -= len(block)
             block = tail + block
             cut = block.rfind(b"\n") + 1
             tail = block[cut:]
-            lines = block[:cut].splitlines()
-            if first and lines:
-                lines, first = lines[1:], False
-            yield from lines
+            if cut:
+                yield block[:cut]
+
+
+def _lines(path: Path, size: int) -> Iterator[bytes]:
+    """The file's complete lines within its first ``size`` bytes, without the header."""
+    first = True
+    for block in complete_blocks(path, size):
+        lines = block.splitlines()
+        if first and lines:
+            lines, first = lines[1:], False
+        yield from lines
 
 
 def _last_in(steps: Sequence[int], lo: int, hi: int) -> int:
