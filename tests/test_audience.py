@@ -358,7 +358,7 @@ def test_a_phone_shows_one_live_panel_at_full_width(lab: Lab, shared: Shared,
         wait_for(lambda: "running" in page.inner_text("#live-status"), 30, "the run's status")
         assert "dni-b" in page.inner_text("#live-status")
         for control in ("#btn-play", "#controls", "#btn-own-copy", "#panels", "#units",
-                        "#btn-present", "#log-y"):
+                        "#btn-present", "#log-y", "#export-bar"):
             assert not page.is_visible(control), control
         tabs = page.locator("#panel-tabs .tab")
         assert tabs.count() == 6 and page.is_visible("#panel-key-weights")  # 6: the circuit
