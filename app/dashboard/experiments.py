@@ -197,12 +197,13 @@ def _cell(value: str) -> Any:
 # ---- callbacks -----------------------------------------------------------------------------
 def register(app: dash.Dash) -> None:
     _register_submit(app)
+    _register_progress(app)
     _register_views(app)
     _register_exports(app)
 
 
 def _register_submit(app: dash.Dash) -> None:
-    """The form, the experiment picker, progress and cancel."""
+    """The form: a preset fills the spec; submit starts it."""
     @app.callback(Output("xp-spec", "value"), Input("xp-preset", "value"),
                   prevent_initial_call=True)
     def fill_preset(name: str | None) -> str:
@@ -233,6 +234,10 @@ def _register_submit(app: dash.Dash) -> None:
             return dash.no_update, _message(err)
         return "?" + urlencode({"id": exp_id}), f"experiment {exp_id} queued"
 
+
+
+def _register_progress(app: dash.Dash) -> None:
+    """The experiment picker, progress with its ETA, and cancel."""
     @app.callback(Output("xp-list", "options"), Output("xp-list", "value"),
                   Input("xp-url", "search"), Input("xp-state", "data"))
     def experiment_list(search: str | None, _state: Any) -> tuple[Any, Any]:
