@@ -31,6 +31,10 @@ poll then answers from the ring:
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
   the client rebuilds its figures from the run's history (the dashboard's rebuild), then joins.
 
+An answer with items carries ``X-Plab-Wall``: the creation time (worker clock, seconds since
+the epoch, to the ms) of the newest frame in it, so a client measures its lag without parsing
+the body (bench/audience.py's simulated viewers).
+
 Every answer carries ``X-Plab-Next``: the milliseconds until the next frame of any of the
 view's runs is due, from the frames' own creation times (each run's median gap between
 consecutive frames, averaged); assets/plab.js polls just after it, so most polls bring a frame.
@@ -456,6 +460,10 @@ class LiveHub:
             status, body = 200, b'{"seq":%d,"items":[]}' % seq
         headers = [*BASE_HEADERS, ("ETag", f'"{seq}"')]
         chan = self._channels.get(key)
+        if status == 200 and since < seq and chan is not None:  # items up to item ``seq``
+            wall = next((it.get("wall") for s, it, _ in reversed(chan.items) if s == seq), None)
+            if wall and not body.startswith(b'{"resync"'):
+                headers.append(("X-Plab-Wall", f"{wall:.3f}"))
         if chan is not None and chan.due:
             wait = (chan.due - time.time()) * 1000
             headers.append(("X-Plab-Next", str(int(min(max(wait, 0.0), NEXT_MAX_MS)))))

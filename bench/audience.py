@@ -43,6 +43,7 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +55,7 @@ from typing import Any
 from urllib.parse import quote
 
 from _common import AUTH, TOKEN, free_port, pct
-from load import cpu_seconds, group_pids
+from load import cpu_seconds, group_pids, machine_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -64,6 +65,28 @@ CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
 IDLE_S, IDLE_AFTER_S, CLOCK_S = 1.0, 3.0, 1.0  # assets/plab.js; the layout's clock (default)
 SLACK_MS = 8  # assets/plab.js: a poll goes this long after the frame the server's hint expects
 MAX_VIEWERS, MAX_SECONDS = 200, 600
+
+
+def chromium_pids() -> list[int]:
+    """This process's descendants whose name says Chromium (the lecturer's browser; the
+    probe viewer's context closed before any measurement)."""
+    parent: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), \
+                    open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+                names[int(entry)] = text[text.index("(") + 1:text.rindex(")")]
+                parent[int(entry)] = int(text.rsplit(")", 1)[1].split()[1])
+    me, out = os.getpid(), []
+    for pid in parent:
+        up, seen = pid, 0
+        while up in parent and up != me and seen < 64:
+            up, seen = parent[up], seen + 1
+        if up == me and "chrom" in names.get(pid, "").lower():
+            out.append(pid)
+    return out
 
 
 def rss(pid: int) -> int:
@@ -128,6 +151,79 @@ class Server:
         self.log.close()
 
 
+class Wire:
+    """One keep-alive HTTP/1.1 connection, spoken directly on the socket: the same requests
+    as http.client sends (request line, Host, the given headers, Content-Length), the whole
+    answer read (Content-Length or chunked), but about a third of http.client's CPU per
+    request (no email.parser on every answer): the simulated viewers stand in for a class's
+    phones, whose CPU is not this machine's, so their client work here should be small."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.sock, self.buf = port, None, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.buf = None, b""
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buf += chunk
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out, self.buf = self.buf[:end], self.buf[end + 2:]
+        return out
+
+    def request(self, method: str, path: str, body: bytes | None,
+                headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        head, self.buf = self.buf[:end].decode("latin-1").split("\r\n"), self.buf[end + 4:]
+        status = int(head[0].split(" ", 2)[1])
+        got = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            got[name.strip().lower()] = value.strip()
+        if "content-length" in got:
+            raw = self._take(int(got["content-length"]))
+        elif got.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self._line().split(b";")[0], 16):
+                parts.append(self._take(size))
+                self._line()
+            self._line()
+            raw = b"".join(parts)
+        elif status in (204, 304):
+            raw = b""
+        else:  # delimited by the end of the connection
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    self._fill()
+            raw, self.buf = self.buf, b""
+            got["connection"] = "close"
+        if got.get("connection", "").lower() == "close":
+            self.close()
+        return status, raw, got
+
+
 class Viewer(threading.Thread):
     """One viewer page's requests: the live loop and the clock's Dash callbacks."""
 
@@ -137,20 +233,15 @@ class Viewer(threading.Thread):
         self.updates: list[float] = []  # arrival times of answers with new frames
         self.lags: list[tuple[float, float]] = []  # (arrival, ms)
         self.errors: list[str] = []
-        self.conn: http.client.HTTPConnection | None = None
+        self.wire = Wire(server.port)
 
     def request(self, method: str, path: str, body: bytes | None,
-                headers: dict[str, str]) -> tuple[int, bytes, http.client.HTTPMessage]:
+                headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         for attempt in (0, 1):  # a keep-alive connection the server closed: once more
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
             try:
-                self.conn.request(method, path, body=body, headers=headers)
-                answer = self.conn.getresponse()
-                return answer.status, answer.read(), answer.headers
-            except (OSError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
+                return self.wire.request(method, path, body, headers)
+            except (OSError, ValueError, IndexError):
+                self.wire.close()
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -173,12 +264,20 @@ class Viewer(threading.Thread):
                     status, raw, got = self.request("GET", path, None, {
                         **headers, "Accept-Encoding": "gzip"})
                     now = time.time()
-                    hint = got.get("X-Plab-Next")
+                    hint = got.get("x-plab-next")
                     after = (int(hint) + SLACK_MS) / 1000 if hint is not None else 0.0
-                    if got.get("Content-Encoding") == "gzip":
-                        raw = gzip.decompress(raw)
-                    if status == 200:
-                        body = json.loads(raw)  # {"seq", "items": []}: nothing new
+                    if status == 200 and ("x-plab-wall" in got or (
+                            len(raw) < 40 and raw.startswith(b'{"seq"'))):  # or nothing new
+                        # the newest frame's creation time and the item number from the
+                        # headers (X-Plab-Wall, ETag): the body read whole, not parsed here
+                        since = int(got["etag"].strip('"'))
+                        if "x-plab-wall" in got:
+                            self.arrived(now, float(got["x-plab-wall"]))
+                            last_data = now
+                    elif status == 200:  # a resync, or older code without X-Plab-Wall
+                        if got.get("content-encoding") == "gzip":
+                            raw = gzip.decompress(raw)
+                        body = json.loads(raw)
                         if body.get("resync"):
                             self.errors.append("resync")
                         since = body.get("seq", since)
@@ -209,7 +308,7 @@ class Viewer(threading.Thread):
                                                      **cookie, "Content-Type": "application/json"})
                         if status >= 300 and status != 304:
                             self.errors.append(f"callback {status}")
-            except (OSError, http.client.HTTPException, ValueError) as err:
+            except (OSError, http.client.HTTPException, ValueError, IndexError) as err:
                 self.errors.append(type(err).__name__)
                 self.stop_event.wait(1.0)
                 continue
@@ -218,8 +317,7 @@ class Viewer(threading.Thread):
             else:
                 wait, after = IDLE_S, 0.0
             self.stop_event.wait(max(after, wait - (time.time() - t0)))
-        if self.conn is not None:
-            self.conn.close()
+        self.wire.close()
 
     def arrived(self, now: float, wall: float) -> None:
         self.updates.append(now)
@@ -289,6 +387,9 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
     """Measure for ``seconds``: CPU, RSS, run speed, the lecturer's and the viewers' rates."""
     pids = [server.proc.pid, *server.workers()]
     cpu0 = {p: cpu_seconds(p) for p in pids}
+    browser = chromium_pids()
+    browser0 = sum(cpu_seconds(p) for p in browser)
+    own0, machine0 = cpu_seconds(os.getpid()), machine_cpu()
     step0, t0 = server.ok("GET", f"/api/runs/{rid}")["step"], time.time()
     hub0 = hub_stats(server)
     rss_peak = rss(server.proc.pid)
@@ -299,6 +400,10 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
     step1 = server.ok("GET", f"/api/runs/{rid}")["step"]
     elapsed = t1 - t0
     cpu = {p: (cpu_seconds(p) - cpu0[p]) / elapsed * 100 for p in pids}
+    own = (cpu_seconds(os.getpid()) - own0) / elapsed * 100
+    browser_cpu = (sum(cpu_seconds(p) for p in browser) - browser0) / elapsed * 100
+    machine1 = machine_cpu()
+    busy = (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9) * 100
     hub1 = hub_stats(server)
     lect = lecturer.evaluate(f"window.plab.stats({int(min(seconds, 55) * 1000)})")
     rates = [sum(t0 <= t < t1 for t in v.updates) / elapsed for v in viewers]
@@ -315,6 +420,11 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
         "server_rss_mb": round(rss_peak / 2**20, 1),
         "lecturer_updates_per_s": round(lect.get("ups") or 0.0, 2),
         "lecturer_lag_ms": lect.get("lag_ms"),
+        "lecturer_rtt_ms": lecturer.evaluate(
+            "(() => { const r = (window.plab.rtts || []).map((x) => x.rtt).sort((a, b) => a - b);"
+            " return r.length ? r[r.length >> 1] : null })()"),
+        "clients_cpu_pct": round(own, 1), "chromium_cpu_pct": round(browser_cpu, 1),
+        "machine_busy_pct": round(busy, 1), "load": round(os.getloadavg()[0], 1),
         "run_steps_per_s": round((step1 - step0) / elapsed, 1),
         "hub": {k: hub1[k] - hub0.get(k, 0) for k in hub1 if isinstance(hub1[k], int)},
     }
@@ -387,6 +497,10 @@ def main() -> int:
             r["p95_lag_ms"], r["server_cpu_pct"], r["worker_cpu_pct"], r["server_rss_mb"],
             r["errors"], r["lecturer_updates_per_s"], r["run_steps_per_s"],
             r["run_speed_ratio"])))
+        print(f"    cpu (% of one core): clients {r['clients_cpu_pct']}, lecturer's Chromium "
+              f"{r['chromium_cpu_pct']}; machine busy {r['machine_busy_pct']}% of 2 cores, "
+              f"load {r['load']}; lecturer poll rtt p50 {r['lecturer_rtt_ms']} ms, "
+              f"lag p50 {r['lecturer_lag_ms']} ms")
         if r.get("hub"):
             print(f"    live path: {r['hub']}")
     if args.json:

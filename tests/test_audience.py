@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,3 +553,29 @@ def test_answers_say_when_the_next_frame_is_due_and_gzip_once() -> None:
     assert status == 200 and dict(headers)["Content-Encoding"] == "gzip"
     assert gzip.decompress(packed) == plain and len(packed) < len(plain) / 3
     assert hub.respond(key, 1, gzip_ok=True)[1] is packed  # compressed once, shared
+
+
+def test_an_answer_with_frames_says_its_newest_frame_time_in_a_header() -> None:
+    """X-Plab-Wall: the newest frame's creation time in the answer (the bench's viewers measure
+    their lag from it without parsing the body); none on an answer without frames."""
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    hub.respond(key, -1, {"r": 0})
+    for _ in range(3):
+        hub.respond(key, hub.channel(key).seq)
+    stream.on = False
+    chan = hub.channel(key)
+    newest = max(it["wall"] for _, it, _ in chan.items)
+    assert chan.seq == 4 and newest == chan.items[-1][1]["wall"]
+    for since in (1, 3):  # one item or several: the newest frame of them
+        status, body, headers = hub.respond(key, since, gzip_ok=True)
+        walls = [it["wall"] for it in json.loads(body)["items"]]
+        assert status == 200 and len(walls) == 4 - since
+        assert dict(headers)["X-Plab-Wall"] == f"{newest:.3f}"
+        assert abs(float(dict(headers)["X-Plab-Wall"]) - max(walls)) <= 5e-4
+        assert dict(headers)["ETag"] == '"4"'
+    chan.items = deque(list(chan.items)[-2:], maxlen=2)  # the ring keeps items 3 and 4
+    for since, cond in ((4, False), (4, True), (1, False)):  # nothing new; a 304; a resync
+        status, body, headers = hub.respond(key, since, conditional=cond)
+        assert "X-Plab-Wall" not in dict(headers), (since, cond, body)
+        assert body in (b'{"seq":4,"items":[]}', b"", b'{"resync":true,"seq":4}'), body
