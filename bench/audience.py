@@ -382,11 +382,24 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     return pattern
 
 
+#: the lecturer's live polls (Resource Timing, the browser's own clock): median and p95 of
+#: request sent -> first byte of the answer (the server's time, queueing included), and count
+LECTURER_SERVER_MS = """(() => {
+  const d = performance.getEntriesByType('resource')
+    .filter((e) => e.name.includes('/_plab/live/') && e.responseStart > 0)
+    .map((e) => e.responseStart - e.requestStart).sort((a, b) => a - b);
+  return d.length ? [Math.round(d[d.length >> 1] * 10) / 10,
+                     Math.round(d[Math.floor(d.length * 0.95)] * 10) / 10, d.length] : null;
+})()"""
+
+
 def window(server: Server, rid: str, lecturer: Any, seconds: float,
            viewers: list[Viewer]) -> dict[str, Any]:
     """Measure for ``seconds``: CPU, RSS, run speed, the lecturer's and the viewers' rates."""
     pids = [server.proc.pid, *server.workers()]
     cpu0 = {p: cpu_seconds(p) for p in pids}
+    lecturer.evaluate("performance.setResourceTimingBufferSize(100000); "
+                      "performance.clearResourceTimings()")
     browser = chromium_pids()
     browser0 = sum(cpu_seconds(p) for p in browser)
     own0, machine0 = cpu_seconds(os.getpid()), machine_cpu()
@@ -420,6 +433,7 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
         "server_rss_mb": round(rss_peak / 2**20, 1),
         "lecturer_updates_per_s": round(lect.get("ups") or 0.0, 2),
         "lecturer_lag_ms": lect.get("lag_ms"),
+        "lecturer_server_ms": lecturer.evaluate(LECTURER_SERVER_MS),
         "lecturer_rtt_ms": lecturer.evaluate(
             "(() => { const r = (window.plab.rtts || []).map((x) => x.rtt).sort((a, b) => a - b);"
             " return r.length ? r[r.length >> 1] : null })()"),
@@ -500,6 +514,7 @@ def main() -> int:
         print(f"    cpu (% of one core): clients {r['clients_cpu_pct']}, lecturer's Chromium "
               f"{r['chromium_cpu_pct']}; machine busy {r['machine_busy_pct']}% of 2 cores, "
               f"load {r['load']}; lecturer poll rtt p50 {r['lecturer_rtt_ms']} ms, "
+              f"server part [p50, p95 ms, polls] {r['lecturer_server_ms']}, "
               f"lag p50 {r['lecturer_lag_ms']} ms")
         if r.get("hub"):
             print(f"    live path: {r['hub']}")

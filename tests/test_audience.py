@@ -579,3 +579,34 @@ def test_an_answer_with_frames_says_its_newest_frame_time_in_a_header() -> None:
         status, body, headers = hub.respond(key, since, conditional=cond)
         assert "X-Plab-Wall" not in dict(headers), (since, cond, body)
         assert body in (b'{"seq":4,"items":[]}', b"", b'{"resync":true,"seq":4}'), body
+
+
+def test_a_viewer_link_is_told_to_poll_after_the_presenter() -> None:
+    """After each frame the presenter's poll comes first (X-Plab-Next), the class's
+    VIEWER_AFTER_MS later, so the lecturer's poll does not queue behind a hundred viewers'."""
+    from app import live
+
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    hub.respond(key, -1, {"r": 0})
+    stream.on = False
+    front = live.LiveFront(lambda environ, start: [b"app"], hub, "/_plab/live/")
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/_plab/live/{key}", "QUERY_STRING": "since=1",
+            "HTTP_HOST": "lab:80"}
+    lecturer = {**base, "HTTP_COOKIE": "plab_session=s|abc"}
+    viewer = {**base, "HTTP_COOKIE": "plab_view=v|abc"}
+    hub.grant(live.credentials(lecturer), key)
+    hub.grant(live.credentials(viewer), key, viewer=True)
+    assert hub.granted(live.credentials(lecturer), key) is False
+    assert hub.granted(live.credentials(viewer), key) is True
+    assert hub.granted(live.credentials({**viewer, "HTTP_HOST": "x:80"}), key) is None
+    hints = {}
+    for name, environ in (("lecturer", lecturer), ("viewer", viewer)):
+        got: list[dict] = []
+        hub.channel(key).due = time.time() + 0.5  # the next frame in 500 ms
+        assert b"".join(front(environ, lambda s, h, got=got: got.append(dict(h)))) == \
+            b'{"seq":1,"items":[]}'
+        hints[name] = int(got[0]["X-Plab-Next"])
+    assert 490 <= hints["lecturer"] <= 500
+    assert live.VIEWER_AFTER_MS - 10 <= hints["viewer"] - hints["lecturer"] <= live.VIEWER_AFTER_MS
+    assert hub.counts["fast"] == 2
