@@ -38,6 +38,10 @@ the body (bench/audience.py's simulated viewers).
 Every answer carries ``X-Plab-Next``: the milliseconds until the next frame of any of the
 view's runs is due, from the frames' own creation times (each run's median gap between
 consecutive frames, averaged); assets/plab.js polls just after it, so most polls bring a frame.
+A viewer link's client is told VIEWER_AFTER_MS (25 ms) later than the presenter's dashboard:
+after each frame the lecturer's poll finds the server idle and the class's polls follow (at
+100 viewers the lecturer's poll waited 15 ms at the server, median, instead of queueing
+behind about 100 others; bench/audience.py, 2-core shared machine).
 
 **Cheap polls.** The dashboard's route (app/dashboard/callbacks.py) checks that the client
 may read every run of the channel and then *grants* its credentials (cookies, Authorization,

@@ -15,19 +15,25 @@ link to it. Then:
    ``since``, and If-None-Match where the page sends it; on older code ``POST _plab/tick``
    with view, cursors and carry) and the Dash callbacks its clock fires (run status, run
    table), with their periods;
-3. **N simulated viewers** (threads, one keep-alive connection each, the viewer's cookies)
-   replay exactly that: the live loop with the page's intervals (``plab.pollMs`` after an
-   answer while frames arrive: 100 ms on a viewer page, 50 ms on older code; and, where the
-   server sends the hint X-Plab-Next, not before the expected next frame + SLACK_MS; 1 s after
-   3 s without), gzip accepted as a browser does, the clock's callbacks at the period the
-   probe saw (3 s; 1 s on older code).
+3. **N simulated viewers** (threads, one keep-alive connection each, the viewer's cookies;
+   HTTP/1.1 spoken on the socket, see Wire) replay exactly that: the live loop with the page's
+   intervals (``plab.pollMs`` after an answer while frames arrive: 100 ms on a viewer page, 50
+   ms on older code; and, where the server sends the hint X-Plab-Next, not before the expected
+   next frame + SLACK_MS; 1 s after 3 s without), gzip accepted as a browser does, the clock's
+   callbacks at the period the probe saw (3 s; 1 s on older code).
 
 First ``--seconds`` with no viewers (the run's and the lecturer's unwatched speed), then each
 N for ``--seconds`` after a 3 s join. Per N: updates per second each viewer received (median
 and 5th percentile; an update is an answer that carries new frames), lag from a frame's
 creation in the worker (``wall``) to its arrival (p50, p95), the server process's CPU (%% of
 one core) and RSS, the run worker's CPU, errors (non-2xx/304 answers, failed connections),
-the lecturer's update rate and the run's steps/s. ``--json`` prints, as the last line,
+the lecturer's update rate and the run's steps/s; and where the CPU went: the simulated
+clients' own process, the lecturer's Chromium, the whole machine (busy %% of both cores, load
+average), and the lecturer's live polls as its browser timed them (round trip; request sent
+to first byte, the server's part, from Resource Timing). A viewer reads every answer whole but
+takes the newest frame's time from ``X-Plab-Wall`` and its item number from the ETag instead
+of decompressing and parsing the body (a phone does that on its own CPU, not the server's);
+on code without that header it parses the body as before. ``--json`` prints, as the last line,
 ``{"viewers", "p5_updates_per_s", "p95_lag_ms", "errors", "run_speed_ratio", ...}`` for the
 largest N (``run_speed_ratio``: steps/s watched / unwatched).
 """
