@@ -31,9 +31,17 @@ poll then answers from the ring:
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
   the client rebuilds its figures from the run's history (the dashboard's rebuild), then joins.
 
+An answer with items carries ``X-Plab-Wall``: the creation time (worker clock, seconds since
+the epoch, to the ms) of the newest frame in it, so a client measures its lag without parsing
+the body (bench/audience.py's simulated viewers).
+
 Every answer carries ``X-Plab-Next``: the milliseconds until the next frame of any of the
 view's runs is due, from the frames' own creation times (each run's median gap between
 consecutive frames, averaged); assets/plab.js polls just after it, so most polls bring a frame.
+A viewer link's client is told VIEWER_AFTER_MS (25 ms) later than the presenter's dashboard:
+after each frame the lecturer's poll finds the server idle and the class's polls follow (at
+100 viewers the lecturer's poll waited 15 ms at the server, median, instead of queueing
+behind about 100 others; bench/audience.py, 2-core shared machine).
 
 **Cheap polls.** The dashboard's route (app/dashboard/callbacks.py) checks that the client
 may read every run of the channel and then *grants* its credentials (cookies, Authorization,
@@ -87,6 +95,9 @@ IDLE_S = 120.0
 GRANT_S = 5.0
 #: the hint X-Plab-Next (ms until the next frame is expected) is at most this
 NEXT_MAX_MS = 1000.0
+#: a viewer link's hint is this much later than the presenter's: after a frame the presenter's
+#: poll comes first and finds the server idle, then the class's polls (ms)
+VIEWER_AFTER_MS = 25.0
 #: answers at least this long go out gzip-compressed to clients that accept it (once per body)
 GZIP_MIN = 1024
 #: the headers every live answer carries (Flask's after-request hooks are skipped on the fast
@@ -210,7 +221,8 @@ class LiveHub:
         self.min_interval, self.keep, self.idle_s = min_interval, keep, idle_s
         self._channels: dict[str, Channel] = {}
         self._lock = threading.Lock()
-        self._grants: dict[tuple[tuple[str, str, str], str], float] = {}
+        #: (credentials, channel) -> (until, a viewer link's)
+        self._grants: dict[tuple[tuple[str, str, str], str], tuple[float, bool]] = {}
         #: channels shared by the server processes (a flask-caching cache: RedisCache on the
         #: backend's Redis in Celery mode), or None (one process: the local backend)
         self.shared = shared if shared is not None else shared_cache(backend)
@@ -440,7 +452,7 @@ class LiveHub:
 
     # ---- answers (the Flask route and the WSGI front share them) --------------------------------
     def respond(self, key: str, since: int, cursors: Mapping[str, int] | None = None, *,
-                conditional: bool = False, gzip_ok: bool = False
+                conditional: bool = False, gzip_ok: bool = False, viewer: bool = False
                 ) -> tuple[int, bytes, list[tuple[str, str]]]:
         """(status, body, headers) of a poll: hub.poll's answer with its ETag, the hint
         ``X-Plab-Next`` (ms until the next frame is expected: the client polls then) and,
@@ -450,14 +462,22 @@ class LiveHub:
         ``{"seq": N, "items": []}``, because waitress closes the connection after every 304
         (it has no Content-Length), so each 304 costs the client a new connection (an RTT
         on a phone) and the server a new channel: 0.39 ms of server CPU per poll against
-        0.25 ms for the 200 that keeps the connection alive (1,000 polls, 2-core machine)."""
+        0.25 ms for the 200 that keeps the connection alive (1,000 polls, 2-core machine).
+
+        A ``viewer`` (a viewer link's client) is told VIEWER_AFTER_MS later than the
+        presenter, so that the presenter's poll after each frame is not queued behind a
+        class's (the lecturer is never slowed by the audience)."""
         status, body, seq = self.poll(key, since, cursors)
         if status == 304 and not conditional:
             status, body = 200, b'{"seq":%d,"items":[]}' % seq
         headers = [*BASE_HEADERS, ("ETag", f'"{seq}"')]
         chan = self._channels.get(key)
+        if status == 200 and since < seq and chan is not None:  # items up to item ``seq``
+            wall = next((it.get("wall") for s, it, _ in reversed(chan.items) if s == seq), None)
+            if wall and not body.startswith(b'{"resync"'):
+                headers.append(("X-Plab-Wall", f"{wall:.3f}"))
         if chan is not None and chan.due:
-            wait = (chan.due - time.time()) * 1000
+            wait = (chan.due - time.time()) * 1000 + (VIEWER_AFTER_MS if viewer else 0.0)
             headers.append(("X-Plab-Next", str(int(min(max(wait, 0.0), NEXT_MAX_MS)))))
         if gzip_ok and len(body) >= GZIP_MIN and status == 200:
             packed = chan.gzipped.get(since) if chan is not None and chan.seq == seq else None
@@ -472,15 +492,18 @@ class LiveHub:
         return status, body, headers
 
     # ---- who may be answered without Flask ------------------------------------------------------
-    def grant(self, who: tuple[str, str, str], key: str) -> None:
-        """``who`` (credentials(environ)) may read channel ``key`` for the next GRANT_S."""
+    def grant(self, who: tuple[str, str, str], key: str, *, viewer: bool = False) -> None:
+        """``who`` (credentials(environ)) may read channel ``key`` for the next GRANT_S;
+        ``viewer``: as a viewer link's client (its hint comes VIEWER_AFTER_MS later)."""
         now = time.monotonic()
         if len(self._grants) > 10_000:
-            self._grants = {k: t for k, t in self._grants.items() if t > now}
-        self._grants[who, key] = now + GRANT_S
+            self._grants = {k: g for k, g in self._grants.items() if g[0] > now}
+        self._grants[who, key] = (now + GRANT_S, viewer)
 
-    def granted(self, who: tuple[str, str, str], key: str) -> bool:
-        return self._grants.get((who, key), 0.0) > time.monotonic()
+    def granted(self, who: tuple[str, str, str], key: str) -> bool | None:
+        """None unless ``who`` may read ``key`` now; else whether as a viewer link's client."""
+        until, viewer = self._grants.get((who, key), (0.0, False))
+        return viewer if until > time.monotonic() else None
 
     def _expire(self, now: float) -> None:
         for key in [k for k, c in self._channels.items() if now - c.used_at > self.idle_s]:
@@ -557,7 +580,8 @@ class LiveFront:
         if environ.get("REQUEST_METHOD") != "GET" or not path.startswith(self.prefix):
             return self.app(environ, start_response)
         key = path[len(self.prefix):]
-        if not key or "/" in key or not self.hub.granted(credentials(environ), key):
+        viewer = self.hub.granted(credentials(environ), key) if key and "/" not in key else None
+        if viewer is None:
             return self.app(environ, start_response)
         query = environ.get("QUERY_STRING", "")
         raw = next((part[6:] for part in query.split("&") if part.startswith("since=")), "-1")
@@ -570,7 +594,7 @@ class LiveFront:
         self.hub.counts["fast"] += 1
         status, body, headers = self.hub.respond(
             key, since, conditional=bool(environ.get("HTTP_IF_NONE_MATCH")),
-            gzip_ok="gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""))
+            gzip_ok="gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""), viewer=viewer)
         start_response("304 Not Modified" if status == 304 else f"{status} OK", headers)
         return [body]
 

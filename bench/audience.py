@@ -15,19 +15,25 @@ link to it. Then:
    ``since``, and If-None-Match where the page sends it; on older code ``POST _plab/tick``
    with view, cursors and carry) and the Dash callbacks its clock fires (run status, run
    table), with their periods;
-3. **N simulated viewers** (threads, one keep-alive connection each, the viewer's cookies)
-   replay exactly that: the live loop with the page's intervals (``plab.pollMs`` after an
-   answer while frames arrive: 100 ms on a viewer page, 50 ms on older code; and, where the
-   server sends the hint X-Plab-Next, not before the expected next frame + SLACK_MS; 1 s after
-   3 s without), gzip accepted as a browser does, the clock's callbacks at the period the
-   probe saw (3 s; 1 s on older code).
+3. **N simulated viewers** (threads, one keep-alive connection each, the viewer's cookies;
+   HTTP/1.1 spoken on the socket, see Wire) replay exactly that: the live loop with the page's
+   intervals (``plab.pollMs`` after an answer while frames arrive: 100 ms on a viewer page, 50
+   ms on older code; and, where the server sends the hint X-Plab-Next, not before the expected
+   next frame + SLACK_MS; 1 s after 3 s without), gzip accepted as a browser does, the clock's
+   callbacks at the period the probe saw (3 s; 1 s on older code).
 
 First ``--seconds`` with no viewers (the run's and the lecturer's unwatched speed), then each
 N for ``--seconds`` after a 3 s join. Per N: updates per second each viewer received (median
 and 5th percentile; an update is an answer that carries new frames), lag from a frame's
 creation in the worker (``wall``) to its arrival (p50, p95), the server process's CPU (%% of
 one core) and RSS, the run worker's CPU, errors (non-2xx/304 answers, failed connections),
-the lecturer's update rate and the run's steps/s. ``--json`` prints, as the last line,
+the lecturer's update rate and the run's steps/s; and where the CPU went: the simulated
+clients' own process, the lecturer's Chromium, the whole machine (busy %% of both cores, load
+average), and the lecturer's live polls as its browser timed them (round trip; request sent
+to first byte, the server's part, from Resource Timing). A viewer reads every answer whole but
+takes the newest frame's time from ``X-Plab-Wall`` and its item number from the ETag instead
+of decompressing and parsing the body (a phone does that on its own CPU, not the server's);
+on code without that header it parses the body as before. ``--json`` prints, as the last line,
 ``{"viewers", "p5_updates_per_s", "p95_lag_ms", "errors", "run_speed_ratio", ...}`` for the
 largest N (``run_speed_ratio``: steps/s watched / unwatched).
 """
@@ -43,6 +49,7 @@ import json
 import os
 import random
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -54,7 +61,7 @@ from typing import Any
 from urllib.parse import quote
 
 from _common import AUTH, TOKEN, free_port, pct
-from load import cpu_seconds, group_pids
+from load import cpu_seconds, group_pids, machine_cpu
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = "/usr/bin/chromium"
@@ -64,6 +71,28 @@ CONFIG = {"task": "add", "rule": "dni-b", "n": 32, "steps": 10**9}
 IDLE_S, IDLE_AFTER_S, CLOCK_S = 1.0, 3.0, 1.0  # assets/plab.js; the layout's clock (default)
 SLACK_MS = 8  # assets/plab.js: a poll goes this long after the frame the server's hint expects
 MAX_VIEWERS, MAX_SECONDS = 200, 600
+
+
+def chromium_pids() -> list[int]:
+    """This process's descendants whose name says Chromium (the lecturer's browser; the
+    probe viewer's context closed before any measurement)."""
+    parent: dict[int, int] = {}
+    names: dict[int, str] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError), \
+                    open(f"/proc/{entry}/stat") as f:
+                text = f.read()
+                names[int(entry)] = text[text.index("(") + 1:text.rindex(")")]
+                parent[int(entry)] = int(text.rsplit(")", 1)[1].split()[1])
+    me, out = os.getpid(), []
+    for pid in parent:
+        up, seen = pid, 0
+        while up in parent and up != me and seen < 64:
+            up, seen = parent[up], seen + 1
+        if up == me and "chrom" in names.get(pid, "").lower():
+            out.append(pid)
+    return out
 
 
 def rss(pid: int) -> int:
@@ -128,6 +157,79 @@ class Server:
         self.log.close()
 
 
+class Wire:
+    """One keep-alive HTTP/1.1 connection, spoken directly on the socket: the same requests
+    as http.client sends (request line, Host, the given headers, Content-Length), the whole
+    answer read (Content-Length or chunked), but about a third of http.client's CPU per
+    request (no email.parser on every answer): the simulated viewers stand in for a class's
+    phones, whose CPU is not this machine's, so their client work here should be small."""
+
+    def __init__(self, port: int) -> None:
+        self.port, self.sock, self.buf = port, None, b""
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+        self.sock, self.buf = None, b""
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(262144)
+        if not chunk:
+            raise ConnectionError("closed by the server")
+        self.buf += chunk
+
+    def _take(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            self._fill()
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def _line(self) -> bytes:
+        while (end := self.buf.find(b"\r\n")) < 0:
+            self._fill()
+        out, self.buf = self.buf[:end], self.buf[end + 2:]
+        return out
+
+    def request(self, method: str, path: str, body: bytes | None,
+                headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
+        if self.sock is None:
+            self.sock = socket.create_connection(("127.0.0.1", self.port), timeout=30)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lines = [f"{method} {path} HTTP/1.1", f"Host: 127.0.0.1:{self.port}",
+                 *(f"{k}: {v}" for k, v in headers.items())]
+        if body is not None:
+            lines.append(f"Content-Length: {len(body)}")
+        self.sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b""))
+        while (end := self.buf.find(b"\r\n\r\n")) < 0:
+            self._fill()
+        head, self.buf = self.buf[:end].decode("latin-1").split("\r\n"), self.buf[end + 4:]
+        status = int(head[0].split(" ", 2)[1])
+        got = {}
+        for line in head[1:]:
+            name, _, value = line.partition(":")
+            got[name.strip().lower()] = value.strip()
+        if "content-length" in got:
+            raw = self._take(int(got["content-length"]))
+        elif got.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self._line().split(b";")[0], 16):
+                parts.append(self._take(size))
+                self._line()
+            self._line()
+            raw = b"".join(parts)
+        elif status in (204, 304):
+            raw = b""
+        else:  # delimited by the end of the connection
+            with contextlib.suppress(ConnectionError):
+                while True:
+                    self._fill()
+            raw, self.buf = self.buf, b""
+            got["connection"] = "close"
+        if got.get("connection", "").lower() == "close":
+            self.close()
+        return status, raw, got
+
+
 class Viewer(threading.Thread):
     """One viewer page's requests: the live loop and the clock's Dash callbacks."""
 
@@ -137,20 +239,15 @@ class Viewer(threading.Thread):
         self.updates: list[float] = []  # arrival times of answers with new frames
         self.lags: list[tuple[float, float]] = []  # (arrival, ms)
         self.errors: list[str] = []
-        self.conn: http.client.HTTPConnection | None = None
+        self.wire = Wire(server.port)
 
     def request(self, method: str, path: str, body: bytes | None,
-                headers: dict[str, str]) -> tuple[int, bytes, http.client.HTTPMessage]:
+                headers: dict[str, str]) -> tuple[int, bytes, dict[str, str]]:
         for attempt in (0, 1):  # a keep-alive connection the server closed: once more
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.server.port, timeout=30)
             try:
-                self.conn.request(method, path, body=body, headers=headers)
-                answer = self.conn.getresponse()
-                return answer.status, answer.read(), answer.headers
-            except (OSError, http.client.HTTPException):
-                self.conn.close()
-                self.conn = None
+                return self.wire.request(method, path, body, headers)
+            except (OSError, ValueError, IndexError):
+                self.wire.close()
                 if attempt:
                     raise
         raise AssertionError("unreachable")
@@ -173,12 +270,20 @@ class Viewer(threading.Thread):
                     status, raw, got = self.request("GET", path, None, {
                         **headers, "Accept-Encoding": "gzip"})
                     now = time.time()
-                    hint = got.get("X-Plab-Next")
+                    hint = got.get("x-plab-next")
                     after = (int(hint) + SLACK_MS) / 1000 if hint is not None else 0.0
-                    if got.get("Content-Encoding") == "gzip":
-                        raw = gzip.decompress(raw)
-                    if status == 200:
-                        body = json.loads(raw)  # {"seq", "items": []}: nothing new
+                    if status == 200 and ("x-plab-wall" in got or (
+                            len(raw) < 40 and raw.startswith(b'{"seq"'))):  # or nothing new
+                        # the newest frame's creation time and the item number from the
+                        # headers (X-Plab-Wall, ETag): the body read whole, not parsed here
+                        since = int(got["etag"].strip('"'))
+                        if "x-plab-wall" in got:
+                            self.arrived(now, float(got["x-plab-wall"]))
+                            last_data = now
+                    elif status == 200:  # a resync, or older code without X-Plab-Wall
+                        if got.get("content-encoding") == "gzip":
+                            raw = gzip.decompress(raw)
+                        body = json.loads(raw)
                         if body.get("resync"):
                             self.errors.append("resync")
                         since = body.get("seq", since)
@@ -209,7 +314,7 @@ class Viewer(threading.Thread):
                                                      **cookie, "Content-Type": "application/json"})
                         if status >= 300 and status != 304:
                             self.errors.append(f"callback {status}")
-            except (OSError, http.client.HTTPException, ValueError) as err:
+            except (OSError, http.client.HTTPException, ValueError, IndexError) as err:
                 self.errors.append(type(err).__name__)
                 self.stop_event.wait(1.0)
                 continue
@@ -218,8 +323,7 @@ class Viewer(threading.Thread):
             else:
                 wait, after = IDLE_S, 0.0
             self.stop_event.wait(max(after, wait - (time.time() - t0)))
-        if self.conn is not None:
-            self.conn.close()
+        self.wire.close()
 
     def arrived(self, now: float, wall: float) -> None:
         self.updates.append(now)
@@ -272,11 +376,14 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     state = page.evaluate("window.plab.state")
     cookies = {c["name"]: c["value"] for c in context.cookies()}
     context.close()
-    pattern = {"cookie": "; ".join(f"{k}={v}" for k, v in cookies.items()),
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    declared = clock_period(server, cookie)
+    pattern = {"cookie": cookie,
                "csrf": cookies.get("_csrf_token", ""), "clock": list(clock.values()),
                "cursors": state.get("cursors") or {}, "poll_s": poll,
                "conditional": any(conditional),
-               "clock_s": round(statistics.median(periods), 1) if periods else CLOCK_S}
+               "clock_s": declared or (round(statistics.median(periods), 1) if periods
+                                       else CLOCK_S)}
     if view.get("live"):
         pattern.update(kind="live", path=f"/_plab/live/{view['live']}")
     else:
@@ -284,11 +391,47 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     return pattern
 
 
+#: the lecturer's live polls (Resource Timing, the browser's own clock): median and p95 of
+#: request sent -> first byte of the answer (the server's time, queueing included), and count
+LECTURER_SERVER_MS = """(() => {
+  const d = performance.getEntriesByType('resource')
+    .filter((e) => e.name.includes('/_plab/live/') && e.responseStart > 0)
+    .map((e) => e.responseStart - e.requestStart).sort((a, b) => a - b);
+  return d.length ? [Math.round(d[d.length >> 1] * 10) / 10,
+                     Math.round(d[Math.floor(d.length * 0.95)] * 10) / 10, d.length] : null;
+})()"""
+
+
+def clock_period(server: Server, cookie: str) -> float | None:
+    """The viewer page's clock period (s) as its layout declares it (the dcc.Interval
+    ``slow-clock``; GET /_dash-layout with the viewer's cookies): the firings the probe sees
+    in its first seconds are too few and too noisy on a busy machine (1.8 to 3.7 s measured
+    for the 3 s clock), and each is three Dash callbacks per viewer."""
+    status, layout, _ = server.call("GET", "/_dash-layout", None, {"Cookie": cookie})
+    stack = [layout] if status == 200 else []
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            props = node.get("props")
+            if isinstance(props, dict) and props.get("id") == "slow-clock" and \
+                    isinstance(props.get("interval"), int | float):
+                return props["interval"] / 1000
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return None
+
+
 def window(server: Server, rid: str, lecturer: Any, seconds: float,
            viewers: list[Viewer]) -> dict[str, Any]:
     """Measure for ``seconds``: CPU, RSS, run speed, the lecturer's and the viewers' rates."""
     pids = [server.proc.pid, *server.workers()]
     cpu0 = {p: cpu_seconds(p) for p in pids}
+    lecturer.evaluate("performance.setResourceTimingBufferSize(100000); "
+                      "performance.clearResourceTimings()")
+    browser = chromium_pids()
+    browser0 = sum(cpu_seconds(p) for p in browser)
+    own0, machine0 = cpu_seconds(os.getpid()), machine_cpu()
     step0, t0 = server.ok("GET", f"/api/runs/{rid}")["step"], time.time()
     hub0 = hub_stats(server)
     rss_peak = rss(server.proc.pid)
@@ -299,6 +442,10 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
     step1 = server.ok("GET", f"/api/runs/{rid}")["step"]
     elapsed = t1 - t0
     cpu = {p: (cpu_seconds(p) - cpu0[p]) / elapsed * 100 for p in pids}
+    own = (cpu_seconds(os.getpid()) - own0) / elapsed * 100
+    browser_cpu = (sum(cpu_seconds(p) for p in browser) - browser0) / elapsed * 100
+    machine1 = machine_cpu()
+    busy = (machine1[0] - machine0[0]) / max(machine1[1] - machine0[1], 1e-9) * 100
     hub1 = hub_stats(server)
     lect = lecturer.evaluate(f"window.plab.stats({int(min(seconds, 55) * 1000)})")
     rates = [sum(t0 <= t < t1 for t in v.updates) / elapsed for v in viewers]
@@ -315,6 +462,12 @@ def window(server: Server, rid: str, lecturer: Any, seconds: float,
         "server_rss_mb": round(rss_peak / 2**20, 1),
         "lecturer_updates_per_s": round(lect.get("ups") or 0.0, 2),
         "lecturer_lag_ms": lect.get("lag_ms"),
+        "lecturer_server_ms": lecturer.evaluate(LECTURER_SERVER_MS),
+        "lecturer_rtt_ms": lecturer.evaluate(
+            "(() => { const r = (window.plab.rtts || []).map((x) => x.rtt).sort((a, b) => a - b);"
+            " return r.length ? r[r.length >> 1] : null })()"),
+        "clients_cpu_pct": round(own, 1), "chromium_cpu_pct": round(browser_cpu, 1),
+        "machine_busy_pct": round(busy, 1), "load": round(os.getloadavg()[0], 1),
         "run_steps_per_s": round((step1 - step0) / elapsed, 1),
         "hub": {k: hub1[k] - hub0.get(k, 0) for k in hub1 if isinstance(hub1[k], int)},
     }
@@ -387,6 +540,11 @@ def main() -> int:
             r["p95_lag_ms"], r["server_cpu_pct"], r["worker_cpu_pct"], r["server_rss_mb"],
             r["errors"], r["lecturer_updates_per_s"], r["run_steps_per_s"],
             r["run_speed_ratio"])))
+        print(f"    cpu (% of one core): clients {r['clients_cpu_pct']}, lecturer's Chromium "
+              f"{r['chromium_cpu_pct']}; machine busy {r['machine_busy_pct']}% of 2 cores, "
+              f"load {r['load']}; lecturer poll rtt p50 {r['lecturer_rtt_ms']} ms, "
+              f"server part [p50, p95 ms, polls] {r['lecturer_server_ms']}, "
+              f"lag p50 {r['lecturer_lag_ms']} ms")
         if r.get("hub"):
             print(f"    live path: {r['hub']}")
     if args.json:

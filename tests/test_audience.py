@@ -21,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -552,3 +553,60 @@ def test_answers_say_when_the_next_frame_is_due_and_gzip_once() -> None:
     assert status == 200 and dict(headers)["Content-Encoding"] == "gzip"
     assert gzip.decompress(packed) == plain and len(packed) < len(plain) / 3
     assert hub.respond(key, 1, gzip_ok=True)[1] is packed  # compressed once, shared
+
+
+def test_an_answer_with_frames_says_its_newest_frame_time_in_a_header() -> None:
+    """X-Plab-Wall: the newest frame's creation time in the answer (the bench's viewers measure
+    their lag from it without parsing the body); none on an answer without frames."""
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    hub.respond(key, -1, {"r": 0})
+    for _ in range(3):
+        hub.respond(key, hub.channel(key).seq)
+    stream.on = False
+    chan = hub.channel(key)
+    newest = max(it["wall"] for _, it, _ in chan.items)
+    assert chan.seq == 4 and newest == chan.items[-1][1]["wall"]
+    for since in (1, 3):  # one item or several: the newest frame of them
+        status, body, headers = hub.respond(key, since, gzip_ok=True)
+        walls = [it["wall"] for it in json.loads(body)["items"]]
+        assert status == 200 and len(walls) == 4 - since
+        assert dict(headers)["X-Plab-Wall"] == f"{newest:.3f}"
+        assert abs(float(dict(headers)["X-Plab-Wall"]) - max(walls)) <= 5e-4
+        assert dict(headers)["ETag"] == '"4"'
+    chan.items = deque(list(chan.items)[-2:], maxlen=2)  # the ring keeps items 3 and 4
+    for since, cond in ((4, False), (4, True), (1, False)):  # nothing new; a 304; a resync
+        status, body, headers = hub.respond(key, since, conditional=cond)
+        assert "X-Plab-Wall" not in dict(headers), (since, cond, body)
+        assert body in (b'{"seq":4,"items":[]}', b"", b'{"resync":true,"seq":4}'), body
+
+
+def test_a_viewer_link_is_told_to_poll_after_the_presenter() -> None:
+    """After each frame the presenter's poll comes first (X-Plab-Next), the class's
+    VIEWER_AFTER_MS later, so the lecturer's poll does not queue behind a hundred viewers'."""
+    from app import live
+
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    hub.respond(key, -1, {"r": 0})
+    stream.on = False
+    front = live.LiveFront(lambda environ, start: [b"app"], hub, "/_plab/live/")
+    base = {"REQUEST_METHOD": "GET", "PATH_INFO": f"/_plab/live/{key}", "QUERY_STRING": "since=1",
+            "HTTP_HOST": "lab:80"}
+    lecturer = {**base, "HTTP_COOKIE": "plab_session=s|abc"}
+    viewer = {**base, "HTTP_COOKIE": "plab_view=v|abc"}
+    hub.grant(live.credentials(lecturer), key)
+    hub.grant(live.credentials(viewer), key, viewer=True)
+    assert hub.granted(live.credentials(lecturer), key) is False
+    assert hub.granted(live.credentials(viewer), key) is True
+    assert hub.granted(live.credentials({**viewer, "HTTP_HOST": "x:80"}), key) is None
+    hints = {}
+    for name, environ in (("lecturer", lecturer), ("viewer", viewer)):
+        got: list[dict] = []
+        hub.channel(key).due = time.time() + 0.5  # the next frame in 500 ms
+        assert b"".join(front(environ, lambda s, h, got=got: got.append(dict(h)))) == \
+            b'{"seq":1,"items":[]}'
+        hints[name] = int(got[0]["X-Plab-Next"])
+    assert 490 <= hints["lecturer"] <= 500
+    assert live.VIEWER_AFTER_MS - 10 <= hints["viewer"] - hints["lecturer"] <= live.VIEWER_AFTER_MS
+    assert hub.counts["fast"] == 2

@@ -264,11 +264,13 @@ def _register_live_route(app: dash.Dash, backend: Backend, hub: live.LiveHub) ->
         except (ValueError, TypeError) as err:
             return jsonify({"error": f"live: since: got {raw_since[:100]!r} ({err}); allowed: "
                                      "an integer >= -1", "field": "since"}), 400
+        who = security.current()
+        viewer = who is not None and who.name is None  # a viewer link's: polls after the lecturer
         if chan is not None:  # checked: its next polls may be answered by live.LiveFront
-            hub.grant(live.credentials(request.environ), key)
+            hub.grant(live.credentials(request.environ), key, viewer=viewer)
         status, body, headers = hub.respond(
             key, since, cursors, conditional=bool(request.headers.get("If-None-Match")),
-            gzip_ok="gzip" in request.headers.get("Accept-Encoding", ""))
+            gzip_ok="gzip" in request.headers.get("Accept-Encoding", ""), viewer=viewer)
         response = app.server.response_class(body, status=status)
         for name, value in headers:
             response.headers[name] = value
