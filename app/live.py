@@ -83,6 +83,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.dashboard import figures
+from app.encoding import dumps
 
 #: items kept per channel (about 6 s of frames at 10 frames/s)
 KEEP = 64
@@ -141,22 +142,10 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     }
 
 
-def to_json(payload: Any) -> str:
-    """JSON for browsers: NaN/inf (never expected, but never fatal) become null."""
-    try:
-        return json.dumps(payload, allow_nan=False, separators=(",", ":"))
-    except ValueError:
-        return json.dumps(_finite(payload), allow_nan=False, separators=(",", ":"))
-
-
-def _finite(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
+def to_json(payload: Any) -> bytes:
+    """JSON bytes for browsers, NaN/inf (never expected, but never fatal) as null: the app's
+    one encoder (app.encoding)."""
+    return dumps(payload)
 
 
 #: a heatmap's whole contents (the "set" op, ~34 KB at n=32) go out at most this often (s); its
@@ -305,7 +294,7 @@ class LiveHub:
                     chan.encoded[since] = body
         else:
             self.counts["resync"] += 1
-            body = to_json({"resync": True, "seq": seq}).encode()
+            body = to_json({"resync": True, "seq": seq})
         self.counts["bytes"] += len(body)
         return 200, body, seq
 
@@ -325,7 +314,7 @@ class LiveHub:
                             if op not in ("set", "titles") or newest[gid, op] == k}
                       for gid, ops in (item.get("graphs") or {}).items()}
             out.append({**item, "graphs": {gid: ops for gid, ops in graphs.items() if ops}})
-        return to_json({"seq": seq, "items": out}).encode()
+        return to_json({"seq": seq, "items": out})
 
     # ---- the shared work ----------------------------------------------------------------------
     def _advance(self, chan: Channel) -> bool:
