@@ -269,7 +269,9 @@ def test_experiment_survives_a_server_restart(tmp_path: Path) -> None:
     """A server stopped while an experiment runs: the next server on the same data directory
     continues it (finished batches kept, running ones from their checkpoints) to a table with
     every member x seed exactly once."""
-    grid = {**SMALL, "base": {**SMALL["base"], "steps": 8000}, "record": {"every": 2000}}
+    # long enough that a batch is still running at its first checkpoint on a fast, quiet
+    # machine (the fused step runs these small batches at tens of thousands of steps/s)
+    grid = {**SMALL, "base": {**SMALL["base"], "steps": 100_000}, "record": {"every": 20_000}}
     with real_server(tmp_path, "--checkpoint-seconds", "0.5") as (base, _proc):
         exp_id = http_json(f"{base}/experiments", grid)[1]["id"]
         wait_for(lambda: any((tmp_path / "data" / "experiments" / exp_id / "batches").glob(
