@@ -53,7 +53,6 @@ from pathlib import Path
 from typing import Any
 
 from app.schema import ACTIONS as _ACTIONS
-from app.schema import set_rate_names  # noqa: F401  (re-exported: the set action's rates)
 from app.service.status import RESUMABLE, Kind
 from simulator.settings import ConfigError, quote
 

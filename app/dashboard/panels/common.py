@@ -16,6 +16,7 @@ from typing import Any, TypedDict
 
 from app.dashboard.panels.binning import new_series_carry
 from app.dashboard.rulefacts import rule_populations
+from app.service.status import is_moving
 
 Figure = dict[str, Any]
 Ops = dict[str, Any]
@@ -444,6 +445,4 @@ class _Extend:
 def moving(run: RunView) -> bool:
     """The run can still produce frames (its block still filling); the one place the
     panels read a run's status (the service's typed status)."""
-    from app.service.status import is_moving
-
     return is_moving(run.get("status", ""))
