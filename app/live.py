@@ -99,6 +99,8 @@ NEXT_MAX_MS = 1000.0
 #: a viewer link's hint is this much later than the presenter's: after a frame the presenter's
 #: poll comes first and finds the server idle, then the class's polls (ms)
 VIEWER_AFTER_MS = 25.0
+#: a channel looks at its runs' status at most this often (s); a change goes out as an item
+STATUS_EVERY_S = 0.25
 #: answers at least this long go out gzip-compressed to clients that accept it (once per body)
 GZIP_MIN = 1024
 #: the headers every live answer carries (Flask's after-request hooks are skipped on the fast
@@ -117,6 +119,7 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     frames_by_run: dict[str, list[dict[str, Any]]] = {}
     walls = []
     run_walls: dict[str, list[float]] = {}
+    steps: dict[str, int] = {}  # each run's newest step (the status chips' counters)
     for run in view.get("runs") or []:
         rid = run["id"]
         try:
@@ -129,13 +132,15 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
             continue
         frames_by_run[rid] = frames
         after[rid] = new
+        if frames and frames[-1].get("t1") is not None:
+            steps[rid] = int(frames[-1]["t1"])
         run_walls[rid] = sorted(f["wall"] for f in frames if f.get("wall"))
         walls += run_walls[rid]
     gap = figures.loss_gap(view, frames_by_run, carry)  # type: ignore[arg-type]
     ops, carry = figures.tick_ops(view, frames_by_run, carry)  # type: ignore[arg-type]
     return {
         "epoch": view.get("epoch"), "from": before, "to": after, "carry": carry, "graphs": ops,
-        "wall": max(walls) if walls else None, "walls": run_walls, "built": built,
+        "wall": max(walls) if walls else None, "walls": run_walls, "built": built, "steps": steps,
         "has_frames": any(frames_by_run.values()),
         "rebuild": gap or figures.needs_rebuild(view, frames_by_run),  # type: ignore[arg-type]
         "server_ms": round((time.time() - built) * 1000, 2),
@@ -194,6 +199,8 @@ class Channel:
     due: float = 0.0     # when the next frame of any run is expected (time.time())
     pace: dict[str, list[float]] = field(default_factory=dict)  # run -> [last wall, period]
     used_at: float = field(default_factory=time.monotonic)
+    status: dict[str, str] = field(default_factory=dict)  # run -> status, as last published
+    status_at: float = 0.0  # when the runs' status was last looked at (time.monotonic())
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -322,12 +329,17 @@ class LiveHub:
         chan.read_at = time.monotonic()
         self.counts["reads"] += 1
         payload = tick_payload(self.backend, chan.view, chan.cursors, chan.carry)
-        if not payload["has_frames"] and not payload["rebuild"]:
+        status = self._status(chan)
+        if not payload["has_frames"] and not payload["rebuild"] and status is None:
             return False
         chan.carry = payload["carry"]
         chan.cursors = payload["to"]
         item = {k: payload[k] for k in ("from", "to", "wall", "built", "has_frames", "rebuild",
                                         "server_ms")}
+        if payload["steps"]:
+            item["steps"] = payload["steps"]
+        if status is not None:
+            item["status"] = status
         graphs = _rounded(payload["graphs"])
         now = time.time()
         if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most once a second
@@ -346,6 +358,30 @@ class LiveHub:
         self.counts["computed"] += 1
         return True
 
+    def _status(self, chan: Channel) -> dict[str, str] | None:
+        """The runs' status when it changed since the channel last published it (looked at
+        at most every STATUS_EVERY_S), else None. An item that carries it makes every client
+        refresh its status chips and run table (assets/plab.js): one Dash round trip per
+        change per client, instead of a clock's three every second or few."""
+        now = time.monotonic()
+        if now - chan.status_at < STATUS_EVERY_S:
+            return None
+        chan.status_at = now
+        status = {}
+        for rid in chan.runs:
+            try:
+                status[rid] = str(self.backend.get(rid).get("status", ""))
+            except LookupError:
+                continue
+            except Exception as err:  # a ServiceError (run gone, backend hiccup): skip it
+                if getattr(err, "http_status", None) is None:
+                    raise
+                continue
+        if status == chan.status:
+            return None
+        chan.status = status
+        return status
+
     # ---- several server processes: the channels in Redis ------------------------------------------
     # {key}:state  {view, cursors, carry, seq, read, set_at, wall, period, rebuild}
     # {key}:item:N (item N, its cursors), {key}:lock (the process reading frames right now)
@@ -353,7 +389,8 @@ class LiveHub:
         last = chan.items[-1][1] if chan.items else {}
         return {"view": chan.view, "cursors": chan.cursors, "carry": chan.carry, "seq": chan.seq,
                 "read": read, "set_at": chan.set_at, "wall": chan.wall, "period": chan.period,
-                "due": chan.due, "pace": chan.pace, "rebuild": bool(last.get("rebuild"))}
+                "due": chan.due, "pace": chan.pace, "rebuild": bool(last.get("rebuild")),
+                "status": chan.status}
 
     def _pull(self, chan: Channel, state: dict[str, Any]) -> None:
         """Bring ``chan`` up to ``state`` (another process's items): the items it lacks from
@@ -371,6 +408,7 @@ class LiveHub:
         chan.seq, chan.cursors, chan.carry = state["seq"], state["cursors"], state["carry"]
         chan.set_at, chan.wall, chan.period = state["set_at"], state["wall"], state["period"]
         chan.due, chan.pace = state["due"], state["pace"]
+        chan.status = state.get("status", chan.status)
         chan.encoded, chan.gzipped = {}, {}
 
     def _seat(self, chan: Channel) -> None:

@@ -393,6 +393,16 @@
         return accept(body);
     }
 
+    // the status chips' step counters (app/dashboard/controls.py status_chips) follow the
+    // frames; the rest of a chip changes with the run's status
+    const STEP_FORMAT = new Intl.NumberFormat("en-US");
+    function showSteps(steps) {
+        for (const rid of Object.keys(steps)) {
+            const el = document.querySelector('.chip-step[data-run="' + CSS.escape(rid) + '"]');
+            if (el) el.textContent = STEP_FORMAT.format(steps[rid]) + "/" + (el.dataset.target || "");
+        }
+    }
+
     function rebuild(now, every) {  // figures from the run's history again (show())
         if (now - (plab.lastRebuild || 0) > every && window.dash_clientside &&
                 window.dash_clientside.set_props) {
@@ -414,8 +424,10 @@
             }
         }
         const recv = Date.now();
-        let fresh = false, cursors = state.cursors;
+        let fresh = false, cursors = state.cursors, status = false;
         for (const item of items) {
+            if (item.steps) showSteps(item.steps);
+            if (item.status) status = true;
             for (const gid of Object.keys(item.graphs || {})) {
                 watch(gid);
                 mergeInto(gid, state.epoch, item.graphs[gid], item.wall, recv);
@@ -426,6 +438,12 @@
             if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
         }
         plab.state = {epoch: state.epoch, cursors: cursors, seq: body.seq};
+        if (status && window.dash_clientside && window.dash_clientside.set_props) {
+            // a run's status changed: the chips, the play button and the run table refresh
+            // (app/dashboard/view_callbacks.py), once per change, not on a clock
+            plab.statusTicks = (plab.statusTicks || 0) + 1;
+            window.dash_clientside.set_props("status-tick", {data: recv});
+        }
         plab.applied += items.length;
         if (fresh) { plab.lastData = recv; plab.updates += 1; }
         schedule();

@@ -367,17 +367,20 @@ def probe(browser: Any, server: Server, url: str, rid: str) -> dict[str, Any]:
     page.goto(url)
     until(page, "!!(window.plab && window.plab.view && window.plab.view.runs.length && "
                 "window.plab.state)")
+    cookies = {c["name"]: c["value"] for c in context.cookies()}
+    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
+    declared = clock_period(server, cookie)
     deadline = time.monotonic() + 15  # until the clock fired twice (its period)
-    while time.monotonic() < deadline and not any(len(t) >= 3 for t in fired.values()):
+    while declared != 0 and time.monotonic() < deadline and \
+            not any(len(t) >= 3 for t in fired.values()):
         page.wait_for_timeout(250)
     periods = [b - a for t in fired.values() for a, b in itertools.pairwise(t[1:])]
     view = page.evaluate("window.plab.view")
     poll = page.evaluate("window.plab.pollMs || 50") / 1000
     state = page.evaluate("window.plab.state")
-    cookies = {c["name"]: c["value"] for c in context.cookies()}
     context.close()
-    cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
-    declared = clock_period(server, cookie)
+    if declared == 0:  # no clock on the page (status changes come with the live answers)
+        clock, declared = {}, 3600.0
     pattern = {"cookie": cookie,
                "csrf": cookies.get("_csrf_token", ""), "clock": list(clock.values()),
                "cursors": state.get("cursors") or {}, "poll_s": poll,
@@ -406,7 +409,8 @@ def clock_period(server: Server, cookie: str) -> float | None:
     """The viewer page's clock period (s) as its layout declares it (the dcc.Interval
     ``slow-clock``; GET /_dash-layout with the viewer's cookies): the firings the probe sees
     in its first seconds are too few and too noisy on a busy machine (1.8 to 3.7 s measured
-    for the 3 s clock), and each is three Dash callbacks per viewer."""
+    for the 3 s clock), and each is three Dash callbacks per viewer. 0 when the page's
+    clocks are disabled (a viewer page since its status came with the live answers)."""
     status, layout, _ = server.call("GET", "/_dash-layout", None, {"Cookie": cookie})
     stack = [layout] if status == 200 else []
     while stack:
@@ -415,7 +419,7 @@ def clock_period(server: Server, cookie: str) -> float | None:
             props = node.get("props")
             if isinstance(props, dict) and props.get("id") == "slow-clock" and \
                     isinstance(props.get("interval"), int | float):
-                return props["interval"] / 1000
+                return 0.0 if props.get("disabled") else props["interval"] / 1000
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)

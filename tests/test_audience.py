@@ -397,6 +397,42 @@ def test_a_laptop_viewer_gets_the_presenter_layout(lab: Lab, shared: Shared,
         ctx.close()
 
 
+@pytest.mark.browser
+def test_a_viewer_page_asks_nothing_of_dash_between_status_changes(lab: Lab, shared: Shared,
+                                                                   browser: Any) -> None:
+    """A class of viewers costs the server no Dash callbacks while the run goes on (the page
+    once fired three every 3 s per viewer); the chip's step still follows the frames, and a
+    pause reaches the chip through the live answers."""
+    ctx, page, problems = _viewer_page(browser, shared, viewport={"width": 1400, "height": 900})
+    calls: list[str] = []
+    page.on("request", lambda r: calls.append(r.url) if "_dash-update-component" in r.url
+            else None)
+    chip = "document.querySelector('#live-status .chip-step').textContent"
+    try:
+        wait_for(lambda: page.evaluate(f"!!{chip.split('.textContent')[0]}"), 30, "a chip")
+        first = page.evaluate(chip)
+        wait_for(lambda: page.evaluate(chip) != first, 30, "the chip's step to move")
+        calls.clear()
+        before = page.evaluate(chip)
+        deadline = time.monotonic() + 7.0  # two periods of the old 3 s clock
+        while time.monotonic() < deadline:
+            page.wait_for_timeout(250)
+        assert calls == [], calls
+        assert page.evaluate(chip) != before  # live all the while
+        lab.admin("POST", f"/api/runs/{shared.run}/control", {"action": "pause"})
+        try:
+            wait_for(lambda: "paused" in page.inner_text("#live-status"), 30,
+                     "the viewer's chip to say paused")
+            assert len(calls) <= 3, calls  # one status change: its three callbacks, once
+        finally:
+            lab.admin("POST", f"/api/runs/{shared.run}/control", {"action": "resume"})
+        wait_for(lambda: "running" in page.inner_text("#live-status"), 30,
+                 "the viewer's chip to say running again")
+        assert not problems, problems
+    finally:
+        ctx.close()
+
+
 def _artifacts() -> Path:
     out = ROOT / "artifacts"
     out.mkdir(exist_ok=True)
@@ -427,6 +463,9 @@ def test_a_late_client_gets_every_missed_item_once_and_only_the_newest_heatmap()
             return [{"seq": after + 1, "t0": self.t, "t1": self.t + 1, "wall": 1.7e9 + self.t,
                      "loss": {"t": [self.t], "mean": [0.123456789]}}], after + 1
 
+        def get(self, rid: str) -> dict:
+            return {"id": rid, "status": "running"}
+
     from app.dashboard import figures
 
     run = figures.make_run_view({"id": "r", "config": {"rule": "dni-b", "steps": 1000, "n": 4}},
@@ -453,7 +492,7 @@ class _Stream:
     """A run's frames: one new frame per read while ``on``, stamped now (worker clock)."""
 
     def __init__(self) -> None:
-        self.on, self.n = True, 0
+        self.on, self.n, self.status = True, 0, "running"
 
     def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
         if not self.on:
@@ -461,6 +500,9 @@ class _Stream:
         self.n += 1
         return [{"seq": after + 1, "t0": self.n, "t1": self.n + 1, "wall": time.time(),
                  "loss": {"t": [self.n], "mean": [0.5]}}], after + 1
+
+    def get(self, rid: str) -> dict:
+        return {"id": rid, "status": self.status}
 
 
 def _hub_and_key(stream: _Stream) -> tuple[Any, str]:
@@ -610,3 +652,25 @@ def test_a_viewer_link_is_told_to_poll_after_the_presenter() -> None:
     assert 490 <= hints["lecturer"] <= 500
     assert live.VIEWER_AFTER_MS - 10 <= hints["viewer"] - hints["lecturer"] <= live.VIEWER_AFTER_MS
     assert hub.counts["fast"] == 2
+
+
+def test_a_status_change_reaches_every_client_as_an_item_and_frames_carry_their_step(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The viewer pages run no clock: a run's status comes with the live answers, once per
+    change, and each frame's item carries the run's newest step (the chips' counters)."""
+    import app.live
+
+    monkeypatch.setattr(app.live, "STATUS_EVERY_S", 0.0)
+    stream = _Stream()
+    hub, key = _hub_and_key(stream)
+    _, raw, seq = hub.poll(key, -1, {"r": 0})
+    first = json.loads(raw)["items"][-1]
+    assert first["status"] == {"r": "running"} and first["steps"] == {"r": stream.n + 1}
+    _, raw, seq = hub.poll(key, seq)
+    assert "status" not in json.loads(raw)["items"][-1]  # unchanged: not repeated
+    stream.on, stream.status = False, "paused"  # paused: no frames, a new status
+    _, raw, seq = hub.poll(key, seq)
+    item = json.loads(raw)["items"][-1]
+    assert item["status"] == {"r": "paused"} and not item["has_frames"]
+    assert "steps" not in item
+    assert hub.poll(key, seq)[0] == 304  # nothing new since

@@ -84,6 +84,9 @@ def test_two_hubs_on_one_redis_compute_each_item_once(redis_url: str) -> None:
         def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
             return self.stream.frames(rid, after)
 
+        def get(self, rid: str) -> dict:
+            return {"id": rid, "status": "running"}
+
     stream = _Stream()
     hubs = [LiveHub(Backend(stream, redis_url), min_interval=0.0) for _ in range(2)]
     assert all(h.shared is not None for h in hubs)

@@ -303,9 +303,10 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
 
     @app.callback(
         Output("run-table", "data"),
-        Input("slow-clock", "n_intervals"), Input("live-store", "data"),
+        Input("table-clock", "n_intervals"), Input("status-tick", "data"),
+        Input("live-store", "data"),
     )
-    def table(_n: int, live: dict | None) -> list[dict[str, Any]]:
+    def table(_n: int, _tick: Any, live: dict | None) -> list[dict[str, Any]]:
         who = security.current()
         if who is not None and who.name is None:
             raise PreventUpdate  # a viewer link's page has no run table (share.decorate)

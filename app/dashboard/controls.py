@@ -73,11 +73,14 @@ def status_chips(infos: Sequence[Mapping[str, Any]], colors: Mapping[str, str]) 
         cfg = info.get("config") or {}
         target = info.get("target_steps") or cfg.get("steps") or 0
         sps = info.get("steps_per_second") or 0
-        text = (f"{named[info['id']]} · {info.get('status', '')} · step "
-                f"{info.get('step', 0):,}/{target:,}" + (f" · {sps:,.0f}/s" if sps else ""))
+        # the step counter follows the live frames between refreshes (assets/plab.js)
+        step = html.Span(f"{info.get('step', 0):,}/{target:,}", className="chip-step",
+                         **{"data-run": info["id"], "data-target": f"{target:,}"})
         parked = info.get("status") == "parked"
         chips.append(html.Span([html.Span("●", style={"color": colors.get(info["id"], "#555")}),
-                                " " + text], className="chip chip-parked" if parked else "chip",
+                                f" {named[info['id']]} · {info.get('status', '')} · step ", step,
+                                f" · {sps:,.0f}/s" if sps else ""],
+                               className="chip chip-parked" if parked else "chip",
                                title=f"{info['id']}: idle, so its worker was released; ▶ "
                                      "resumes it from its checkpoint" if parked else info["id"],
                                **{"data-status": str(info.get("status", ""))}))

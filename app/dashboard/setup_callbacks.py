@@ -47,11 +47,11 @@ def register_estimate(app: dash.Dash, svc: Service) -> None:
 
     @app.callback(
         Output("transport-msg", "children", allow_duplicate=True),
-        Input("slow-clock", "n_intervals"),
+        Input("slow-clock", "n_intervals"), Input("status-tick", "data"),
         State("transport-msg", "children"), State("live-store", "data"),
         prevent_initial_call=True,
     )
-    def clear_stale(_n: int, message: Any, live: dict | None) -> str:
+    def clear_stale(_n: int, _tick: Any, message: Any, live: dict | None) -> str:
         if not isinstance(message, str) or not message:
             raise PreventUpdate
         if not stale_message(message, svc.infos((live or {}).get("group") or [])):

@@ -22,8 +22,10 @@ from app import security
 from app.service.base import ServiceError
 from simulator.settings import ConfigError
 
-#: how often a viewer link's page refreshes the run's status (the lecturer's: every second)
-VIEWER_CLOCK_MS = 3000
+#: a viewer link's page runs no clock: its status chips follow the live answers (their steps
+#: each frame, the rest when the run's status changes: app/live.py), so a class of viewers
+#: makes no Dash requests between status changes
+VIEWER_CLOCKS = ("slow-clock", "table-clock")
 
 
 def is_viewer() -> bool:
@@ -56,9 +58,9 @@ def decorate(root: html.Div) -> html.Div:
     extra: list[Any] = [overlay]
     if is_viewer():
         root.className = "viewer"
-        for child in root.children:  # a class of viewers: the status refresh every few s
-            if getattr(child, "id", None) == "slow-clock":
-                child.interval = VIEWER_CLOCK_MS
+        for child in root.children:
+            if getattr(child, "id", None) in VIEWER_CLOCKS:
+                child.disabled = True
     if watches_a_share():
         extra.insert(0, html.Div([
             html.Span("A shared run, read-only: you watch it live; nothing here changes it."

@@ -135,10 +135,10 @@ def _register_pickers(app: dash.Dash, svc: Service) -> None:
     @app.callback(
         Output("live-status", "children"), Output("btn-play", "children"),
         Output("btn-play", "className"),
-        Input("slow-clock", "n_intervals"), Input("view-store", "data"),
-        State("live-store", "data"),
+        Input("table-clock", "n_intervals"), Input("status-tick", "data"),
+        Input("view-store", "data"), State("live-store", "data"),
     )
-    def status(_n: int, view: dict | None, live: dict | None) -> tuple:
+    def status(_n: int, _tick: Any, view: dict | None, live: dict | None) -> tuple:
         infos = svc.infos((live or {}).get("runs") or [])
         colors = {r["id"]: r["color"] for r in (view or {}).get("runs", [])}
         group = set((live or {}).get("group") or [])

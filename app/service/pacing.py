@@ -81,10 +81,24 @@ def narrate_chunk(step: int, schedule: Schedule | None, events: Sequence[int], b
     return k, rate
 
 
+def ema_rate(rate: float, steps: int, seconds: float, weight: float = 0.3) -> float:
+    """The steps/s estimate after a chunk of ``steps`` that took ``seconds`` (an EMA)."""
+    return (1 - weight) * rate + weight * steps / max(seconds, 1e-6)
+
+
+def max_speed_chunk(busy_rate: float, frame_rate: float, cap: int) -> int:
+    """Steps of the next live chunk at max speed: ``busy_rate`` / ``frame_rate``, where
+    ``busy_rate`` counts a chunk's whole busy time (the steps, then its rows and frame),
+    so a chunk and its frame together take 1/frame_rate and frames come at frame_rate.
+    (From the steps' time alone, each frame's own work would push every chunk past its
+    period: 8.9 frames/s instead of 10 for dni-b at n = 32.)"""
+    return max(1, min(cap, round(busy_rate / frame_rate)))
+
+
 def remember(events: list[int], step: int) -> list[int]:
     """``events`` with a setting change at ``step`` (the last MAX_EVENTS)."""
     return [*events, int(step)][-MAX_EVENTS:]
 
 
-__all__ = ["NARRATE_BASE", "NARRATE_N", "NARRATE_SLOW", "narrate_chunk", "next_switch",
-           "rate_at", "remember", "switch_window"]
+__all__ = ["NARRATE_BASE", "NARRATE_N", "NARRATE_SLOW", "ema_rate", "max_speed_chunk",
+           "narrate_chunk", "next_switch", "rate_at", "remember", "switch_window"]

@@ -202,7 +202,8 @@ class Worker:
         self.events: list[int] = []    # steps of mid-run setting changes (narrate slows after)
         self.pace_now: float | None = None  # the rate the current chunk is due at
         self.spf: int | None = spec.steps_per_frame
-        self.rate = 2000.0         # steps/s estimate (EMA), for automatic steps per frame
+        self.rate = 2000.0         # steps/s of the steps alone (EMA), for fast-forward chunks
+        self.busy_rate = 2000.0    # steps/s counting each chunk's frame work too (EMA): max speed
         self.sps = 0.0             # delivered steps/s (EMA)
         self.status = "running" if self.playing else ("ready" if self.run.t == 0 else "paused")
         self.quit = False
@@ -420,7 +421,7 @@ class Worker:
         tel, traced = self._advance(k, live)
         elapsed = time.perf_counter() - began
         self.computed += elapsed
-        self.rate = 0.7 * self.rate + 0.3 * (tel.steps / max(elapsed, 1e-6))
+        self.rate = pacing.ema_rate(self.rate, tel.steps, elapsed)
         if self.budget:
             self.budget = max(0, self.budget - tel.steps)
             if not self.budget and not self.playing:
@@ -428,6 +429,9 @@ class Worker:
         # CSV rows, frame and any checkpoint first, then the pacing wait: a command taken
         # during the wait (a checkpoint, parking) sees this chunk's rows already written
         self._after_chunk(tel, traced, live)
+        if live:
+            self.busy_rate = pacing.ema_rate(self.busy_rate, tel.steps,
+                                             time.perf_counter() - began)
         self._pace(tel.steps, began)
         self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
 
@@ -440,7 +444,7 @@ class Worker:
         elif self.spf:
             k = self.spf
         else:
-            k = max(1, min(MAX_LIVE_CHUNK, round(self.rate / self.spec.frame_rate)))
+            k = pacing.max_speed_chunk(self.busy_rate, self.spec.frame_rate, MAX_LIVE_CHUNK)
         if self.budget:
             k = min(k, self.budget)
         return max(1, min(k, left))

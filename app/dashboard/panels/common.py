@@ -270,7 +270,7 @@ def _font(view: View, size: float = 13) -> dict[str, Any]:
 def _axis(view: View, title: str = "", **extra: Any) -> dict[str, Any]:
     axis = {"title": {"text": title, "font": _font(view, 12), "standoff": 6}, "gridcolor": GRID,
             "zerolinecolor": "#c9ccd3", "linecolor": "#c9ccd3", "showline": True,
-            "tickfont": _font(view, 11), "automargin": True}
+            "tickfont": _font(view, 11), "automargin": False, "ticklabeloverflow": "allow"}
     axis.update(extra)
     return axis
 
