@@ -107,6 +107,7 @@
 
     function panelImage(panel, format, scale, meta) {
         const gid = (meta.graphs || {})[panel];
+        if (plab.flush) plab.flush(gid);  // updates it merged while out of view
         const gd = graphDiv(gid);
         if (!gd || !gd._fullLayout || !window.Plotly) {
             say("no " + panel + " plot to save yet");
@@ -140,6 +141,7 @@
         const size = meta.slide_size || {width: 1920, height: 1080, scale: 2};
         const W = size.width, H = size.height, S = size.scale;
         const graphs = meta.graphs || {};
+        if (plab.flush) Object.values(graphs).forEach(plab.flush);  // merged out of view
         const shown = Object.keys(graphs).map((p) => graphDiv(graphs[p]))
             .filter((gd) => gd && gd._fullLayout && visible(gd));
         const heads = shown.map((gd) => {

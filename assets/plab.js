@@ -26,7 +26,7 @@
     plab.applied = 0;
     plab.dropped = 0;
 
-    function graphDiv(gid) {
+    function graphDiv(gid) {  // the Plotly div inside a dcc.Graph
         const host = document.getElementById(gid);
         return host ? host.querySelector(".js-plotly-plot") : null;
     }
@@ -264,10 +264,17 @@
     }
 
     // Draw pending graphs from requestAnimationFrame, within a time budget per frame, so that
-    // the page stays responsive however fast frames arrive; graphs scrolled out of view wait.
-    const FRAME_BUDGET_MS = 24;
-    const OFFSCREEN_MS = 1000;
+    // the page stays responsive however fast frames arrive; graphs scrolled out of view (or
+    // hidden) keep merging and are drawn once when they come into view (IntersectionObserver)
+    // or are exported (plab.flush): a redraw nobody sees cost the visible panels 10% of the
+    // main thread at max speed.
+    const FRAME_BUDGET_MS = 50;
     plab.lastDraw = {};
+
+    // draw a graph's pending updates now (before an export reads gd.data)
+    plab.flush = function (gid) {
+        if (plab.pending[gid]) draw(gid);
+    };
     let scheduled = false;
 
     function schedule() {
@@ -281,19 +288,16 @@
         const t0 = performance.now();
         // on screen per IntersectionObserver (hidden panels do not intersect; no layout reads
         // here); graphs scrolled out of view are refreshed once a second
-        const now = Date.now();
         const ready = Object.keys(plab.pending).filter((gid) => !plab.hidden[gid] &&
-            (plab.onScreen[gid] !== false || now - (plab.lastDraw[gid] || 0) > OFFSCREEN_MS));
+            plab.onScreen[gid] !== false);
         // oldest first, so every panel gets its turn
         ready.sort((a, b) => plab.pending[a].recv - plab.pending[b].recv);
         for (const gid of ready) {
             if (performance.now() - t0 > FRAME_BUDGET_MS) break;
             draw(gid);
         }
-        if (Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false)) schedule();
-        else if (Object.keys(plab.pending).some((gid) => !plab.hidden[gid])) {
-            setTimeout(schedule, OFFSCREEN_MS);
-        }
+        if (Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false &&
+                                                    !plab.hidden[gid])) schedule();
     }
 
     function recordPaint(gid, wall, dur, recv) {
