@@ -8,7 +8,8 @@ Starts ``python -m app serve`` (sign-in on, a random token; waitress) from ``--r
 port with a temporary data directory, one dni-b run (n=32) paced at 100 steps/s, and a viewer
 link to it. Then:
 
-1. the **lecturer**: headless Chromium signed in as the admin, the run on screen (all panels);
+1. the **lecturer**: headless Chromium signed in as the admin, the run on screen (all panels on,
+   at 1920x1080 by default, ``--lecturer WxH``);
    its update rate is what assets/plab.js counts (``plab.stats()``: redraws per second);
 2. a **probe viewer** (Chromium, laptop size) opens the viewer link once; the bench records
    what that page requests while it runs: the live loop (``GET _plab/live/<key>`` with
@@ -490,7 +491,16 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0, help="per measurement (default 60)")
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout whose server to run")
     ap.add_argument("--json", action="store_true", help="print the largest N as a JSON line")
+    ap.add_argument("--lecturer", default="1920x1080",
+                    help="the lecturer's window, WxH (default 1920x1080, a projector: the panels "
+                         "in view redraw live, those below when scrolled to; 1600x2100 puts "
+                         "all six on screen at once)")
     args = ap.parse_args()
+    try:
+        width, height = (int(v) for v in args.lecturer.lower().split("x"))
+        assert 320 <= width <= 4000 and 320 <= height <= 4000
+    except (ValueError, AssertionError):
+        ap.error(f"--lecturer: got {args.lecturer[:40]!r}; allowed: WxH, 320 to 4000 each")
     counts = sorted(args.viewers or [10, 50, 100])
     if not all(1 <= n <= MAX_VIEWERS for n in counts) or not 1 <= args.seconds <= MAX_SECONDS:
         ap.error(f"--viewers: allowed 1 to {MAX_VIEWERS}; --seconds: allowed 1 to {MAX_SECONDS}")
@@ -508,7 +518,7 @@ def main() -> int:
                                           {**AUTH, "Content-Type": "application/json"})
             if status != 201:
                 raise RuntimeError(f"share: {status} {str(link)[:300]}")
-            lecturer = browser.new_context(viewport={"width": 1600, "height": 2100}).new_page()
+            lecturer = browser.new_context(viewport={"width": width, "height": height}).new_page()
             lecturer.goto(f"{server.base}/?run={rid}&token={TOKEN}")
             until(lecturer, "!!(window.plab && window.plab.view && window.plab.view.runs.length)")
             pattern = probe(browser, server, link["url"], rid)
