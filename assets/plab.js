@@ -268,7 +268,7 @@
     // hidden) keep merging and are drawn once when they come into view (IntersectionObserver)
     // or are exported (plab.flush): a redraw nobody sees cost the visible panels 10% of the
     // main thread at max speed.
-    const FRAME_BUDGET_MS = 50;
+    const FRAME_BUDGET_MS = 16;
     plab.lastDraw = {};
 
     // draw a graph's pending updates now (before an export reads gd.data)
@@ -277,10 +277,13 @@
     };
     let scheduled = false;
 
-    function schedule() {
+    function schedule(now) {
         if (scheduled) return;
         scheduled = true;
-        window.requestAnimationFrame(loop);
+        // the first graph at the next animation frame; the rest in tasks of their own, so the
+        // live loop's next poll (a timer) goes out between two redraws, not after all of them
+        if (now) setTimeout(loop, 0);
+        else window.requestAnimationFrame(loop);
     }
 
     function loop() {
@@ -297,7 +300,7 @@
             draw(gid);
         }
         if (Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false &&
-                                                    !plab.hidden[gid])) schedule();
+                                                    !plab.hidden[gid])) schedule(true);
     }
 
     function recordPaint(gid, wall, dur, recv) {
@@ -350,7 +353,7 @@
     setInterval(meter, 1000);
 
     // ---- the live loop: GET _plab/live/<key>, one request in flight ---------------------------
-    const POLL_MS = 50;        // the dashboard: at most 20 polls/s, however close frames are
+    const POLL_MS = 20;        // the dashboard: a late frame is fetched within 20 ms
     const VIEWER_POLL_MS = 100;  // a viewer link (#root.viewer): at most 10 polls/s
     const SLACK_MS = 8;        // after the expected frame: the worker's pipe and the read
     const IDLE_MS = 1000;      // after 3 s without new frames (paused or finished runs)
@@ -385,7 +388,8 @@
         const res = await fetch(url, {cache: "no-store"});
         plab.polls += 1;
         const hint = res.headers.get("X-Plab-Next");
-        plab.nextMs = hint === null ? null : +hint;
+        // the hint counts from the answer; the loop waits from when it has drawn, later
+        plab.nextAt = hint === null ? null : Date.now() + (+hint);
         if (res.status === 304) { plab.notModified += 1; return false; }
         if (!res.ok) throw new Error("live " + res.status);
         const body = await res.json();
@@ -463,14 +467,14 @@
             const viewer = !!root && root.classList.contains("viewer");
             let wait = plab.pollMs = viewer ? VIEWER_POLL_MS : POLL_MS;
             let after = 0;  // from the answer: the server's hint of the next frame
-            plab.nextMs = null;
+            plab.nextAt = null;
             try {
                 if (!document.hidden) await tickOnce();
             } catch (err) {
                 console.warn("plab tick", err);
                 wait = 1000;
             }
-            if (plab.nextMs !== null && wait < 1000) after = plab.nextMs + SLACK_MS;
+            if (plab.nextAt !== null && wait < 1000) after = plab.nextAt + SLACK_MS - Date.now();
             if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
             if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
             await new Promise((r) => setTimeout(r, Math.max(after, wait - (Date.now() - t0))));

@@ -259,7 +259,7 @@ class Viewer(threading.Thread):
         since, cursors, carry = -1, dict(p["cursors"]), p.get("carry") or {}
         last_data, next_clock = time.time(), time.time() + p["clock_s"] * random.random()
         while not self.stop_event.is_set():
-            t0, after = time.time(), 0.0
+            t0, after = time.time(), 0.0  # after: when to poll next, by the hint (time.time())
             try:
                 if p["kind"] == "live":
                     path = f"{p['path']}?since={since}"
@@ -271,8 +271,8 @@ class Viewer(threading.Thread):
                     status, raw, got = self.request("GET", path, None, {
                         **headers, "Accept-Encoding": "gzip"})
                     now = time.time()
-                    hint = got.get("x-plab-next")
-                    after = (int(hint) + SLACK_MS) / 1000 if hint is not None else 0.0
+                    hint = got.get("x-plab-next")  # from the answer, as the page counts it
+                    after = now + (int(hint) + SLACK_MS) / 1000 if hint is not None else 0.0
                     if status == 200 and ("x-plab-wall" in got or (
                             len(raw) < 40 and raw.startswith(b'{"seq"'))):  # or nothing new
                         # the newest frame's creation time and the item number from the
@@ -323,7 +323,7 @@ class Viewer(threading.Thread):
                 wait = p["poll_s"]  # and, as the page does, after the next frame's hint
             else:
                 wait, after = IDLE_S, 0.0
-            self.stop_event.wait(max(after, wait - (time.time() - t0)))
+            self.stop_event.wait(max(after - time.time(), wait - (time.time() - t0)))
         self.wire.close()
 
     def arrived(self, now: float, wall: float) -> None:

@@ -303,7 +303,7 @@ def _register_table(app: dash.Dash, svc: Service) -> None:
 
     @app.callback(
         Output("run-table", "data"),
-        Input("table-clock", "n_intervals"), Input("status-tick", "data"),
+        Input("slow-clock", "n_intervals"), Input("status-tick", "data"),
         Input("live-store", "data"),
     )
     def table(_n: int, _tick: Any, live: dict | None) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ from simulator.settings import ConfigError
 #: a viewer link's page runs no clock: its status chips follow the live answers (their steps
 #: each frame, the rest when the run's status changes: app/live.py), so a class of viewers
 #: makes no Dash requests between status changes
-VIEWER_CLOCKS = ("slow-clock", "table-clock")
+VIEWER_CLOCKS = ("slow-clock",)
 
 
 def is_viewer() -> bool:

@@ -135,7 +135,7 @@ def _register_pickers(app: dash.Dash, svc: Service) -> None:
     @app.callback(
         Output("live-status", "children"), Output("btn-play", "children"),
         Output("btn-play", "className"),
-        Input("table-clock", "n_intervals"), Input("status-tick", "data"),
+        Input("slow-clock", "n_intervals"), Input("status-tick", "data"),
         Input("view-store", "data"), State("live-store", "data"),
     )
     def status(_n: int, _tick: Any, view: dict | None, live: dict | None) -> tuple:

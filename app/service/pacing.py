@@ -86,13 +86,22 @@ def ema_rate(rate: float, steps: int, seconds: float, weight: float = 0.3) -> fl
     return (1 - weight) * rate + weight * steps / max(seconds, 1e-6)
 
 
-def max_speed_chunk(busy_rate: float, frame_rate: float, cap: int) -> int:
-    """Steps of the next live chunk at max speed: ``busy_rate`` / ``frame_rate``, where
-    ``busy_rate`` counts a chunk's whole busy time (the steps, then its rows and frame),
-    so a chunk and its frame together take 1/frame_rate and frames come at frame_rate.
-    (From the steps' time alone, each frame's own work would push every chunk past its
-    period: 8.9 frames/s instead of 10 for dni-b at n = 32.)"""
-    return max(1, min(cap, round(busy_rate / frame_rate)))
+def frame_due(due: float | None, now: float, frame_rate: float) -> float:
+    """When the next frame is due at max speed: one period after the last one's due time
+    (a schedule more than half a second behind, e.g. after a pause, restarts from now)."""
+    start = due if due is not None and due > now - 0.5 else now
+    return start + 1.0 / frame_rate
+
+
+def max_speed_chunk(busy_rate: float, seconds: float, cap: int, floor: float = 0.0) -> int:
+    """Steps of the next live chunk at max speed: what fits in the ``seconds`` until its
+    frame is due (frame_due) at ``busy_rate``, which counts a chunk's whole busy time (the
+    steps, then its rows and frame). From the steps' time alone, each frame's own work would
+    push every chunk past its period (8.9 frames/s instead of 10 for dni-b at n = 32); from
+    a fixed 1/frame_rate, a worker slowed now and then (by the browser beside it) would fall
+    behind for good. On a schedule, a late frame makes the next chunk shorter, by half at
+    most (``floor``, a fraction of the period), so catching up never floods the viewers."""
+    return max(1, min(cap, round(busy_rate * max(seconds, floor))))
 
 
 def remember(events: list[int], step: int) -> list[int]:

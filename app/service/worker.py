@@ -48,6 +48,7 @@ from simulator.settings import ConfigError
 
 TRACE_TAIL = 200          # steps of V/U/r recorded per frame (make_frame shows at most 200)
 FF_SECONDS = 0.25         # target duration of one fast-forward chunk
+WORKER_NICE = 10          # a run worker's CPU priority below the server's (os.nice)
 
 
 def check_create(config: Any, view: Any, parent: Any) -> tuple[Any, dict[str, Any]]:
@@ -157,6 +158,10 @@ def main(spec: WorkerSpec, conn: Connection) -> None:
     # SIGTERM (e.g. to the whole process group when a service manager stops the server):
     # checkpoint, then exit as "interrupted", resumable later.
     signal.signal(signal.SIGTERM, lambda signum, frame: _TERMINATE.set())
+    # below the server and the browsers on the same machine: a run at max speed takes what
+    # they leave, so the dashboard stays live (issue 12: +12% redraws for a race of 3 on 2 cores)
+    with contextlib.suppress(OSError):
+        os.nice(WORKER_NICE)
     import torch
 
     torch.set_num_threads(1)
@@ -204,6 +209,7 @@ class Worker:
         self.spf: int | None = spec.steps_per_frame
         self.rate = 2000.0         # steps/s of the steps alone (EMA), for fast-forward chunks
         self.busy_rate = 2000.0    # steps/s counting each chunk's frame work too (EMA): max speed
+        self.frame_due: float | None = None  # max speed: when the next frame is due
         self.sps = 0.0             # delivered steps/s (EMA)
         self.status = "running" if self.playing else ("ready" if self.run.t == 0 else "paused")
         self.quit = False
@@ -444,7 +450,10 @@ class Worker:
         elif self.spf:
             k = self.spf
         else:
-            k = pacing.max_speed_chunk(self.busy_rate, self.spec.frame_rate, MAX_LIVE_CHUNK)
+            now = time.perf_counter()
+            self.frame_due = pacing.frame_due(self.frame_due, now, self.spec.frame_rate)
+            k = pacing.max_speed_chunk(self.busy_rate, self.frame_due - now, MAX_LIVE_CHUNK,
+                                       floor=0.5 / self.spec.frame_rate)
         if self.budget:
             k = min(k, self.budget)
         return max(1, min(k, left))
