@@ -31,6 +31,14 @@ poll then answers from the ring:
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
   the client rebuilds its figures from the run's history (the dashboard's rebuild), then joins.
 
+**Status rides along.** An item also carries each run's newest step (``steps``: the status
+chips' counters) and, when a run's status changed (looked at every STATUS_EVERY_S while the
+channel is polled), the runs' status (``status``): such an item goes out even without frames
+(a pause, the end). The page then refreshes its chips, play button and run table through Dash
+once (assets/plab.js sets ``status-tick``), so no page needs a clock for them: a viewer
+link's page runs none (it fired three Dash callbacks every 3 s per viewer), the dashboard's
+ticks every 5 s for the steps/s and the table.
+
 An answer with items carries ``X-Plab-Wall``: the creation time (worker clock, seconds since
 the epoch, to the ms) of the newest frame in it, so a client measures its lag without parsing
 the body (bench/audience.py's simulated viewers).

@@ -7,13 +7,17 @@
  *   plab.follow (a clientside callback) hands both to the loop here, which then, with exactly
  *   one request in flight, GETs _plab/live/<view key>?since=N: no items when nothing is new, else
  *   the items after N, shared by every client of the same view (app/live.py). Each answer
- *   says when the run's next frame is expected (X-Plab-Next, ms): the loop polls just after
- *   it (at most every 50 ms on the dashboard, 100 ms on a viewer link; 1 s when nothing new
- *   arrived for 3 s), so most polls bring a frame and few are 304s. It merges the items'
- *   per-graph ops into pending updates and draws them from requestAnimationFrame within a
- *   time budget per frame: one Plotly.react per graph with only the new points appended,
- *   heatmap contents swapped and phase shading extended. Graphs scrolled out of view keep
- *   merging until they are visible again.
+ *   says when the run's next frame is expected (X-Plab-Next, ms, counted from the answer):
+ *   the loop polls just after it (at most every 20 ms on the dashboard, 100 ms on a viewer
+ *   link; 1 s when nothing new arrived for 3 s), so most polls bring a frame and few are
+ *   empty. It merges the items' per-graph ops into pending updates and draws them, the first
+ *   graph at the next animation frame and each further one in a task of its own (so the next
+ *   poll goes out between two redraws): one Plotly.react per graph with only the new points
+ *   appended, heatmap contents swapped and phase shading extended. Graphs out of view keep
+ *   merging and are drawn when they come into view (or are exported).
+ *   Items also carry each run's newest step (the status chips' counters, set here) and, on a
+ *   change, the runs' status: then status-tick makes Dash refresh the chips, the play button
+ *   and the run table once; no clock polls them.
  * Items are accepted only for the figures on screen (same epoch) and in order (since=N), so
  * a stale or duplicate item can never draw twice.
  */

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -97,15 +98,16 @@ def report(name: str, stats: dict) -> None:
           f"dropped {stats['dropped']}")
 
 
-def first_frames(page, clicked_ms: float, timeout_s: float = 20.0) -> dict:
-    """Seconds from the play click to each visible panel's first redraw with new data."""
+def first_frames(page, clicked_ms: float, graphs: int = 3, timeout_s: float = 20.0) -> dict:
+    """Seconds from the play click to each visible panel's first redraw with new data (the
+    first ``graphs`` of them)."""
     deadline = time.time() + timeout_s
     js = ("(t) => { const out = {}; for (const p of window.plab.paintLog) "
           "if (p.t >= t && !(p.gid in out)) out[p.gid] = (p.t - t) / 1000; return out; }")
     seen: dict = {}
     while time.time() < deadline:
         seen = page.evaluate(js, clicked_ms)
-        if len(seen) >= 3:
+        if len(seen) >= graphs:
             break
         page.wait_for_timeout(50)
     return seen
@@ -127,6 +129,9 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=1080,
                         help="viewport height (default 1080; 2100: all five panels on screen at "
                              "once; panels scrolled out of view refresh once a second)")
+    parser.add_argument("--focus", default="",
+                        help="presenter mode on this panel (e.g. circuit: issue 12 item 5, the "
+                             "circuit at 10 updates/s)")
     parser.add_argument("--json", action="store_true", help="print the raw stats as JSON too")
     args = parser.parse_args()
     if not Path(CHROMIUM).exists():
@@ -136,6 +141,10 @@ def main() -> int:
 
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()] or (
         ["race2"] if args.race else ["one"])
+    if args.focus and not re.fullmatch(r"[a-z]{1,20}", args.focus):
+        parser.error(f"--focus: got {args.focus[:40]!r}; allowed: a panel's name (loss, "
+                     "voltage, weights, alignment, task, circuit)")
+    present = f"&present=1&focus={args.focus}" if args.focus else ""
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         parser.error(f"--scenarios: got {bad[0][:100]!r}; allowed: {', '.join(SCENARIOS)}")
@@ -155,7 +164,7 @@ def main() -> int:
                             if m.type == "error" else None)
                     page.on("pageerror", lambda e, errs=errors: errs.append(str(e)))
                     page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}&task=add&rules={rules}"
-                              "&steps=1000000")
+                              "&steps=1000000" + present)
                     page.wait_for_selector("#loss-graph .js-plotly-plot")
                     until(page, "!!(window.plab && window.plab.stats)")
                     page.wait_for_timeout(1500)
@@ -163,7 +172,7 @@ def main() -> int:
                     set_speed(page, speeds[0])
                     clicked = page.evaluate("Date.now()")
                     page.click("#btn-play")
-                    first = first_frames(page, clicked)
+                    first = first_frames(page, clicked, 1 if args.focus else 3)
                     until(page, "!!(window.plab && window.plab.applied > 5)")
                     for speed in speeds:
                         set_speed(page, speed)

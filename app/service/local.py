@@ -2,7 +2,8 @@
 a per-run :class:`app.service.framebuffer.FrameBuffer`, runs persisted in SQLite + files.
 
 Process model: the server process holds one :class:`_Handle` per run. A live run has a worker
-process (multiprocessing "spawn" context, one torch thread) and a duplex pipe; a reader thread
+process (forked from multiprocessing's fork server, which imported torch once: see
+worker_context; one torch thread) and a duplex pipe; a reader thread
 in the server receives the worker's frames, state changes, checkpoints and replies. Commands
 are validated here first (bad params never reach the worker), then sent over the pipe; the
 caller waits for the worker's reply (it drains commands between chunks, ~0.1 s).
@@ -939,7 +940,7 @@ def warm_forkserver() -> None:
 
 @contextlib.contextmanager
 def _env(**values: str) -> Iterator[None]:
-    """Set environment variables for the duration (a spawned child copies them)."""
+    """Set environment variables for the duration (a child started meanwhile copies them)."""
     old = {k: os.environ.get(k) for k in values}
     os.environ.update(values)
     try:
