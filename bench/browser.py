@@ -165,7 +165,7 @@ def main() -> int:
                     page.on("pageerror", lambda e, errs=errors: errs.append(str(e)))
                     page.goto(f"http://127.0.0.1:{port}/?token={TOKEN}&task=add&rules={rules}"
                               "&steps=1000000" + present)
-                    page.wait_for_selector("#loss-graph .js-plotly-plot")
+                    page.wait_for_selector("#loss-graph .js-plotly-plot", state="attached")
                     until(page, "!!(window.plab && window.plab.stats)")
                     page.wait_for_timeout(1500)
                     speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]
