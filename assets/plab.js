@@ -226,6 +226,27 @@
         gd.layout.shapes = fixed.concat(phases);
     }
 
+    // On a phone the loss plot's reference labels would keep their right margin (128 px at
+    // presenter type: a third of the screen): there they go inside the plot, at its right edge.
+    function fitPhone(gd) {
+        if (!document.body.classList.contains("phone") || !gd.layout) return false;
+        const refs = (gd.layout.annotations || []).filter((a) => a.name === "ref" &&
+                                                            a.xanchor === "left");
+        if (!refs.length) return false;
+        for (const a of refs) {
+            Object.assign(a, {x: 1, xanchor: "right", xshift: -2, yanchor: "bottom",
+                              bgcolor: "rgba(255,255,255,0.75)"});
+        }
+        gd.layout.margin = Object.assign({}, gd.layout.margin, {r: 12});
+        return true;
+    }
+
+    function fitPhones() {
+        document.querySelectorAll(".js-plotly-plot").forEach((gd) => {
+            if (fitPhone(gd)) window.Plotly.react(gd, gd.data, gd.layout);
+        });
+    }
+
     function draw(gid) {
         const p = plab.pending[gid];
         delete plab.pending[gid];
@@ -254,6 +275,7 @@
         for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
         if (p.heat) applyHeat(gd, p.heat);
         if (p.patch) applyPatch(gd, p.patch);
+        fitPhone(gd);
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {
@@ -498,6 +520,7 @@
                 plab.lastData = Date.now();  // poll fast for a while after a change
             }
             pump();
+            setTimeout(fitPhones, 400);  // the figures Dash is rendering now
             return window.dash_clientside.no_update;
         },
 
@@ -530,6 +553,7 @@
                 el.classList.toggle("active", el.dataset.panel === focus);
             });
             setTimeout(() => window.dispatchEvent(new Event("resize")), 60);
+            if (phone) setTimeout(fitPhones, 400);
             return on ? "presenting" : "";
         },
     };

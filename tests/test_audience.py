@@ -372,6 +372,10 @@ def test_a_phone_shows_one_live_panel_at_full_width(lab: Lab, shared: Shared,
         first, points = page.evaluate(LOSS_LAST), page.evaluate(LOSS_POINTS)
         wait_for(lambda: page.evaluate(LOSS_LAST) > first, 30, "the loss panel to move on")
         wait_for(lambda: page.evaluate(LOSS_POINTS) > points, 30, "a new loss point")
+        # the plot itself gets most of the width: the reference labels' right margin (128 px
+        # at presenter type) left it 90 px of 390
+        plot_w = ("document.querySelector('#loss-graph .js-plotly-plot')._fullLayout._size.w")
+        wait_for(lambda: page.evaluate(plot_w) >= 0.55 * 390, 10, "a wide loss plot")
         page.screenshot(path=str(_artifacts() / "phone-viewer.png"))
         # a tap on a tab shows that panel instead
         page.tap("#panel-key-voltage")
