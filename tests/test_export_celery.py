@@ -18,8 +18,12 @@ def test_a_set_on_one_server_is_in_the_other_servers_export(
 
     a = make_backend()
     b = make_backend(prefix=a.store.prefix)
-    rid = a.create({**SMALL, "steps": 2000})
-    wait_for(claimed(a, rid, 100), 30, "the run to start")
+    # paced, so that it is still running when paused (2,000 steps at max speed could end
+    # first: "did not answer pause within 30 s" in one full CI run)
+    rid = a.create({**SMALL, "steps": 20_000})
+    wait_for(claimed(a, rid), 30, "the run to start")
+    a.control(rid, "speed", steps_per_second=4000)
+    wait_for(claimed(a, rid, 100), 30, "the run to pass step 100")
     assert a.control(rid, "pause")["status"] == "paused"
     step = a.get(rid)["step"]
     a.control(rid, "set", lr=0.002, apical=0.01)
@@ -34,7 +38,7 @@ def test_a_set_on_one_server_is_in_the_other_servers_export(
     table = b"".join(scalars_csv(rs)).decode().splitlines()
     header = table[0].split(",")
     assert {"phase", "test_loss", "weight_norm_basal", "weight_norm_apical"} <= set(header)
-    assert len(table) == 2001
+    assert len(table) == 20_001
     norms = [line.split(",")[header.index("weight_norm_basal")] for line in table[1:]]
     assert sum(bool(v) for v in norms) >= 3  # one per frame
 
