@@ -128,16 +128,9 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     walls = []
     run_walls: dict[str, list[float]] = {}
     steps: dict[str, int] = {}  # each run's newest step (the status chips' counters)
-    for run in view.get("runs") or []:
-        rid = run["id"]
-        try:
-            frames, new = backend.frames(rid, after=int(before.get(rid, -1)))
-        except LookupError:
-            continue
-        except Exception as err:  # a ServiceError (run gone, backend hiccup): skip this run
-            if getattr(err, "http_status", None) is None:
-                raise
-            continue
+    ids = [run["id"] for run in view.get("runs") or []]
+    read = per_run(ids, lambda rid: backend.frames(rid, after=int(before.get(rid, -1))))
+    for rid, (frames, new) in read.items():
         frames_by_run[rid] = frames
         after[rid] = new
         if frames and frames[-1].get("t1") is not None:
@@ -153,6 +146,21 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
         "rebuild": gap or figures.needs_rebuild(view, frames_by_run),  # type: ignore[arg-type]
         "server_ms": round((time.time() - built) * 1000, 2),
     }
+
+
+def per_run(ids: Iterable[str], call: Callable[[str], Any]) -> dict[str, Any]:
+    """``call(rid)`` for each run, leaving out the runs it cannot reach (gone, or a backend
+    hiccup: a ServiceError); anything else raises."""
+    out = {}
+    for rid in ids:
+        try:
+            out[rid] = call(rid)
+        except LookupError:
+            continue
+        except Exception as err:
+            if getattr(err, "http_status", None) is None:
+                raise
+    return out
 
 
 def to_json(payload: Any) -> bytes:
@@ -375,16 +383,7 @@ class LiveHub:
         if now - chan.status_at < STATUS_EVERY_S:
             return None
         chan.status_at = now
-        status = {}
-        for rid in chan.runs:
-            try:
-                status[rid] = str(self.backend.get(rid).get("status", ""))
-            except LookupError:
-                continue
-            except Exception as err:  # a ServiceError (run gone, backend hiccup): skip it
-                if getattr(err, "http_status", None) is None:
-                    raise
-                continue
+        status = per_run(chan.runs, lambda rid: str(self.backend.get(rid).get("status", "")))
         if status == chan.status:
             return None
         chan.status = status
@@ -634,5 +633,5 @@ class LiveFront:
         return [body]
 
 
-__all__ = ["LiveFront", "LiveHub", "credentials", "parse_since", "tick_payload", "to_json",
+__all__ = ["LiveFront", "LiveHub", "credentials", "parse_since", "per_run", "tick_payload", "to_json",
            "view_key"]

@@ -285,7 +285,6 @@
             return;
         }
         const dur = performance.now() - t0;
-        plab.lastDraw[gid] = Date.now();
         Promise.resolve(done).then(() => recordPaint(gid, p.wall, dur, p.recv));
     }
 
@@ -295,7 +294,6 @@
     // or are exported (plab.flush): a redraw nobody sees cost the visible panels 10% of the
     // main thread at max speed.
     const FRAME_BUDGET_MS = 16;
-    plab.lastDraw = {};
 
     // draw a graph's pending updates now (before an export reads gd.data)
     plab.flush = function (gid) {
@@ -316,7 +314,7 @@
         scheduled = false;
         const t0 = performance.now();
         // on screen per IntersectionObserver (hidden panels do not intersect; no layout reads
-        // here); graphs scrolled out of view are refreshed once a second
+        // here); graphs out of view wait until they come into view
         const ready = Object.keys(plab.pending).filter((gid) => !plab.hidden[gid] &&
             plab.onScreen[gid] !== false);
         // oldest first, so every panel gets its turn
@@ -475,7 +473,6 @@
         if (status && window.dash_clientside && window.dash_clientside.set_props) {
             // a run's status changed: the chips, the play button and the run table refresh
             // (app/dashboard/view_callbacks.py), once per change, not on a clock
-            plab.statusTicks = (plab.statusTicks || 0) + 1;
             window.dash_clientside.set_props("status-tick", {data: recv});
         }
         plab.applied += items.length;

@@ -272,7 +272,8 @@ def test_framebuffer_bounded_window_envelopes_and_snapshot() -> None:
     assert buf.since(1999) == ([], 1999) and [f["seq"] for f in buf.since(1997)[0]] == [1998, 1999]
     history = buf.history(max_points=100)
     assert len(history["step"]) <= 100 and history["step"][-1] == 2000 * 50 - 1
-    assert max(history["loss"]["max"]) == 9.0 and min(history["loss"]["min"]) >= 0.4
+    # the spike and the floor both survive decimation (bins keep their extremes, not means)
+    assert max(history["loss"]["max"]) == 9.0 and 0.4 <= min(history["loss"]["min"]) < 0.41
     assert abs(np.nanmean(history["loss"]["mean"]) - 0.5) < 0.01
     assert len(history["test_loss"]["step"]) == 20
     size = buf.nbytes()

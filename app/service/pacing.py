@@ -87,7 +87,7 @@ def ema_rate(rate: float, steps: int, seconds: float, weight: float = 0.3) -> fl
 
 
 def frame_due(due: float | None, now: float, frame_rate: float) -> float:
-    """When the next frame is due at max speed: one period after the last one's due time
+    """When the next frame (or paced chunk) is due: one period after the last one's due time
     (a schedule more than half a second behind, e.g. after a pause, restarts from now)."""
     start = due if due is not None and due > now - 0.5 else now
     return start + 1.0 / frame_rate

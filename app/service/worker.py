@@ -439,7 +439,7 @@ class Worker:
             self.busy_rate = pacing.ema_rate(self.busy_rate, tel.steps,
                                              time.perf_counter() - began)
         self._pace(tel.steps, began)
-        self.sps = 0.7 * self.sps + 0.3 * tel.steps / max(time.perf_counter() - began, 1e-6)
+        self.sps = pacing.ema_rate(self.sps, tel.steps, time.perf_counter() - began)
 
     def _live_k(self, left: int) -> int:
         if self.pace and self.narrate:
@@ -465,8 +465,8 @@ class Worker:
         if not self.pace or self.ff_to is not None:
             self.due = None
             return
-        start = self.due if self.due is not None and self.due > began - 0.5 else began
-        self.due = start + k / (self.pace_now or self.pace)
+        # the same schedule as max speed's frames: one chunk of k steps every k/pace s
+        self.due = pacing.frame_due(self.due, began, (self.pace_now or self.pace) / k)
         wait = self.due - time.perf_counter()
         end = time.perf_counter() + wait
         while wait > 0 and not self.quit:  # stay responsive to commands while waiting
