@@ -82,8 +82,11 @@ def test_batch_resumed_from_its_checkpoint_equals_straight_through(tmp_path: Pat
 def test_embedded_service_runs_every_member_and_seed_once(tmp_path: Path) -> None:
     """LocalSweeps over a pool of 2 processes: progress rises to 1 with an ETA on the way, the
     tables hold every member x seed once and equal the CLI's sweep of the same spec."""
+    # long enough (about a second a batch) that progress is drained while batches still run:
+    # SMALL's batches can finish within one 0.2 s drain, leaving no running-with-ETA moment
+    spec = {**SMALL, "base": {**SMALL["base"], "steps": 20000}, "record": {"every": 1000}}
     service = LocalSweeps(BackendSettings(data_dir=tmp_path / "data"), workers=2)
-    exp_id = service.submit(SMALL, owner="admin")
+    exp_id = service.submit(spec, owner="admin")
     seen: list[dict[str, Any]] = []
 
     def finished() -> bool:
@@ -100,7 +103,7 @@ def test_embedded_service_runs_every_member_and_seed_once(tmp_path: Path) -> Non
     assert list(rows[0]) == ["member", "rule", "lr", "seed", "final_test_loss",
                              "train_loss_last", "status"]
     cli = tmp_path / "cli"
-    sw.sweep(sw.parse_experiment(SMALL), cli, workers=1, show_progress=False)
+    sw.sweep(sw.parse_experiment(spec), cli, workers=1, show_progress=False)
     folder = tmp_path / "data" / "experiments" / exp_id
     for name in ("results.csv", "series.csv"):
         assert (folder / name).read_text() == (cli / name).read_text()
