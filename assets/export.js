@@ -44,22 +44,12 @@
     }
 
     /* A shallow copy of the graph's layout for Plotly.toImage, with no axis line on an
-     * axis no trace with points uses: a fresh plot of an empty subplot draws its axis lines
-     * from NaN (a console error; figures.py avoids it on screen the same way). */
+     * axis no trace with points uses (plab.emptyAxesOff) and Plotly's legend on. */
     function layoutCopy(gd, extra) {
         const layout = Object.assign({}, gd.layout || {}, extra || {});
-        const used = new Set();
-        (gd.data || []).forEach((t) => {
-            if ((t.x || t.z || []).length) {
-                used.add("xaxis" + String(t.xaxis || "x").slice(1));
-                used.add("yaxis" + String(t.yaxis || "y").slice(1));
-            }
-        });
-        Object.keys(layout).forEach((key) => {
-            if (/^[xy]axis\d*$/.test(key) && !used.has(key)) {
-                layout[key] = Object.assign({}, layout[key], {showline: false});
-            }
-        });
+        // on screen the legend is HTML (plab.js); in the image it is Plotly's
+        if (((gd.layout || {}).meta || {}).legend) layout.showlegend = true;
+        plab.emptyAxesOff(layout, gd.data);
         return layout;
     }
 
@@ -196,6 +186,32 @@
                 return name;
             });
     }
+
+    // The toolbar's camera: Plotly's own download would draw the figure as it is on screen,
+    // without its legend (HTML there, see plab.js); this one draws it with the legend, under
+    // the same options (toImageButtonOptions: format, scale, file name)
+    document.addEventListener("click", (ev) => {
+        const btn = ev.target.closest && ev.target.closest(".modebar-btn[data-title^='Download plot']");
+        const gd = btn && btn.closest(".js-plotly-plot");
+        if (!gd || !window.Plotly || !((gd.layout || {}).meta || {}).legend) return;
+        ev.preventDefault();
+        ev.stopPropagation();
+        const host = gd.closest(".dash-graph");
+        if (plab.flush && host) plab.flush(host.id);
+        const opts = (gd._context || {}).toImageButtonOptions || {};
+        const format = opts.format || "png";
+        const width = Math.round(gd._fullLayout.width), height = Math.round(gd._fullLayout.height);
+        window.Plotly.toImage({data: gd.data, layout: layoutCopy(gd)},
+                              {format: format, scale: opts.scale || 1, width: width,
+                               height: height})
+            .then((url) => {
+                const name = (opts.filename || "plasticity-plot") + "." + format;
+                save(url, name);
+                plab.lastExport = {name: name, width: width * (opts.scale || 1),
+                                   height: height * (opts.scale || 1)};
+            })
+            .catch((err) => say("export failed: " + err.message));
+    }, true);
 
     plab.exportImage = panelImage;
     plab.exportSlide = slide;

@@ -56,6 +56,8 @@
                 for (const e of entries) {
                     plab.onScreen[e.target.id] = e.isIntersecting;
                     plab.hidden[e.target.id] = e.boundingClientRect.width === 0;
+                    const gd = e.isIntersecting ? graphDiv(e.target.id) : null;
+                    if (gd) setTimeout(() => drawLegend(gd), 0);  // shown: its legend too
                 }
                 schedule();
             });
@@ -227,23 +229,197 @@
     }
 
     // On a phone the loss plot's reference labels would keep their right margin (128 px at
-    // presenter type: a third of the screen): there they go inside the plot, at its right edge.
+    // presenter type: a third of the screen): there they go inside the plot, at its right edge
+    // (they are the tick labels of the loss plot's right-hand reference axis).
     function fitPhone(gd) {
         if (!document.body.classList.contains("phone") || !gd.layout) return false;
-        const refs = (gd.layout.annotations || []).filter((a) => a.name === "ref" &&
-                                                            a.xanchor === "left");
-        if (!refs.length) return false;
-        for (const a of refs) {
-            Object.assign(a, {x: 1, xanchor: "right", xshift: -2, yanchor: "bottom",
-                              bgcolor: "rgba(255,255,255,0.75)"});
-        }
+        const refs = gd.layout.yaxis2;
+        if (!refs || refs.overlaying !== "y" || refs.ticklabelposition === "inside") return false;
+        gd.layout.yaxis2 = Object.assign({}, refs, {ticklabelposition: "inside"});
         gd.layout.margin = Object.assign({}, gd.layout.margin, {r: 12});
         return true;
     }
 
+    // ---- new figures for graphs out of view: drawn when they come into view ------------------
+    // Dash draws every new figure at once (a play, a rebuild): the three panels below the fold
+    // of a 1920x1080 screen took ~130 ms of the first frames of those in view. A graph out of
+    // view keeps the new figure aside (gd._plabDeferred; live items of its epoch merge into
+    // its pending update, as for any graph out of view) and draws it when it comes into view
+    // or is exported (plab.flush); until then Plotly keeps the figure it drew (data, layout
+    // and calcdata agree, so a resize meanwhile is safe). Dash calls the global Plotly.react;
+    // plab's own redraws go to the original.
+    let plotlyReact = null;
+
+    function react(gd, data, layout, config) {
+        wrapPlotly();
+        return plotlyReact.call(window.Plotly, gd, data, layout, config);
+    }
+
+    function epochOf(gd) {  // of the figure the graph shows or will show when in view
+        const layout = gd._plabDeferred ? gd._plabDeferred.layout : gd.layout;
+        return ((layout || {}).meta || {}).epoch;
+    }
+
+    function wrapPlotly() {
+        const P = window.Plotly;
+        if (!P || P.__plabWrapped) return;
+        plotlyReact = P.react;
+        P.__plabWrapped = true;
+        P.react = function (gd, data, layout, config) {
+            let fig = {data: data, layout: layout, config: config};
+            if (data && !Array.isArray(data) && Array.isArray(data.data)) fig = data;  // dcc.Graph
+            const host = gd && gd.closest ? gd.closest(".dash-graph") : null;
+            const gid = host ? host.id : null;
+            if (gid && gd._fullLayout && Array.isArray(fig.data) && fig.layout &&
+                    plab.onScreen[gid] === false) {
+                gd._plabDeferred = {data: fig.data, layout: fig.layout, config: fig.config};
+                const epoch = (fig.layout.meta || {}).epoch;
+                const p = plab.pending[gid];
+                if (!p || p.epoch !== epoch) {
+                    plab.pending[gid] = {epoch: epoch, extend: null, set: {}, spans: [],
+                                         wall: null, recv: Date.now()};
+                }
+                return Promise.resolve(gd);
+            }
+            if (gd) delete gd._plabDeferred;  // this figure supersedes the one set aside
+            return plotlyReact.apply(this, arguments);
+        };
+    }
+    plab.wrapPlotly = wrapPlotly;
+
+    // ---- legends: HTML, drawn when the traces change -----------------------------------------
+    // Plotly redraws its legend at every redraw (2-3 ms a graph, ten times a second); figures
+    // come with showlegend false and meta.legend, and the legend is drawn here in HTML, where
+    // Plotly would put it (layout.legend), only when the traces' names, colours, visibility
+    // or the plot's size change. Clicking an entry hides or shows its legend group, as in
+    // Plotly. Exports turn Plotly's legend back on (assets/export.js).
+    const DASHES = {dot: "2,3", dash: "6,4", longdash: "10,4", dashdot: "6,3,2,3",
+                    longdashdot: "10,3,2,3"};
+
+    function legendEntries(gd) {
+        const out = [];
+        (gd.data || []).forEach((t, i) => {
+            if (t.showlegend === false || t.visible === false) return;
+            const line = t.line || {};
+            out.push({i: i, name: String(t.name || ""), color: line.color || "#444",
+                      dash: DASHES[line.dash] || "", width: Math.min(line.width || 2, 3),
+                      off: t.visible === "legendonly"});
+        });
+        return out;
+    }
+
+    function legendItem(e) {
+        const item = document.createElement("span");
+        item.className = "plab-legend-item" + (e.off ? " off" : "");
+        item.dataset.trace = String(e.i);
+        item.title = e.off ? "show" : "hide";
+        const ns = "http://www.w3.org/2000/svg";
+        const svg = document.createElementNS(ns, "svg");
+        svg.setAttribute("width", "24");
+        svg.setAttribute("height", "10");
+        const line = document.createElementNS(ns, "line");
+        for (const [k, v] of Object.entries({x1: 1, y1: 5, x2: 23, y2: 5, stroke: e.color,
+                                              "stroke-width": e.width})) {
+            line.setAttribute(k, String(v));
+        }
+        if (e.dash) line.setAttribute("stroke-dasharray", e.dash);
+        svg.appendChild(line);
+        item.appendChild(svg);
+        item.appendChild(document.createTextNode(e.name));  // text, never markup
+        return item;
+    }
+
+    function onLegendClick(ev) {
+        const item = ev.target.closest(".plab-legend-item");
+        const gd = ev.currentTarget.parentElement;
+        if (!item || !gd || !gd.data) return;
+        const t = gd.data[+item.dataset.trace];
+        if (!t) return;
+        const show = t.visible === "legendonly";
+        gd.data.forEach((u, k) => {
+            if (u === t || (t.legendgroup && u.legendgroup === t.legendgroup)) {
+                u.visible = show ? true : "legendonly";
+            }
+        });
+        gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
+        Promise.resolve(react(gd, gd.data, gd.layout)).then(() => drawLegend(gd));
+    }
+
+    /* No axis line on an axis that no trace with points uses: Plotly draws the lines of an
+     * empty subplot from NaN when a figure is drawn afresh or re-margined (a console error;
+     * the figures avoid it the same way). Replaces those axes in ``layout``. */
+    plab.emptyAxesOff = function (layout, data) {
+        const used = new Set();
+        (data || []).forEach((t) => {
+            if ((t.x || t.z || []).length) {
+                used.add("xaxis" + String(t.xaxis || "x").slice(1));
+                used.add("yaxis" + String(t.yaxis || "y").slice(1));
+            }
+        });
+        Object.keys(layout).forEach((key) => {
+            if (/^[xy]axis\d*$/.test(key) && !used.has(key) && layout[key].showline !== false) {
+                layout[key] = Object.assign({}, layout[key], {showline: false});
+            }
+        });
+        return layout;
+    };
+
+    function drawLegend(gd) {
+        const meta = (gd.layout || {}).meta || {};
+        let box = gd.querySelector(":scope > .plab-legend");
+        const size = (gd._fullLayout || {})._size;
+        if (!meta.legend || !size) {
+            if (box) box.remove();
+            return;
+        }
+        const host = gd.closest(".dash-graph");
+        // hidden (display: none) or out of view: drawn when it comes into view (the observer)
+        if (!gd.offsetWidth || (host && plab.onScreen[host.id] === false)) return;
+        const entries = legendEntries(gd);
+        const leg = gd.layout.legend || {};
+        const sig = JSON.stringify([entries, size.l, size.t, size.w, size.h, leg]);
+        if (box && box.dataset.sig === sig) return;
+        if (!box) {
+            box = document.createElement("div");
+            box.className = "plab-legend";
+            box.addEventListener("click", onLegendClick);
+            gd.appendChild(box);
+        }
+        box.dataset.sig = sig;
+        box.replaceChildren(...entries.map(legendItem));
+        const font = leg.font || {};
+        box.style.fontSize = (font.size || 11) + "px";
+        if (font.family) box.style.fontFamily = font.family;
+        const y = leg.y === undefined ? 1.02 : leg.y;
+        box.style.left = Math.round(size.l + (leg.x || 0) * size.w) + "px";
+        box.style.top = Math.round(size.t + (1 - y) * size.h) + "px";
+        box.style.maxWidth = Math.round(size.w) + "px";
+        box.style.transform = leg.yanchor === "bottom" ? "translateY(-100%)" : "";
+        // a legend that wraps to more rows than its margin holds (a race of long names)
+        // makes room, as Plotly's does: a larger margin, once per change
+        if (!box.offsetHeight) return;
+        const top = box.offsetTop - (leg.yanchor === "bottom" ? box.offsetHeight : 0);
+        const over = {t: -top + 2, b: top + box.offsetHeight - gd._fullLayout.height + 2};
+        const margin = Object.assign({}, gd.layout.margin || {});
+        let grow = false;
+        for (const side of ["t", "b"]) {
+            if (over[side] > 0) { margin[side] = (margin[side] || 0) + over[side]; grow = true; }
+        }
+        if (grow) {
+            gd.layout.margin = margin;
+            plab.emptyAxesOff(gd.layout, gd.data);
+            Promise.resolve(react(gd, gd.data, gd.layout)).then(() => drawLegend(gd));
+        }
+    }
+
+    plab.drawLegends = function () {
+        document.querySelectorAll(".js-plotly-plot").forEach(drawLegend);
+    };
+    window.addEventListener("resize", () => setTimeout(plab.drawLegends, 300));
+
     function fitPhones() {
         document.querySelectorAll(".js-plotly-plot").forEach((gd) => {
-            if (fitPhone(gd)) window.Plotly.react(gd, gd.data, gd.layout);
+            if (fitPhone(gd)) react(gd, gd.data, gd.layout);
         });
     }
 
@@ -251,7 +427,13 @@
         const p = plab.pending[gid];
         delete plab.pending[gid];
         const gd = graphDiv(gid);
-        if (!p || !gd || !gd.data || !gd.layout) return;
+        if (!p || !gd) return;
+        let config;
+        if (gd._plabDeferred) {  // a new figure set aside while out of view: drawn now
+            ({data: gd.data, layout: gd.layout, config: config} = gd._plabDeferred);
+            delete gd._plabDeferred;
+        }
+        if (!gd.data || !gd.layout) return;
         const meta = gd.layout.meta || {};
         if (meta.epoch !== p.epoch) return;  // the figure was replaced meanwhile
         const t0 = performance.now();
@@ -264,12 +446,9 @@
             if (s.zmin !== undefined) { tr.zmin = s.zmin; tr.zmax = s.zmax; }
         }
         if (p.titles) {
-            // block titles of the weight-change heatmap (annotations named title:k)
-            for (const a of gd.layout.annotations || []) {
-                const m = /^title:(\d+)$/.exec(a.name || "");
-                const t = m && p.titles.find((x) => x.i === +m[1]);
-                if (t) { a.text = t.text; a.x = t.x; }
-            }
+            // block titles of the weight-change heatmap: the tick labels of its top axis
+            gd.layout.xaxis = Object.assign({}, gd.layout.xaxis, {
+                tickvals: p.titles.map((t) => t.x), ticktext: p.titles.map((t) => t.text)});
         }
         if (p.spans.length) shade(gd, p.spans, meta);
         for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
@@ -279,13 +458,16 @@
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {
-            done = window.Plotly.react(gd, gd.data, gd.layout);
+            done = react(gd, gd.data, gd.layout, config);
         } catch (err) {
             console.error("plab draw", gid, err);
             return;
         }
         const dur = performance.now() - t0;
-        Promise.resolve(done).then(() => recordPaint(gid, p.wall, dur, p.recv));
+        Promise.resolve(done).then(() => {
+            recordPaint(gid, p.wall, dur, p.recv);
+            drawLegend(gd);  // only when its traces changed (a cheap check)
+        });
     }
 
     // Draw pending graphs from requestAnimationFrame, within a time budget per frame, so that
@@ -449,7 +631,7 @@
         for (const item of items) {
             for (const gid of Object.keys(item.graphs || {})) {
                 const gd = graphDiv(gid);
-                if (!gd || !gd.layout || (gd.layout.meta || {}).epoch !== state.epoch) {
+                if (!gd || !gd.layout || epochOf(gd) !== state.epoch) {
                     plab.dropped += 1;  // figures of this epoch not on screen yet: fetch again
                     return false;
                 }
@@ -516,8 +698,13 @@
                 }
                 plab.lastData = Date.now();  // poll fast for a while after a change
             }
+            wrapPlotly();
+            // every graph watched from the start: Dash's next figures for those out of view wait
+            document.querySelectorAll(".dash-graph[id]").forEach((host) => watch(host.id));
             pump();
             setTimeout(fitPhones, 400);  // the figures Dash is rendering now
+            // their legends, once Dash has drawn them (each call redraws only what changed)
+            for (const ms of [0, 100, 400, 1500]) setTimeout(plab.drawLegends, ms);
             return window.dash_clientside.no_update;
         },
 

@@ -169,7 +169,11 @@ def main() -> int:
                     until(page, "!!(window.plab && window.plab.stats)")
                     page.wait_for_timeout(1500)
                     speeds = [s.strip() for s in args.speeds.split(",") if s.strip()]
-                    set_speed(page, speeds[0])
+                    # the speed change is a transport callback, which disables the buttons while
+                    # in flight: the clock starts when play can be clicked, as for a user
+                    with page.expect_response(lambda r: "_dash-update-component" in r.url):
+                        set_speed(page, speeds[0])
+                    page.wait_for_selector("#btn-play:not([disabled])")
                     clicked = page.evaluate("Date.now()")
                     page.click("#btn-play")
                     first = first_frames(page, clicked, 1 if args.focus else 3)

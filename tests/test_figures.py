@@ -209,11 +209,16 @@ def test_loss_figure_has_reference_lines_log_y_and_history() -> None:
     fig = figures.loss_figure(v, hist, carry)
     layout_ = fig["layout"]
     assert layout_["yaxis"]["type"] == "log"
-    refs = [s for s in layout_["shapes"] if s.get("name") == "ref"]
-    assert sorted(s["y0"] for s in refs) == [0.45, 0.66]
-    labels = " ".join(a["text"] for a in layout_["annotations"])
-    assert "nothing" in labels and "optimum" in labels
-    raw, smooth, test = fig["data"]
+    # the reference levels: the ticks (and dashed grid lines) of a right-hand axis that
+    # follows the loss axis, not shapes and annotations (rebuilt at every redraw)
+    refs = layout_["yaxis2"]
+    assert refs["overlaying"] == "y" and refs["matches"] == "y" and refs["type"] == "log"
+    assert sorted(refs["tickvals"]) == [0.45, 0.66] and refs["griddash"] == "dash"
+    assert "nothing 0.66" in refs["ticktext"] and "optimum 0.45" in refs["ticktext"]
+    assert not [s for s in layout_["shapes"] if s.get("name") == "ref"]
+    assert not layout_["annotations"]
+    raw, smooth, test, refs_trace = fig["data"]
+    assert refs_trace["yaxis"] == "y2" and refs_trace["x"] == []
     # blocks of the run's stride (6 steps); the last one (step 19) stays open in the carry
     # while the run is running: the next tick continues it; a NaN bin is no point
     assert figures.loss_stride(10_000) == 6
@@ -224,9 +229,6 @@ def test_loss_figure_has_reference_lines_log_y_and_history() -> None:
     assert carry[RID]["loss"]["et"] == 9  # EMA continues from the history
     done = figures.loss_figure(view({**run_view(), "status": "finished"}), hist, {})
     assert done["data"][0]["x"] == [9, 19] and done["data"][0]["y"] == [0.7, 0.6]
-    # log annotations sit at log10(level)
-    ann = next(a for a in layout_["annotations"] if "optimum" in a["text"])
-    assert ann["y"] == pytest.approx(math.log10(0.45))
 
 
 def test_linear_loss_axis() -> None:
@@ -301,7 +303,11 @@ def test_weight_figure_combines_populations() -> None:
     assert heat["type"] == "heatmap" and heat["zmin"] == -1 and heat["zmax"] == 1
     values = [x for row in heat["z"] for x in row if x is not None]
     assert max(abs(x) for x in values) == pytest.approx(1.0)
-    titles = [a["text"] for a in fig["layout"]["annotations"] if a.get("name", "").startswith("title")]
+    # block titles: the tick labels of the heatmap's top axis, at each block's centre
+    top = fig["layout"]["xaxis"]
+    assert top["side"] == "top" and len(top["tickvals"]) == len(top["ticktext"])
+    assert top["tickvals"] == sorted(top["tickvals"])
+    titles = top["ticktext"]
     assert [t.split("</b>")[0].removeprefix("<b>") for t in titles] == [
         "basal W", "apical A", "Jacobian J̃", "readout"]
     assert "2.0e-02" in titles[0]  # two frames of max 0.01 summed

@@ -82,11 +82,12 @@ def test_the_log_loss_axis_has_decimal_ticks_and_reference_labels_sit_outside_th
     assert y["type"] == "log" and y["tickmode"] == "array"
     labels = dict(zip(y["tickvals"], y["ticktext"], strict=True))
     assert labels[0.7] == "0.7" and labels[0.5] == "0.5" and labels[1.0] == "1"
-    refs = [a for a in fig["layout"]["annotations"] if a.get("name") == "ref"]
-    assert len(refs) == 3
-    assert all(a["xref"] == "paper" and a["x"] >= 1.0 and a["xanchor"] == "left" for a in refs)
+    # the reference labels are the tick labels of a right-hand axis: in the right margin
+    refs = fig["layout"]["yaxis2"]
+    assert refs["side"] == "right" and refs.get("ticklabelposition", "outside") == "outside"
+    assert len(refs["tickvals"]) == 3 and refs["matches"] == "y"
     assert fig["layout"]["margin"]["r"] >= figures.REF_MARGIN  # room for them
-    assert "nothing learned 0.66" in [a["text"] for a in refs]
+    assert "nothing learned 0.66" in refs["ticktext"]
 
 
 def test_short_phases_over_a_long_run_are_a_thin_strip_not_hatching() -> None:
@@ -196,7 +197,7 @@ def test_the_heatmap_shows_the_picked_run_titled_with_its_name() -> None:
     picked = figures.weight_figure(figures.make_view(runs, epoch=1, heat_run="b"))
 
     def title(fig: dict) -> dict:
-        return next(a for a in fig["layout"]["annotations"] if a.get("name") == "heat-run")
+        return fig["layout"]["xaxis"]["title"]  # the heatmap's (top) axis title
 
     assert title(first)["text"] == "<b>ΔW of dni</b>"
     assert title(picked)["text"] == "<b>ΔW of dni-b</b>"

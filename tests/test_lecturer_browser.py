@@ -195,8 +195,8 @@ def test_csv_of_two_ticked_runs_is_one_file_each_named_by_run(page: Any,
 
 HEAT_TITLE_JS = """() => {
   const gd = document.querySelector('#weight-change-graph .js-plotly-plot');
-  const a = ((gd && gd.layout && gd.layout.annotations) || []).find((x) => x.name === 'heat-run');
-  return a ? a.text : null;
+  const t = gd && gd.layout && gd.layout.xaxis && gd.layout.xaxis.title;
+  return t ? t.text : null;
 }"""
 
 
@@ -214,5 +214,77 @@ def test_the_heatmap_run_picker_names_the_runs_and_switches(page: Any, server: s
     except AssertionError:
         raise AssertionError(f"{page.inner_text('#panel-weights .panel-tools')!r} "
                              f"{page.evaluate(HEAT_TITLE_JS)!r}") from None
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+LEGEND_JS = """(gid) => {
+  const gd = document.querySelector('#' + gid + ' .js-plotly-plot');
+  const items = [...gd.querySelectorAll('.plab-legend .plab-legend-item')];
+  const box = gd.querySelector('.plab-legend');
+  const top = gd.getBoundingClientRect().top + gd._fullLayout._size.t;
+  return {names: items.map((i) => i.textContent), off: items.map((i) => i.classList.contains('off')),
+          plotly: gd.querySelectorAll('g.legend').length, above: box ?
+          box.getBoundingClientRect().bottom <= top + 1 : null,
+          visible: gd.data.map((t) => t.visible === undefined ? true : t.visible)};
+}"""
+
+
+def test_legends_are_html_over_the_plot_and_toggle_their_run(page: Any, server: str) -> None:
+    """Plotly redrew its legend at every frame (2-3 ms a graph): the legend is HTML now, in
+    the same place (above the plot, never over it), naming the runs; a click hides a run's
+    traces (its legend group) and a second click shows them again, as in Plotly."""
+    _open(page, server, "?rules=dni,dni-b&steps=100000&n=8&speed=100")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(LEGEND_JS, "loss-graph")["names"] == ["dni", "dni-b"], 30,
+                "the loss legend naming both runs", page=page)
+    got = page.evaluate(LEGEND_JS, "loss-graph")
+    assert got["plotly"] == 0 and got["above"] is True and got["off"] == [False, False], got
+    page.click("#loss-graph .plab-legend-item >> nth=0")
+    _wait_until(lambda: page.evaluate(LEGEND_JS, "loss-graph")["off"] == [True, False], 10,
+                "the first entry greyed", page=page)
+    got = page.evaluate(LEGEND_JS, "loss-graph")
+    # the run's raw, smoothed and test traces hide together; the other run's stay
+    assert got["visible"].count("legendonly") == 3 and True in got["visible"], got
+    page.click("#loss-graph .plab-legend-item >> nth=0")
+    _wait_until(lambda: "legendonly" not in page.evaluate(LEGEND_JS, "loss-graph")["visible"],
+                10, "the run shown again", page=page)
+    # every live panel with a legend has it in HTML, Plotly's own nowhere
+    for gid in ("voltage-graph", "weight-change-graph"):
+        _wait_until(lambda g=gid: bool(page.evaluate(LEGEND_JS, g)["names"]), 20,
+                    f"{gid}'s legend", page=page)
+        assert page.evaluate(LEGEND_JS, gid)["plotly"] == 0
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+CIRCUIT_DRAWN_JS = """() => {
+  const gd = document.querySelector('#circuit-graph .js-plotly-plot');
+  const layout = gd._plabDeferred ? gd._plabDeferred.layout : gd.layout;  // set aside, or drawn
+  const want = (layout.annotations || []).find((a) => a.name === 'circuit-run');
+  const drawn = [...gd.querySelectorAll('.annotation-text')].map((t) => t.textContent);
+  return {epoch: (layout.meta || {}).epoch, want: want ? want.text.replace(/<[^>]+>/g, '') : null,
+          drawn: drawn};
+}"""
+
+
+def test_a_new_figure_out_of_view_is_drawn_when_scrolled_to(page: Any, server: str) -> None:
+    """Dash draws every new figure at once; those out of view now wait (their first frames
+    cost the panels in view ~130 ms after a play): the figure is taken, and drawn as soon as
+    its panel is scrolled into view."""
+    page.set_viewport_size({"width": 1600, "height": 900})  # the circuit below the fold
+    _open(page, server, "?steps=100000&n=8&speed=100")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.click("#btn-play")
+    loss_epoch = "() => document.querySelector('#loss-graph .js-plotly-plot').layout.meta.epoch"
+    _wait_until(lambda: page.evaluate(CIRCUIT_DRAWN_JS)["want"] is not None, 30,
+                "the circuit's new figure", page=page)
+    got = page.evaluate(CIRCUIT_DRAWN_JS)
+    assert got["epoch"] == page.evaluate(loss_epoch)
+    assert got["want"] not in got["drawn"], got  # taken, not drawn while out of view
+    page.locator("#circuit-graph").scroll_into_view_if_needed()
+    _wait_until(lambda: page.evaluate(CIRCUIT_DRAWN_JS)["want"] in
+                page.evaluate(CIRCUIT_DRAWN_JS)["drawn"], 10, "the circuit drawn in view",
+                page=page)
     page.click("#btn-stop")
     assert not page.errors, page.errors

@@ -79,6 +79,10 @@ SHOW_OUTPUTS = {
     "figures": {gid: Output(gid, "figure") for gid in GRAPHS},
     "view": Output("view-store", "data"),
     "cursors": Output("cursor-store", "data", allow_duplicate=True),
+    # the heatmap's run picker, set here rather than by a callback of its own: show() then
+    # waited for that callback after every play (one more round trip before the figures)
+    "heat_options": Output("heat-run", "options"),
+    "heat_value": Output("heat-run", "value"),
 }
 
 
@@ -112,26 +116,26 @@ def register_view(app: dash.Dash, svc: Service) -> None:
             loss_kind=getattr(TASKS.get(task), "loss", "cross_entropy"),
             task_view=first.get("task_view") or {}, phase_names=phase_names,
             phase_run=phase_run, align_supported=svc.align is not None,
-            phase_steps=phase_lengths(infos, phase_run), heat_run=heat_run)
+            phase_steps=phase_lengths(infos, phase_run),
+            heat_run=heat_picker(runs, heat_run)[1])
         figs, carry = figures.build_figures(view, histories, recent)
         view["live"] = svc.hub.join(view, cursors, carry)  # the shared live channel (app.live)
-        return {"figures": figs, "view": view, "cursors": {"epoch": epoch, "cursors": cursors}}
+        options, heat = heat_picker(runs, heat_run)
+        return {"figures": figs, "view": view, "cursors": {"epoch": epoch, "cursors": cursors},
+                "heat_options": options, "heat_value": heat}
 
     _register_pickers(app, svc)
 
 
-def _register_pickers(app: dash.Dash, svc: Service) -> None:
-    @app.callback(
-        Output("heat-run", "options"), Output("heat-run", "value"),
-        Input("live-store", "data"), State("heat-run", "value"),
-    )
-    def heat_runs(live: dict | None, current: str | None) -> tuple:
-        """The heatmap's run picker: every run shown, by name; keeps the pick while shown."""
-        named = names.names_by_id(svc.infos((live or {}).get("runs") or []))
-        options = [{"label": name, "value": rid} for rid, name in named.items()]
-        value = current if current in named else next(iter(named), None)
-        return options, value
+def heat_picker(runs: list[figures.RunView], current: str | None
+                ) -> tuple[list[dict[str, str]], str | None]:
+    """The heatmap's run picker: every run shown, by name; keeps the pick while shown."""
+    options = [{"label": run["label"], "value": run["id"]} for run in runs]
+    ids = [run["id"] for run in runs]
+    return options, current if current in ids else next(iter(ids), None)
 
+
+def _register_pickers(app: dash.Dash, svc: Service) -> None:
     @app.callback(
         Output("live-status", "children"), Output("btn-play", "children"),
         Output("btn-play", "className"),

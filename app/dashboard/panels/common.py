@@ -287,7 +287,10 @@ def _base_layout(view: View, *, height: int, legend: bool = True, **extra: Any) 
         "paper_bgcolor": "#ffffff",
         "plot_bgcolor": "#ffffff",
         "font": _font(view),
-        "showlegend": legend,
+        # the legend is drawn in HTML by assets/plab.js (meta.legend), once per change of the
+        # traces: Plotly would redraw its own at every frame (2-3 ms a graph); exports turn
+        # Plotly's back on (assets/export.js), with these settings
+        "showlegend": False,
         "legend": {"orientation": "h", "y": 1.02, "yanchor": "bottom", "x": 0, "xanchor": "left",
                    "font": _font(view, 11), "bgcolor": "rgba(255,255,255,0.6)"},
         "hovermode": "x",
@@ -295,7 +298,7 @@ def _base_layout(view: View, *, height: int, legend: bool = True, **extra: Any) 
         "shapes": [],
         "annotations": [],
         "meta": {"epoch": view.get("epoch", 0), "window": None, "shade": None,
-                 "phase_colors": phase_colors(view)},
+                 "phase_colors": phase_colors(view), "legend": legend},
     }
     layout.update(extra)
     return layout

@@ -132,6 +132,12 @@ def _block_titles(blocks: Sequence[tuple[str, float, float]]) -> list[tuple[str,
 HEAT_DOMAIN = [0.50, 0.90]
 
 
+def block_title_ticks(titles: Sequence[tuple[str, float]]) -> dict[str, Any]:
+    """The heatmap's top axis: a tick label per block (its title) at the block's centre."""
+    return {"tickmode": "array", "tickvals": [x for _text, x in titles],
+            "ticktext": [text for text, _x in titles]}
+
+
 def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
                   carry: dict[str, Any] | None = None) -> Figure:
     """One heatmap of the focus run's weight change per sub-population over the last
@@ -152,23 +158,16 @@ def weight_figure(view: View, recent: Mapping[str, Sequence[Mapping[str, Any]]] 
         "colorscale": "RdBu", "reversescale": True, "showscale": False, "hoverongaps": False,
         "showlegend": False, "xgap": 0, "ygap": 0,
         "hovertemplate": "ΔW / max|ΔW| of its block: %{z:.2f}<br>post %{y}<extra></extra>"})
-    layout["xaxis"] = _axis(view, "", anchor="y", showticklabels=False, showgrid=False,
-                            zeroline=False, ticks="", showline=False)
+    # whose weights these are (the axis title, in the run's colour) and each block's title
+    # (its tick labels) on the heatmap's top axis: annotations would be rebuilt at every redraw
+    layout["xaxis"] = _axis(view, f"<b>ΔW of {_esc(focus['label'])}</b>", anchor="y",
+                            side="top", showgrid=False, zeroline=False, ticks="", showline=False,
+                            **block_title_ticks(_block_titles(blocks)),
+                            tickfont=_font(view, 11.5))
+    layout["xaxis"]["title"]["font"] = {**_font(view, 12.5), "color": focus["color"]}
     layout["yaxis"] = _axis(view, "", domain=HEAT_DOMAIN, anchor="x", autorange="reversed",
                             showticklabels=False, showgrid=False, zeroline=False, ticks="",
                             showline=False)
-    layout["annotations"].append({  # whose weights these are, in the run's colour
-        "xref": "paper", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
-        "yanchor": "bottom", "showarrow": False, "name": "heat-run",
-        "text": f"<b>ΔW of {_esc(focus['label'])}</b>",
-        "font": {**_font(view, 12.5), "color": focus["color"]}})
-    titles = _block_titles(blocks)
-    for k in range(len(focus["pops"])):
-        text, x = titles[k] if k < len(titles) else ("", 0.0)
-        layout["annotations"].append({
-            "xref": "x", "yref": "paper", "x": x, "y": HEAT_DOMAIN[1] + 0.01, "xanchor": "center",
-            "yanchor": "bottom", "showarrow": False, "text": text, "font": _font(view, 11.5),
-            "name": f"title:{k}"})
     single = len(view["runs"]) == 1
     pre = _norm_points(view, recent, carry)
     for run in view["runs"]:
