@@ -260,6 +260,16 @@
         return ((layout || {}).meta || {}).epoch;
     }
 
+    // A new view's figures carry what following its channel takes (meta.follow, as in
+    // view-store and cursor-store): the first poll goes out while Dash is still drawing them,
+    // not after the callbacks that view-store triggers (100-300 ms later)
+    function followEarly(layout) {
+        const f = (layout.meta || {}).follow;
+        if (!f || !f.live || (plab.state && plab.state.epoch >= f.epoch)) return;
+        plab.view = {live: f.live, epoch: f.epoch, runs: f.runs || []};
+        startFollowing(f.epoch, f.cursors);
+    }
+
     function wrapPlotly() {
         const P = window.Plotly;
         if (!P || P.__plabWrapped) return;
@@ -273,6 +283,7 @@
             if (gid && gd._fullLayout && Array.isArray(fig.data) && fig.layout &&
                     plab.onScreen[gid] === false) {
                 gd._plabDeferred = {data: fig.data, layout: fig.layout, config: fig.config};
+                followEarly(fig.layout);
                 const epoch = (fig.layout.meta || {}).epoch;
                 const p = plab.pending[gid];
                 if (!p || p.epoch !== epoch) {
@@ -281,11 +292,17 @@
                 }
                 return Promise.resolve(gd);
             }
+            if (fig.layout) followEarly(fig.layout);
             if (gd) delete gd._plabDeferred;  // this figure supersedes the one set aside
             return plotlyReact.apply(this, arguments);
         };
     }
     plab.wrapPlotly = wrapPlotly;
+    // before Dash draws its first figures (plotly.js loads before the assets; else soon after)
+    (function wrapSoon(tries) {
+        wrapPlotly();
+        if (!plotlyReact && tries > 0) setTimeout(() => wrapSoon(tries - 1), 50);
+    })(100);
 
     // ---- legends: HTML, drawn when the traces change -----------------------------------------
     // Plotly redraws its legend at every redraw (2-3 ms a graph, ten times a second); figures
@@ -682,8 +699,23 @@
             if (plab.nextAt !== null && wait < 1000) after = plab.nextAt + SLACK_MS - Date.now();
             if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
             if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
-            await new Promise((r) => setTimeout(r, Math.max(after, wait - (Date.now() - t0))));
+            // a new view wakes the loop (plab.wake) rather than waiting out an idle pause
+            await new Promise((r) => {
+                plab.wake = r;
+                setTimeout(r, Math.max(after, wait - (Date.now() - t0)));
+            });
+            plab.wake = null;
         }
+    }
+
+    function startFollowing(epoch, cursors) {
+        plab.state = {epoch: epoch, cursors: cursors || {}, seq: -1};
+        for (const gid of Object.keys(plab.pending)) {
+            if (plab.pending[gid].epoch !== epoch) delete plab.pending[gid];
+        }
+        plab.lastData = Date.now();  // poll fast for a while after a change
+        if (plab.wake) plab.wake();
+        pump();
     }
 
     const ns = (window.dash_clientside = window.dash_clientside || {});
@@ -691,12 +723,10 @@
         // a new view (figures rebuilt) or its cursors: follow them from now on
         follow: function (view, cursor) {
             plab.view = view || null;
-            if (cursor && view && cursor.epoch === view.epoch) {
-                plab.state = {epoch: cursor.epoch, cursors: cursor.cursors || {}, seq: -1};
-                for (const gid of Object.keys(plab.pending)) {
-                    if (plab.pending[gid].epoch !== view.epoch) delete plab.pending[gid];
-                }
-                plab.lastData = Date.now();  // poll fast for a while after a change
+            // (already followed from its figures: the items applied since stay applied)
+            if (cursor && view && cursor.epoch === view.epoch &&
+                    !(plab.state && plab.state.epoch === view.epoch)) {
+                startFollowing(view.epoch, cursor.cursors);
             }
             wrapPlotly();
             // every graph watched from the start: Dash's next figures for those out of view wait

@@ -120,6 +120,12 @@ def register_view(app: dash.Dash, svc: Service) -> None:
             heat_run=heat_picker(runs, heat_run)[1])
         figs, carry = figures.build_figures(view, histories, recent)
         view["live"] = svc.hub.join(view, cursors, carry)  # the shared live channel (app.live)
+        # what plab.js needs to follow the channel, in every figure too: the page starts
+        # polling as soon as Dash draws the first of them, not after view-store's callbacks
+        follow = {"live": view["live"], "epoch": epoch, "runs": [r["id"] for r in runs],
+                  "cursors": cursors}
+        for fig in figs.values():
+            fig["layout"]["meta"]["follow"] = follow
         options, heat = heat_picker(runs, heat_run)
         return {"figures": figs, "view": view, "cursors": {"epoch": epoch, "cursors": cursors},
                 "heat_options": options, "heat_value": heat}
