@@ -95,6 +95,8 @@ def test_panel_images_are_titled_named_and_sized_and_the_slide_is_one_png(
     assert root.tag.endswith("svg")
     assert float(root.get("width")) == 3 * width and float(root.get("height")) > 3 * height
     text = " ".join("".join(t.itertext()) for t in root.iter() if t.tag.endswith("text"))
+    # the legend (HTML on screen) is Plotly's in the image: its entries name the units
+    assert all(f"unit {u}" in text for u in (0, 1, 2)), text[:300]
     setup = _api(server, f"/api/runs/{rid}/export/run.json")["run"]["setup"]
     assert setup.startswith("dni-b · add · n 8 · lr "), setup
     # the setup, wrapped at " · " to the image's width: every part, in order
