@@ -106,13 +106,17 @@
         const width = Math.round(gd._fullLayout.width), height = Math.round(gd._fullLayout.height);
         const fig = titled(gd, meta.title || [], width, height);
         const name = ((meta.files || {})[panel] || ("plasticity-" + panel)) + "." + format;
-        return window.Plotly.toImage({data: fig.data, layout: fig.layout},
-                                     {format: format, scale: scale, width: width,
-                                      height: height + fig.extra})
+        return saveImage({data: fig.data, layout: fig.layout}, format, scale, width,
+                         height + fig.extra, name);
+    }
+
+    /* ``fig`` as a ``format`` file of width x height CSS pixels at ``scale``, named ``name`` */
+    function saveImage(fig, format, scale, width, height, name) {
+        return window.Plotly.toImage(fig, {format: format, scale: scale, width: width,
+                                           height: height})
             .then((url) => {
                 save(url, name);
-                plab.lastExport = {name: name, width: width * scale,
-                                   height: (height + fig.extra) * scale};
+                plab.lastExport = {name: name, width: width * scale, height: height * scale};
                 say("saved " + name);
                 return name;
             });
@@ -200,16 +204,9 @@
         if (plab.flush && host) plab.flush(host.id);
         const opts = (gd._context || {}).toImageButtonOptions || {};
         const format = opts.format || "png";
-        const width = Math.round(gd._fullLayout.width), height = Math.round(gd._fullLayout.height);
-        window.Plotly.toImage({data: gd.data, layout: layoutCopy(gd)},
-                              {format: format, scale: opts.scale || 1, width: width,
-                               height: height})
-            .then((url) => {
-                const name = (opts.filename || "plasticity-plot") + "." + format;
-                save(url, name);
-                plab.lastExport = {name: name, width: width * (opts.scale || 1),
-                                   height: height * (opts.scale || 1)};
-            })
+        saveImage({data: gd.data, layout: layoutCopy(gd)}, format, opts.scale || 1,
+                  Math.round(gd._fullLayout.width), Math.round(gd._fullLayout.height),
+                  (opts.filename || "plasticity-plot") + "." + format)
             .catch((err) => say("export failed: " + err.message));
     }, true);
 

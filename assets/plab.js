@@ -280,10 +280,10 @@
             if (data && !Array.isArray(data) && Array.isArray(data.data)) fig = data;  // dcc.Graph
             const host = gd && gd.closest ? gd.closest(".dash-graph") : null;
             const gid = host ? host.id : null;
+            if (fig.layout) followEarly(fig.layout);
             if (gid && gd._fullLayout && Array.isArray(fig.data) && fig.layout &&
                     plab.onScreen[gid] === false) {
                 gd._plabDeferred = {data: fig.data, layout: fig.layout, config: fig.config};
-                followEarly(fig.layout);
                 const epoch = (fig.layout.meta || {}).epoch;
                 const p = plab.pending[gid];
                 if (!p || p.epoch !== epoch) {
@@ -292,10 +292,14 @@
                 }
                 return Promise.resolve(gd);
             }
-            if (fig.layout) followEarly(fig.layout);
             if (gd) delete gd._plabDeferred;  // this figure supersedes the one set aside
-            return plotlyReact.apply(this, arguments);
+            // its legend once drawn (plab's own redraws draw theirs in draw())
+            return Promise.resolve(plotlyReact.apply(this, arguments)).then((drawn) => {
+                if (gid) drawLegend(gd);
+                return drawn;
+            });
         };
+        setTimeout(() => plab.drawLegends(), 0);  // figures drawn before plotly.js was wrapped
     }
     plab.wrapPlotly = wrapPlotly;
     // before Dash draws its first figures (plotly.js loads before the assets; else soon after)
@@ -733,8 +737,6 @@
             document.querySelectorAll(".dash-graph[id]").forEach((host) => watch(host.id));
             pump();
             setTimeout(fitPhones, 400);  // the figures Dash is rendering now
-            // their legends, once Dash has drawn them (each call redraws only what changed)
-            for (const ms of [0, 100, 400, 1500]) setTimeout(plab.drawLegends, ms);
             return window.dash_clientside.no_update;
         },
 

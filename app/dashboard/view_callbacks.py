@@ -108,6 +108,7 @@ def register_view(app: dash.Dash, svc: Service) -> None:
         first = infos[0] if infos else {}
         task = (first.get("config") or {}).get("task", "add")
         phase_run, phase_names = phase_source(infos)
+        options, heat = heat_picker(runs, heat_run)
         view = figures.make_view(
             runs, epoch=epoch, units=units, seed_index=int(seed_index or 0),
             panels=[p for p in urlstate.PANELS if p in (panels or urlstate.PANELS)],
@@ -116,8 +117,7 @@ def register_view(app: dash.Dash, svc: Service) -> None:
             loss_kind=getattr(TASKS.get(task), "loss", "cross_entropy"),
             task_view=first.get("task_view") or {}, phase_names=phase_names,
             phase_run=phase_run, align_supported=svc.align is not None,
-            phase_steps=phase_lengths(infos, phase_run),
-            heat_run=heat_picker(runs, heat_run)[1])
+            phase_steps=phase_lengths(infos, phase_run), heat_run=heat)
         figs, carry = figures.build_figures(view, histories, recent)
         view["live"] = svc.hub.join(view, cursors, carry)  # the shared live channel (app.live)
         # what plab.js needs to follow the channel, in every figure too: the page starts
@@ -126,7 +126,6 @@ def register_view(app: dash.Dash, svc: Service) -> None:
                   "cursors": cursors}
         for fig in figs.values():
             fig["layout"]["meta"]["follow"] = follow
-        options, heat = heat_picker(runs, heat_run)
         return {"figures": figs, "view": view, "cursors": {"epoch": epoch, "cursors": cursors},
                 "heat_options": options, "heat_value": heat}
 

@@ -98,10 +98,6 @@ def loss_slots(view: View) -> list[str]:
 slots = loss_slots
 
 
-def _log10(v: float) -> float:
-    return math.log10(v) if v > 0 else 0.0
-
-
 def log_ticks() -> dict[str, Any]:
     """Fixed decimal ticks for a log axis (Plotly shows those inside its range)."""
     return {"tickmode": "array", "tickvals": list(LOG_TICKS),
