@@ -53,6 +53,12 @@
         return layout;
     }
 
+    /* The graph's traces for Plotly.toImage: heatmaps whose colour bar is HTML on screen
+     * (meta.scale, plab.js) get Plotly's in the image. */
+    function dataCopy(gd) {
+        return (gd.data || []).map((t) => ((t.meta || {}).scale ? {...t, showscale: true} : t));
+    }
+
     /* Lines of at most about ``width`` pixels, broken at " · ". */
     function wrap(lines, width) {
         const perLine = Math.max(20, Math.floor((width - 24) / (TITLE_PX * 0.55)));
@@ -92,7 +98,7 @@
             y: 1 + (top - 6 - i * lineH) / size.h, yanchor: "top", align: "left",
             font: {size: TITLE_PX, family: FONT, color: "#1f2937"},
         })));
-        return {data: gd.data, layout: layout, extra: extra};
+        return {data: dataCopy(gd), layout: layout, extra: extra};
     }
 
     function panelImage(panel, format, scale, meta) {
@@ -154,7 +160,7 @@
         const rows = Math.ceil(shown.length / cols);
         const cw = Math.floor(W / cols), ch = Math.floor((H - footer) / rows);
         return Promise.all(shown.map((gd) => window.Plotly.toImage(
-            {data: gd.data, layout: layoutCopy(gd, {width: cw, height: ch - HEAD})},
+            {data: dataCopy(gd), layout: layoutCopy(gd, {width: cw, height: ch - HEAD})},
             {format: "png", width: cw, height: ch - HEAD, scale: S}).then(loadImage)))
             .then((images) => {
                 const canvas = document.createElement("canvas");
@@ -192,19 +198,21 @@
     }
 
     // The toolbar's camera: Plotly's own download would draw the figure as it is on screen,
-    // without its legend (HTML there, see plab.js); this one draws it with the legend, under
+    // without its legend or colour bars (HTML there, see plab.js); this one draws them, under
     // the same options (toImageButtonOptions: format, scale, file name)
     document.addEventListener("click", (ev) => {
         const btn = ev.target.closest && ev.target.closest(".modebar-btn[data-title^='Download plot']");
         const gd = btn && btn.closest(".js-plotly-plot");
-        if (!gd || !window.Plotly || !((gd.layout || {}).meta || {}).legend) return;
+        const html = gd && (((gd.layout || {}).meta || {}).legend ||
+                            (gd.data || []).some((t) => (t.meta || {}).scale));
+        if (!html || !window.Plotly) return;
         ev.preventDefault();
         ev.stopPropagation();
         const host = gd.closest(".dash-graph");
         if (plab.flush && host) plab.flush(host.id);
         const opts = (gd._context || {}).toImageButtonOptions || {};
         const format = opts.format || "png";
-        saveImage({data: gd.data, layout: layoutCopy(gd)}, format, opts.scale || 1,
+        saveImage({data: dataCopy(gd), layout: layoutCopy(gd)}, format, opts.scale || 1,
                   Math.round(gd._fullLayout.width), Math.round(gd._fullLayout.height),
                   (opts.filename || "plasticity-plot") + "." + format)
             .catch((err) => say("export failed: " + err.message));

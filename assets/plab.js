@@ -57,7 +57,7 @@
                     plab.onScreen[e.target.id] = e.isIntersecting;
                     plab.hidden[e.target.id] = e.boundingClientRect.width === 0;
                     const gd = e.isIntersecting ? graphDiv(e.target.id) : null;
-                    if (gd) setTimeout(() => drawLegend(gd), 0);  // shown: its legend too
+                    if (gd) setTimeout(() => drawOverlays(gd), 0);  // shown: its legend too
                 }
                 schedule();
             });
@@ -110,8 +110,8 @@
     }
 
     // the circuit panel (app/dashboard/panels/circuit.py): "heat" appends columns to a
-    // heatmap (z per row, keeping the last max), "patch" sets shape and annotation
-    // properties by name (the neuron's colours, the arrows' widths); the newest wins
+    // heatmap (z per row, keeping the last max), "patch" sets trace properties by trace name
+    // (the neuron's colours, the arrows' widths and labels); the newest wins
     function mergeHeat(p, heat) {
         p.heat = p.heat || {};
         for (const h of heat) {
@@ -124,12 +124,19 @@
     }
 
     function mergePatch(p, patch) {
-        p.patch = p.patch || {shapes: {}, annotations: {}};
-        for (const kind of ["shapes", "annotations"]) {
-            for (const [name, props] of Object.entries(patch[kind] || {})) {
-                p.patch[kind][name] = {...(p.patch[kind][name] || {}), ...props};
-            }
+        p.patch = p.patch || {};
+        for (const [name, props] of Object.entries(patch.traces || {})) {
+            p.patch[name] = mergeProps(p.patch[name] || {}, props);
         }
+    }
+
+    // one level deep, as the patches are written (line, marker, textfont are objects)
+    function mergeProps(old, props) {
+        const out = {...old};
+        for (const [k, v] of Object.entries(props)) {
+            out[k] = v && typeof v === "object" && !Array.isArray(v) && old[k] ? {...old[k], ...v} : v;
+        }
+        return out;
     }
 
     function applyHeat(gd, heat) {
@@ -152,15 +159,7 @@
     }
 
     function applyPatch(gd, patch) {
-        const set = (items, props) => (items || []).map((it) => {
-            const q = props[it.name];
-            if (!q) return it;
-            const out = {...it, ...q};
-            for (const k of ["line", "font"]) if (q[k]) out[k] = {...(it[k] || {}), ...q[k]};
-            return out;
-        });
-        gd.layout.shapes = set(gd.layout.shapes, patch.shapes || {});
-        gd.layout.annotations = set(gd.layout.annotations, patch.annotations || {});
+        gd.data = gd.data.map((tr) => (patch[tr.name] ? mergeProps(tr, patch[tr.name]) : tr));
     }
 
     // traces whose last drawn point is provisional (a loss block still filling)
@@ -295,11 +294,11 @@
             if (gd) delete gd._plabDeferred;  // this figure supersedes the one set aside
             // its legend once drawn (plab's own redraws draw theirs in draw())
             return Promise.resolve(plotlyReact.apply(this, arguments)).then((drawn) => {
-                if (gid) drawLegend(gd);
+                if (gid) drawOverlays(gd);
                 return drawn;
             });
         };
-        setTimeout(() => plab.drawLegends(), 0);  // figures drawn before plotly.js was wrapped
+        setTimeout(() => plab.drawOverlays(), 0);  // figures drawn before plotly.js was wrapped
     }
     plab.wrapPlotly = wrapPlotly;
     // before Dash draws its first figures (plotly.js loads before the assets; else soon after)
@@ -433,10 +432,99 @@
         }
     }
 
-    plab.drawLegends = function () {
-        document.querySelectorAll(".js-plotly-plot").forEach(drawLegend);
+    // ---- colour bars: HTML, drawn when their range changes -----------------------------------
+    // Plotly redraws a colour bar at every redraw (6-7 ms each, ten times a second); heatmaps
+    // marked meta.scale come with showscale false and their bar is drawn here where Plotly
+    // would put it (trace.colorbar: x, y, len, thickness, title), from the trace's zmin, zmax
+    // and colorscale, only when those or the plot's size change. Exports turn Plotly's back
+    // on (assets/export.js).
+    function niceTicks(lo, hi) {
+        const span = hi - lo;
+        if (!(span > 0) || !isFinite(span)) return [lo];
+        const raw = span / 4, mag = Math.pow(10, Math.floor(Math.log10(raw)));
+        const step = [1, 2, 2.5, 5, 10].map((m) => m * mag).find((s) => s >= raw * (1 - 1e-9));
+        const out = [];
+        for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) {
+            out.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+        }
+        return out;
+    }
+
+    function tickText(v) {
+        return String(Number(v.toPrecision(4))).replace("-", "\u2212");  // Plotly's minus
+    }
+
+    function scaleBox(t, size, k) {
+        const cb = t.colorbar || {};
+        const len = cb.len === undefined ? 1 : cb.len, yc = cb.y === undefined ? 0.5 : cb.y;
+        const pad = cb.ypad === undefined ? 10 : cb.ypad;
+        const top = size.t + (1 - yc - len / 2) * size.h + pad;
+        const height = Math.max(10, len * size.h - 2 * pad);
+        const box = document.createElement("div");
+        box.className = "plab-scale";
+        box.dataset.trace = String(k);
+        box.style.left = Math.round(size.l + (cb.x === undefined ? 1.02 : cb.x) * size.w +
+                                    (cb.xpad === undefined ? 10 : cb.xpad)) + "px";
+        box.style.top = Math.round(top) + "px";
+        box.style.height = Math.round(height) + "px";
+        const bar = document.createElement("div");
+        bar.className = "plab-scale-bar";
+        bar.style.width = (cb.thickness || 12) + "px";
+        bar.style.background = "linear-gradient(to top, " + (t.colorscale || []).map(
+            (c) => c[1] + " " + (100 * c[0]).toFixed(2) + "%").join(", ") + ")";
+        box.appendChild(bar);
+        const ticks = document.createElement("div");
+        ticks.className = "plab-scale-ticks";
+        const font = cb.tickfont || {};
+        ticks.style.fontSize = (font.size || 10) + "px";
+        const lo = +t.zmin, hi = +t.zmax;
+        for (const v of niceTicks(lo, hi)) {
+            const tick = document.createElement("span");
+            tick.style.top = (100 * (hi - v) / (hi - lo || 1)).toFixed(2) + "%";
+            tick.textContent = tickText(v);
+            ticks.appendChild(tick);
+        }
+        box.appendChild(ticks);
+        const title = ((cb.title || {}).text) || "";
+        if (title) {
+            const head = document.createElement("div");
+            head.className = "plab-scale-title";
+            head.style.fontSize = (((cb.title || {}).font || {}).size || 11) + "px";
+            head.textContent = title;  // text, never markup
+            box.appendChild(head);
+        }
+        return box;
+    }
+
+    function drawScales(gd) {
+        const size = (gd._fullLayout || {})._size;
+        const marked = [];
+        (gd.data || []).forEach((t, k) => {
+            if (t.type === "heatmap" && (t.meta || {}).scale && t.visible !== false &&
+                    (t.z || []).length) marked.push([t, k]);
+        });
+        const old = gd.querySelectorAll(":scope > .plab-scale");
+        if (!marked.length || !size) { old.forEach((b) => b.remove()); return; }
+        const host = gd.closest(".dash-graph");
+        if (!gd.offsetWidth || (host && plab.onScreen[host.id] === false)) return;
+        const sig = JSON.stringify([marked.map(([t]) => [t.zmin, t.zmax, t.colorscale, t.colorbar]),
+                                    size.l, size.t, size.w, size.h]);
+        if (gd.dataset.plabScales === sig) return;
+        gd.dataset.plabScales = sig;
+        old.forEach((b) => b.remove());
+        marked.forEach(([t, k]) => gd.appendChild(scaleBox(t, size, k)));
+    }
+
+    // what a graph shows in HTML over Plotly's drawing
+    function drawOverlays(gd) {
+        drawLegend(gd);
+        drawScales(gd);
+    }
+
+    plab.drawOverlays = function () {
+        document.querySelectorAll(".js-plotly-plot").forEach(drawOverlays);
     };
-    window.addEventListener("resize", () => setTimeout(plab.drawLegends, 300));
+    window.addEventListener("resize", () => setTimeout(plab.drawOverlays, 300));
 
     function fitPhones() {
         document.querySelectorAll(".js-plotly-plot").forEach((gd) => {
@@ -487,7 +575,7 @@
         const dur = performance.now() - t0;
         Promise.resolve(done).then(() => {
             recordPaint(gid, p.wall, dur, p.recv);
-            drawLegend(gd);  // only when its traces changed (a cheap check)
+            drawOverlays(gd);  // only when its traces or ranges changed (cheap checks)
         });
     }
 

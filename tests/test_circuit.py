@@ -6,6 +6,7 @@ appearing and updating live.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import math
 import time
@@ -55,12 +56,17 @@ def view_of(run: Run, frames: list[dict[str, Any]], panels: tuple[str, ...] = ("
     return figures.make_view([rv], epoch=1, panels=panels, units=units)
 
 
-def shape(fig: dict[str, Any], name: str) -> dict[str, Any]:
-    return next(s for s in fig["layout"]["shapes"] if s.get("name") == name)
+def trace(fig: dict[str, Any], name: str) -> dict[str, Any]:
+    return next(t for t in fig["data"] if t.get("name") == name)
 
 
 def note(fig: dict[str, Any], name: str) -> dict[str, Any]:
     return next(a for a in fig["layout"]["annotations"] if a.get("name") == name)
+
+
+def label(fig: dict[str, Any], arrow: str) -> str:
+    """An arrow's label: the text at its label end (the readout's head, the others' tail)."""
+    return "".join(trace(fig, f"arrow:{arrow}")["text"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -139,27 +145,61 @@ def test_the_neuron_is_coloured_by_the_units_v_and_u() -> None:
     view = view_of(run, frames, units=(3,))
     carry: dict[str, Any] = {}
     fig = circuit.circuit_figure(view, {RID: frames}, carry)
-    names = {s["name"] for s in fig["layout"]["shapes"]}
-    assert {"soma", "basal:0", "basal:1", "basal:2", "apical:trunk", "apical:tuft:0",
-            "apical:tuft:1", "apical:tuft:2"} <= names
+    assert [t["name"] for t in fig["data"][2:]] == list(circuit.NEURON_TRACES)
     snap = frames[-1]["snapshot"]
     ranges = carry["circuit"]
     assert ranges["V"] == circuit.nice_range([v for f in frames for v in f["snapshot"]["V"]])
     v3, u3 = snap["V"][3], snap["U"][3]
-    assert shape(fig, "soma")["fillcolor"] == circuit.diverging_color(v3, ranges["V"])
-    for name in ("basal:0", "basal:2"):
-        assert shape(fig, name)["line"]["color"] == circuit.diverging_color(v3, ranges["V"])
-    for name in ("apical:trunk", "apical:tuft:1"):
-        assert shape(fig, name)["line"]["color"] == circuit.diverging_color(u3, ranges["U"])
-    assert note(fig, "values")["text"] == f"unit 3: V = {v3:+.3g}, U = {u3:+.3g}"
+    assert trace(fig, "soma")["fillcolor"] == circuit.diverging_color(v3, ranges["V"])
+    assert trace(fig, "basal")["line"]["color"] == circuit.diverging_color(v3, ranges["V"])
+    assert trace(fig, "apical")["line"]["color"] == circuit.diverging_color(u3, ranges["U"])
+    # three basal dendrites and the apical trunk with three tuft branches: separate lines
+    assert trace(fig, "basal")["x"].count(None) == 2
+    assert trace(fig, "apical")["x"].count(None) == 3
+    assert trace(fig, "values")["text"] == [f"unit 3: V = {v3:+.3g}, U = {u3:+.3g}"]
     # the strips: every unit (rows) by frame (columns), on the ranges the neuron uses
-    hv, hu = fig["data"]
+    hv, hu = fig["data"][:2]
     assert hv["x"] == [f["snapshot"]["step"] for f in frames]
     assert [row[-1] for row in hv["z"]] == snap["V"]
     assert [row[-1] for row in hu["z"]] == snap["U"]
     assert (hv["zmin"], hv["zmax"], hu["zmax"]) == (-ranges["V"], ranges["V"], ranges["U"])
     assert [c for _f, c in hv["colorscale"]] == [
         "rgb({},{},{})".format(*c) for _f, c in circuit.COLORSCALE]
+
+
+def test_the_drawing_is_traces_so_a_redraw_rebuilds_no_shape_annotation_or_colour_bar() -> None:
+    """Plotly redraws every layout shape, annotation and colour bar at each redraw (about
+    25 ms of the panel's 50 ms at presenter size, ten times a second); the neuron is traces,
+    the colour bars HTML (meta.scale; Plotly's in exports), and the annotations left are the
+    ones a frame never changes."""
+    run, frames = run_frames(n=8)
+    fig = circuit.circuit_figure(view_of(run, frames), {RID: frames})
+    assert fig["layout"]["shapes"] == []
+    assert [a["name"] for a in fig["layout"]["annotations"]] == ["circuit-run"]
+    for strip in fig["data"][:2]:
+        assert strip["showscale"] is False and strip["meta"] == {"scale": True}
+        assert strip["colorbar"]["title"]["text"] in ("basal V", "apical U")  # for exports
+    # room for the HTML colour bars: Plotly no longer widens the margin for its own
+    assert fig["layout"]["margin"]["r"] >= 60
+
+
+def test_the_strips_draw_one_column_per_frame_however_uneven_the_steps() -> None:
+    """At max speed the steps between frames vary; on a linear step axis Plotly then draws
+    each heatmap pixel by pixel (20 ms a redraw) instead of as one scaled image. The step axis
+    is categorical (one column per frame), labelled at round steps."""
+    run, frames = run_frames(n=8, chunks=6)
+    uneven = [{**f, "snapshot": {**f["snapshot"], "step": step}}
+              for f, step in zip(frames, (9, 30, 44, 71, 102, 125), strict=True)]
+    fig = circuit.circuit_figure(view_of(run, uneven), {RID: uneven})
+    for ax in ("xaxis2", "xaxis3"):
+        axis = fig["layout"][ax]
+        assert axis["type"] == "category" and axis["tickmode"] == "array"
+        # steps 9..125: a tick every 50 steps, at the column nearest each multiple
+        assert axis["tickvals"] == [44, 102] and axis["ticktext"] == ["50", "100"]
+    assert circuit.step_ticks([1043, 2011, 2950, 4102, 5300, 6010, 7100, 8020, 9100, 10300]) == {
+        "tickmode": "array", "tickvals": [2011, 4102, 6010, 8020, 10300],
+        "ticktext": ["2k", "4k", "6k", "8k", "10k"]}
+    assert circuit.step_ticks([]) == {"tickmode": "array", "tickvals": [], "ticktext": []}
 
 
 def test_a_positive_and_a_negative_voltage_get_opposite_colours() -> None:
@@ -171,7 +211,7 @@ def test_a_positive_and_a_negative_voltage_get_opposite_colours() -> None:
 
     def rgb(unit: int) -> list[int]:
         fig = circuit.circuit_figure(view_of(run, frames, units=(unit,)), {RID: frames})
-        return [int(c) for c in shape(fig, "soma")["fillcolor"][4:-1].split(",")]
+        return [int(c) for c in trace(fig, "soma")["fillcolor"][4:-1].split(",")]
 
     r, _g, b = rgb(pos)
     assert r > b  # red side
@@ -186,16 +226,24 @@ def test_arrows_glow_in_their_phase_and_dim_when_frozen() -> None:
     act = circuit.circuit_figure(view, {RID: frames})
     for fig, on in ((listen, {"apical", "jacobian"}), (act, {"input", "recurrent", "readout"})):
         for arrow, (pop, *_rest) in circuit.ARROWS.items():
-            a = note(fig, f"arrow:{arrow}")
+            a = trace(fig, f"arrow:{arrow}")
+            # the head is an arrow marker at the line's end, in the line's colour and growing
+            # with its width
+            assert a["marker"]["size"] == [0, circuit.head_size(a["line"]["width"])]
+            assert a["marker"]["color"] == a["line"]["color"] == a["textfont"]["color"]
             if arrow in on:
-                assert (a["arrowcolor"], a["opacity"]) == (figures.POP_COLORS[pop], 1.0), arrow
-                assert "frozen" not in a["text"]
-                assert a["arrowwidth"] > circuit.MIN_WIDTH  # it was updated in this frame
+                assert (a["line"]["color"], a["opacity"]) == (figures.POP_COLORS[pop], 1.0), arrow
+                assert "frozen" not in label(fig, arrow)
+                assert a["line"]["width"] > circuit.MIN_WIDTH  # it was updated in this frame
             else:
-                assert (a["arrowcolor"], a["opacity"]) == (circuit.DIM_COLOR, circuit.DIM_OPACITY)
-                assert a["text"].endswith("(frozen)")
-                assert a["arrowwidth"] == circuit.MIN_WIDTH  # frozen: no update at all
-    assert note(act, "phase")["text"] == "phase act: basal, readout plastic"
+                assert (a["line"]["color"], a["opacity"]) == (circuit.DIM_COLOR,
+                                                              circuit.DIM_OPACITY)
+                assert label(fig, arrow).endswith("(frozen)")
+                assert a["line"]["width"] == circuit.MIN_WIDTH  # frozen: no update at all
+    assert trace(act, "phase")["text"] == ["phase act: basal, readout plastic"]
+    # the readout points at its label (the output), the others start at theirs
+    assert trace(act, "arrow:readout")["text"][0] == "" != trace(act, "arrow:readout")["text"][1]
+    assert trace(act, "arrow:apical")["text"][1] == "" != trace(act, "arrow:apical")["text"][0]
 
 
 def test_arrow_widths_follow_the_frames_update_norms() -> None:
@@ -205,7 +253,7 @@ def test_arrow_widths_follow_the_frames_update_norms() -> None:
     changes = frames[-1]["weight_change"]
     assert sizes["recurrent"] == changes["basal"]["parts"]["recurrent"]
     assert sizes["apical"] == changes["apical"]["norm"]
-    widths = {k: note(fig, f"arrow:{k}")["arrowwidth"] for k in circuit.ARROWS}
+    widths = {k: trace(fig, f"arrow:{k}")["line"]["width"] for k in circuit.ARROWS}
     assert widths == circuit.arrow_widths(sizes)
     order = sorted(sizes, key=lambda k: sizes[k])
     assert [widths[k] for k in order] == sorted(widths.values())  # bigger update, thicker
@@ -216,15 +264,18 @@ def test_a_rule_without_an_apical_compartment_shows_those_arrows_as_absent() -> 
     run, frames = run_frames(rule="bptt")
     fig = circuit.circuit_figure(view_of(run, frames), {RID: frames})
     for arrow in ("apical", "jacobian"):
-        a = note(fig, f"arrow:{arrow}")
-        assert a["opacity"] == circuit.ABSENT_OPACITY and a["text"].endswith("(none)")
-    assert note(fig, "arrow:recurrent")["opacity"] == 1.0
+        assert trace(fig, f"arrow:{arrow}")["opacity"] == circuit.ABSENT_OPACITY
+        assert label(fig, arrow).endswith("(none)")
+    assert trace(fig, "arrow:recurrent")["opacity"] == 1.0
 
 
 def test_no_run_yet_is_an_empty_panel_with_a_note() -> None:
     fig = circuit.circuit_figure(figures.make_view([], epoch=0, panels=("circuit",)))
     assert [a["text"] for a in fig["layout"]["annotations"]] == [
         "the circuit appears when a run steps"]
+    # the drawing's traces are there (the panel's slots), empty
+    assert [t["name"] for t in fig["data"][2:]] == list(circuit.NEURON_TRACES)
+    assert all(t["x"] == [] for t in fig["data"][2:])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -242,15 +293,24 @@ def test_ticks_append_one_column_per_new_frame_and_patch_the_drawing() -> None:
         [frames[2]["snapshot"]["V"][u], frames[3]["snapshot"]["V"][u]] for u in range(8)]
     assert [row[-1] for row in heat_u["z"]] == frames[3]["snapshot"]["U"]
     assert heat_v["max"] == circuit.HISTORY and heat_v["zmax"] == carry["circuit"]["V"]
-    patch = ops["patch"]
-    whole = circuit.circuit_figure(view, {RID: frames})
-    assert patch["shapes"]["soma"]["fillcolor"] == shape(whole, "soma")["fillcolor"]
-    for arrow in circuit.ARROWS:
-        got = patch["annotations"][f"arrow:{arrow}"]
-        want = note(whole, f"arrow:{arrow}")
-        assert {k: want[k] for k in ("arrowwidth", "arrowcolor", "opacity", "text")} == {
-            k: got[k] for k in ("arrowwidth", "arrowcolor", "opacity", "text")}
-    assert patch["annotations"]["arrow:apical"]["opacity"] == circuit.DIM_OPACITY  # act phase
+    patch = ops["patch"]["traces"]
+    # the patch is what the whole figure of the same frames, on the same colour ranges, draws
+    # (one source)
+    whole = circuit.circuit_figure(view, {RID: frames}, copy.deepcopy(carry))
+    for name, props in patch.items():
+        got = trace(whole, name)
+        for key, value in props.items():
+            if isinstance(value, dict):
+                assert {k: got[key][k] for k in value} == value, (name, key)
+            else:
+                assert got[key] == value, (name, key)
+    assert set(patch) == {"soma", "basal", "apical", "values", "phase",
+                          *(f"arrow:{a}" for a in circuit.ARROWS)}
+    assert patch["arrow:apical"]["opacity"] == circuit.DIM_OPACITY  # act phase
+    # the step axes' ticks over the columns the client now holds: the whole figure's
+    steps = [f["snapshot"]["step"] for f in frames]
+    assert ops["axes"]["xaxis3"] == ops["axes"]["xaxis2"] == circuit.step_ticks(steps)
+    assert whole["layout"]["xaxis3"]["tickvals"] == ops["axes"]["xaxis3"]["tickvals"]
     assert circuit.circuit_ops(view, {RID: frames[3:]}, carry) == {}  # nothing new
     hidden = view_of(run, frames, panels=("loss",))
     assert circuit.circuit_ops(hidden, {RID: frames}, {}) == {}
@@ -292,14 +352,21 @@ CIRCUIT_JS = """
 () => {
   const gd = document.querySelector('#circuit-graph .js-plotly-plot');
   if (!gd || !gd.data || !gd.data.length) return null;
-  const ann = (n) => (gd.layout.annotations || []).find((a) => a.name === n) || {};
-  const shp = (n) => (gd.layout.shapes || []).find((s) => s.name === n) || {};
+  const tr = (n) => gd.data.find((t) => t.name === n) || {};
   const durs = (gid) => window.plab.paintLog.filter((p) => p.gid === gid).map((p) => p.dur);
+  const scales = [...gd.querySelectorAll('.plab-scale')];
   return {cols: (gd.data[0].x || []).length, last: (gd.data[0].x || []).slice(-1)[0],
           x: gd.data[0].x, lossDurs: durs('loss-graph'),
           rows: (gd.data[0].z || []).length, zmaxV: gd.data[0].zmax,
-          apical: ann('arrow:apical').opacity, basal: ann('arrow:recurrent').opacity,
-          values: ann('values').text, soma: shp('soma').fillcolor,
+          apical: tr('arrow:apical').opacity, basal: tr('arrow:recurrent').opacity,
+          values: (tr('values').text || [])[0], soma: tr('soma').fillcolor,
+          // one scaled image per strip (Plotly's fast path), not pixel by pixel
+          linear: (gd.calcdata || []).slice(0, 2).map((cd) => cd[0].trace._islinear),
+          plotlyBars: gd.querySelectorAll('.colorbar').length,
+          scales: scales.map((b) => [b.querySelector('.plab-scale-title').textContent,
+                                     [...b.querySelectorAll('.plab-scale-ticks span')].map(
+                                         (t) => t.textContent)]),
+          ticks: gd.layout.xaxis3.ticktext,
           paints: window.plab.paintLog.filter((p) => p.gid === 'circuit-graph').length,
           durs: window.plab.paintLog.filter((p) => p.gid === 'circuit-graph').map((p) => p.dur)};
 }
@@ -326,6 +393,16 @@ def test_the_circuit_panel_appears_and_updates_live(page: Any, server: str) -> N
         return {(1, circuit.DIM_OPACITY), (circuit.DIM_OPACITY, 1)} <= seen
 
     wait_for_state(page, state, both_phases, "both phases drawn")
+    now = state()
+    assert now["linear"] == [True, True] and now["plotlyBars"] == 0, now
+    # the colour bars in HTML: titled, ticks from -zmax to zmax through 0 (minus signs as
+    # Plotly writes them)
+    zmax = circuit.nice_range([now["zmaxV"]])
+    assert [title for title, _ticks in now["scales"]] == ["basal V", "apical U"]
+    ticks = now["scales"][0][1]
+    assert ticks[len(ticks) // 2] == "0" and ticks[-1] == f"{zmax:g}", now["scales"]
+    assert ticks[0] == f"\u2212{zmax:g}", now["scales"]
+    assert now["ticks"] and all(t.rstrip("k").replace(".", "").isdigit() for t in now["ticks"])
     # the neuron's colour is the unit's V on the strip's colour scale (3 digits shown)
     now = state()
     v = float(now["values"].split("V = ")[1].split(",")[0])

@@ -104,6 +104,18 @@ def test_panel_images_are_titled_named_and_sized_and_the_slide_is_one_png(
     where = [text.find(part) for part in parts]
     assert -1 not in where and where == sorted(where), (parts, text[-300:])
 
+    # the circuit's colour bars (HTML on screen) are Plotly's in the image, and its drawing
+    # (traces) names the synapses
+    page.click("#export-panel")
+    page.locator("#export-bar").get_by_role("option", name="circuit", exact=True).click()
+    name, path = _download(page, "#btn-image", tmp_path)
+    assert name == f"plasticity-circuit-dni-b-{rid}.svg"
+    root = ElementTree.parse(path).getroot()
+    bars = [g for g in root.iter() if "colorbar" in (g.get("class") or "").split()]
+    assert len(bars) == 2, [g.get("class") for g in root.iter() if g.get("class")][:40]
+    text = " ".join("".join(t.itertext()) for t in root.iter() if t.tag.endswith("text"))
+    assert "basal V" in text and "apical U" in text and "apical A" in text, text[:400]
+
     name, path = _download(page, "#btn-slide", tmp_path)
     assert name == f"plasticity-slide-dni-b-{rid}.png"
     assert png_size(path) == (3840, 2160)

@@ -15,8 +15,17 @@ One figure (plain JSON, like the other panels):
 - right: two heatmaps, every unit (rows, the first telemetry.SNAPSHOT_UNITS) by recent frame
   (columns, the last HISTORY): V on top, U below, so a class sees the whole network.
 
+The drawing is made of scatter traces (lines, a filled soma, lines ending in an arrow
+marker, text), not layout shapes and annotations: Plotly redraws every shape, annotation and
+colour bar at each redraw (about 25 ms of the panel's 50 ms at presenter size), traces cost
+a fraction of that. The colour bars are drawn in HTML by assets/plab.js (``meta.scale``) and
+by Plotly in exports, like the legends. The strips' step axis is categorical, one column per
+frame: with the uneven step gaps of max speed, Plotly would draw a heatmap pixel by pixel
+instead of as one scaled image (20 ms a redraw).
+
 Live (``circuit_ops``): per frame one new column per heatmap (the client's "heat" op) and a
-"patch" of the neuron's shape colours and the arrows' width, colour and opacity, by name.
+"patch" of the drawing's traces by name: the compartments' colours, the arrows' width,
+colour, opacity and label, the unit's values and the phase line.
 The panel shows the run the weight-change picker chose (focus_run), the first chosen
 unit, the seed the voltage panel shows.
 """
@@ -59,17 +68,25 @@ ARROWS: dict[str, tuple[str, str, tuple[float, float], tuple[float, float]]] = {
     "jacobian": ("jacobian", "J̃ (credit from t+1)", (6.1, 9.9), (8.1, 11.4)),
     "readout": ("readout", "readout W<sub>out</sub>", (5.7, 3.9), (8.3, 2.4)),
 }
-#: the neuron's shapes: name -> (compartment, SVG path); lines are drawn as open paths
-SOMA = "M 4.1 3.5 L 5.9 3.5 L 5.0 5.2 Z"
-DENDRITES: dict[str, tuple[str, str]] = {
-    "basal:0": ("V", "M 4.45 3.6 L 3.3 2.2 L 2.6 1.7"),
-    "basal:1": ("V", "M 5.0 3.6 L 5.0 2.0 L 4.6 1.3"),
-    "basal:2": ("V", "M 5.55 3.6 L 6.7 2.2 L 7.4 1.8"),
-    "apical:trunk": ("U", "M 5.0 5.1 L 5.0 8.4"),
-    "apical:tuft:0": ("U", "M 5.0 8.4 L 3.9 9.8 L 3.4 10.4"),
-    "apical:tuft:1": ("U", "M 5.0 8.4 L 5.0 10.6"),
-    "apical:tuft:2": ("U", "M 5.0 8.4 L 6.1 9.8 L 6.6 10.4"),
+#: where each arrow's label sits around its label end (Plotly textposition), off its line
+LABEL_POSITION = {"input": "bottom center", "recurrent": "top center", "apical": "top center",
+                  "jacobian": "top center", "readout": "bottom center"}
+Point = tuple[float, float]
+#: the neuron: the soma (a triangle) and each compartment's dendrites (polylines), with the
+#: voltage that colours them
+SOMA: tuple[Point, ...] = ((4.1, 3.5), (5.9, 3.5), (5.0, 5.2), (4.1, 3.5))
+DENDRITES: dict[str, tuple[str, tuple[tuple[Point, ...], ...]]] = {
+    "basal": ("V", (((4.45, 3.6), (3.3, 2.2), (2.6, 1.7)),
+                    ((5.0, 3.6), (5.0, 2.0), (4.6, 1.3)),
+                    ((5.55, 3.6), (6.7, 2.2), (7.4, 1.8)))),
+    "apical": ("U", (((5.0, 5.1), (5.0, 8.4)),
+                     ((5.0, 8.4), (3.9, 9.8), (3.4, 10.4)),
+                     ((5.0, 8.4), (5.0, 10.6)),
+                     ((5.0, 8.4), (6.1, 9.8), (6.6, 10.4)))),
 }
+#: the drawing's traces after the two strips, in order (the panel's slots)
+NEURON_TRACES = ("outline", *DENDRITES, "soma", *(f"arrow:{a}" for a in ARROWS), "values",
+                 "phase")
 X_DOMAIN = [0.0, 0.48]
 HEAT_X = [0.58, 0.93]
 HEAT_Y = {"V": [0.55, 1.0], "U": [0.0, 0.45]}
@@ -131,6 +148,34 @@ def arrow_widths(sizes: Mapping[str, float | None]) -> dict[str, float]:
     return out
 
 
+def _step_label(step: int) -> str:
+    """A step as Plotly labels a linear axis: 2000 -> "2k", 12500 -> "12.5k"."""
+    return f"{step / 1000:g}k" if step >= 1000 else str(step)
+
+
+def step_ticks(steps: Sequence[int], count: int = 5) -> dict[str, Any]:
+    """Round tick labels for the strips' step axis, which is categorical (one column per
+    frame, however uneven the steps between frames): at each multiple of a 1-2-5 spacing
+    (about ``count`` of them) the column nearest to it, labelled with the multiple."""
+    vals: list[int] = []
+    text: list[str] = []
+    if steps:
+        lo, hi = int(steps[0]), int(steps[-1])
+        raw = max(hi - lo, 1) / count
+        exp = 10 ** math.floor(math.log10(raw))
+        spacing = max(1, int(next(m * exp for m in (1, 2, 5, 10) if m * exp >= raw)))
+        i, mark = 0, -(-lo // spacing) * spacing
+        while mark <= hi:
+            while steps[i] < mark:
+                i += 1
+            near = i - 1 if i and mark - steps[i - 1] < steps[i] - mark else i
+            if not vals or vals[-1] != steps[near]:
+                vals.append(int(steps[near]))
+                text.append(_step_label(mark))
+            mark += spacing
+    return {"tickmode": "array", "tickvals": vals, "ticktext": text}
+
+
 def snapshot_of(view: common.View, run: common.RunView, frame: Mapping[str, Any]
                 ) -> dict[str, Any] | None:
     """The frame's whole-network snapshot if it is of the seed the view shows."""
@@ -151,43 +196,56 @@ def _unit_value(snap: Mapping[str, Any] | None, comp: str, unit: int) -> float |
     return float(v) if v is not None else None
 
 
+def head_size(width: float) -> float:
+    """The arrow marker's size for a line ``width`` px wide: its head grows with the line."""
+    return round(10.0 + 3.0 * width, 2)
+
+
+def _label_index(arrow: str) -> int:
+    """Which end of an arrow's trace carries its label: the readout points at its label (the
+    output), the others start at theirs."""
+    return 1 if arrow == "readout" else 0
+
+
 def neuron_patch(view: common.View, run: common.RunView, frame: Mapping[str, Any] | None,
                  ranges: Mapping[str, float]) -> dict[str, dict[str, dict[str, Any]]]:
-    """What the newest frame changes in the drawing, by shape and annotation name: the
-    compartments' colours, the arrows' width, colour, opacity and label, the unit's values
-    and the phase line. The figure is built with it and ticks send it (one source)."""
+    """What the newest frame changes in the drawing, by trace name: the compartments'
+    colours, the arrows' width, colour, opacity and label, the unit's values and the phase
+    line. The figure is built with it and ticks send it (one source)."""
     frame = frame or {}
     snap = snapshot_of(view, run, frame) if frame else None
     unit = shown_unit(view)
     values = {c: _unit_value(snap, c, unit) for c in ("V", "U")}
-    shapes: dict[str, dict[str, Any]] = {
+    traces: dict[str, dict[str, Any]] = {
         "soma": {"fillcolor": diverging_color(values["V"], ranges["V"])}}
-    for name, (comp, _path) in DENDRITES.items():
-        shapes[name] = {"line": {"color": diverging_color(values[comp], ranges[comp])}}
+    for name, (comp, _paths) in DENDRITES.items():
+        traces[name] = {"line": {"color": diverging_color(values[comp], ranges[comp])}}
     plastic = set(frame.get("plastic") or [])
     phase_known = "plastic" in frame
     widths = arrow_widths(update_sizes(frame))
-    notes: dict[str, dict[str, Any]] = {}
-    for arrow, (pop, label, _head, _tail) in ARROWS.items():
+    for arrow, (pop, label, _cell, _label_end) in ARROWS.items():
         if pop not in run["pops"]:
             color, opacity, text = DIM_COLOR, ABSENT_OPACITY, f"{label}<br>(none)"
         elif not phase_known or pop in plastic:
             color, opacity, text = common.POP_COLORS[pop], 1.0, f"<b>{label}</b>"
         else:
             color, opacity, text = DIM_COLOR, DIM_OPACITY, f"{label}<br>(frozen)"
-        notes[f"arrow:{arrow}"] = {"arrowcolor": color, "arrowwidth": widths[arrow],
-                                   "opacity": opacity, "text": text,
-                                   "font": {"color": color}}
+        texts = ["", ""]
+        texts[_label_index(arrow)] = text
+        traces[f"arrow:{arrow}"] = {
+            "line": {"color": color, "width": widths[arrow]}, "opacity": opacity,
+            "marker": {"color": color, "size": [0, head_size(widths[arrow])]},
+            "text": texts, "textfont": {"color": color}}
 
     def fmt(v: float | None) -> str:
         return "–" if v is None else f"{v:+.3g}"
 
-    notes["values"] = {"text": f"unit {unit}: V = {fmt(values['V'])}, U = {fmt(values['U'])}"}
+    traces["values"] = {"text": [f"unit {unit}: V = {fmt(values['V'])}, U = {fmt(values['U'])}"]}
     phase = frame.get("phase")
-    notes["phase"] = {"text": "" if phase is None else
-                      f"phase {common._esc(phase)}: "
-                      f"{', '.join(sorted(plastic)) or 'nothing'} plastic"}
-    return {"shapes": shapes, "annotations": notes}
+    traces["phase"] = {"text": ["" if phase is None else
+                                f"phase {common._esc(phase)}: "
+                                f"{', '.join(sorted(plastic)) or 'nothing'} plastic"]}
+    return {"traces": traces}
 
 
 def _frames_of(view: common.View, run: common.RunView | None,
@@ -204,10 +262,11 @@ def _frames_of(view: common.View, run: common.RunView | None,
 
 
 def _state(carry: dict[str, Any] | None) -> dict[str, Any]:
-    """The panel's carry (colour ranges, last column's step) inside the figures' carry."""
+    """The panel's carry (colour ranges, last column's step, the columns' steps) inside the
+    figures' carry."""
     if carry is None:
-        return {"V": 1e-3, "U": 1e-3, "t": None}
-    return carry.setdefault("circuit", {"V": 1e-3, "U": 1e-3, "t": None})
+        return {"V": 1e-3, "U": 1e-3, "t": None, "steps": []}
+    return carry.setdefault("circuit", {"V": 1e-3, "U": 1e-3, "t": None, "steps": []})
 
 
 def _grow_ranges(state: dict[str, Any], snaps: Sequence[Mapping[str, Any]]) -> bool:
@@ -242,7 +301,9 @@ def _strips(view: common.View, got: Sequence[tuple[Mapping[str, Any], dict[str, 
         data.append({
             "type": "heatmap", "name": COMP_TITLES[comp], "x": steps, "y": list(range(rows)),
             "z": z, "zmin": -state[comp], "zmax": state[comp], "colorscale": _colorscale(),
-            "xaxis": f"x{ax}", "yaxis": f"y{ax}", "showscale": True, "hoverongaps": False,
+            "xaxis": f"x{ax}", "yaxis": f"y{ax}", "hoverongaps": False,
+            # the colour bar in HTML on screen, Plotly's in exports (assets/plab.js, export.js)
+            "showscale": False, "meta": {"scale": True},
             "colorbar": {"title": {"text": COMP_TITLES[comp], "side": "right",
                                    "font": common._font(view, 11)},
                          "len": dom[1] - dom[0], "y": (dom[0] + dom[1]) / 2, "yanchor": "middle",
@@ -251,12 +312,66 @@ def _strips(view: common.View, got: Sequence[tuple[Mapping[str, Any], dict[str, 
                              "<extra></extra>"})
         layout[f"xaxis{ax}"] = common._axis(view, "step" if comp == "U" else "", domain=HEAT_X,
                                              anchor=f"y{ax}", showticklabels=comp == "U",
-                                             showgrid=False, **({"matches": "x3"}
-                                                                if comp == "V" else {}))
+                                             showgrid=False, type="category",
+                                             **step_ticks(steps),
+                                             **({"matches": "x3"} if comp == "V" else {}))
         layout[f"yaxis{ax}"] = common._axis(view, f"unit ({COMP_TITLES[comp]})", domain=dom,
                                              anchor=f"x{ax}", autorange="reversed",
                                              showgrid=False, zeroline=False)
     return data
+
+
+def _polyline(paths: Sequence[Sequence[Point]]) -> tuple[list[float | None], list[float | None]]:
+    """Several polylines as one trace's x and y (None between them: separate lines)."""
+    xs: list[float | None] = []
+    ys: list[float | None] = []
+    for k, path in enumerate(paths):
+        if k:
+            xs.append(None)
+            ys.append(None)
+        xs += [p[0] for p in path]
+        ys += [p[1] for p in path]
+    return xs, ys
+
+
+def _neuron(view: common.View, patch: Mapping[str, Mapping[str, Any]] | None
+            ) -> list[dict[str, Any]]:
+    """The drawing's traces (NEURON_TRACES, in order) with the frame's ``patch`` applied; no
+    patch (no run yet): the same traces, empty."""
+    font = common._font(view, 11)
+    base = {"type": "scatter", "xaxis": "x", "yaxis": "y", "hoverinfo": "skip",
+            "showlegend": False, "cliponaxis": False}
+
+    def trace(name: str, xs: Sequence[Any], ys: Sequence[Any], **props: Any) -> dict[str, Any]:
+        out = {**base, "name": name, "x": list(xs) if patch else [],
+               "y": list(ys) if patch else [], **props}
+        for key, value in ((patch or {}).get(name) or {}).items():
+            out[key] = {**out[key], **value} if isinstance(value, dict) and key in out else value
+        return out
+
+    every = [path for _comp, paths in DENDRITES.values() for path in paths]
+    # a dark outline under the dendrites, so a pale (near 0) compartment still reads
+    out = [trace("outline", *_polyline(every), mode="lines",
+                 line={"color": "#4b5563", "width": 10})]
+    out += [trace(name, *_polyline(paths), mode="lines", line={"width": 7})
+            for name, (_comp, paths) in DENDRITES.items()]
+    out.append(trace("soma", [p[0] for p in SOMA], [p[1] for p in SOMA], mode="lines",
+                     fill="toself", line={"color": "#4b5563", "width": 2}))
+    for arrow, (_pop, _label, cell, label_end) in ARROWS.items():
+        ends = (cell, label_end) if _label_index(arrow) else (label_end, cell)
+        positions = ["middle center", "middle center"]
+        positions[_label_index(arrow)] = LABEL_POSITION[arrow]
+        # the line ends in an arrow marker turned along it (angleref "previous")
+        out.append(trace(f"arrow:{arrow}", [p[0] for p in ends], [p[1] for p in ends],
+                         mode="lines+markers+text", textposition=positions,
+                         marker={"symbol": "arrow", "angleref": "previous", "opacity": 1,
+                                 "line": {"width": 0}},
+                         line={}, textfont=dict(font)))
+    out.append(trace("values", [10.0], [0.1], mode="text", textposition="top left",
+                     textfont=dict(font)))
+    out.append(trace("phase", [0.0], [12.0], mode="text", textposition="top right",
+                     textfont={**font, "color": common.MUTED}))
+    return out
 
 
 def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str, Any]]] | None
@@ -268,6 +383,7 @@ def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str,
     _grow_ranges(state, [s for _f, s in got])
     if got:
         state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
+    state["steps"] = [int(s.get("step", f.get("t1", 0))) for f, s in got]
     layout = common._base_layout(view, height=420, legend=False)
     layout["hovermode"] = "closest"
     data = _strips(view, got, state, layout)
@@ -275,44 +391,19 @@ def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str,
                        "anchor": "y"}
     layout["yaxis"] = {"domain": [0, 1], "range": [0, 12], "visible": False, "fixedrange": True,
                        "anchor": "x"}
+    # room for the colour bars (HTML on screen, Plotly's in exports) right of the strips
+    layout["margin"]["r"] = round(72 * view.get("scale", 1.0))
     if run is None:
         layout["annotations"].append(common._empty_note(view, "the circuit appears when a run "
                                                                "steps"))
-        return {"data": data, "layout": layout}
+        return {"data": data + _neuron(view, None), "layout": layout}
     last = got[-1][0] if got else ((recent or {}).get(run["id"]) or [None])[-1]
-    patch = neuron_patch(view, run, last, state)
-    # a dark outline under each dendrite, so a pale (near 0) compartment still reads
-    layout["shapes"] = [{"type": "path", "name": f"outline:{name}", "path": path, "xref": "x",
-                         "yref": "y", "layer": "above", "line": {"color": "#4b5563", "width": 10}}
-                        for name, (_comp, path) in DENDRITES.items()]
-    for name, (_comp, path) in DENDRITES.items():
-        layout["shapes"].append({"type": "path", "name": name, "path": path, "xref": "x",
-                                 "yref": "y", "layer": "above",
-                                 "line": {"width": 7, **patch["shapes"][name]["line"]}})
-    layout["shapes"].append({"type": "path", "name": "soma", "path": SOMA, "xref": "x",
-                             "yref": "y", "line": {"color": "#4b5563", "width": 2},
-                             "layer": "above", **patch["shapes"]["soma"]})
-    for arrow, (_pop, _label, head, tail) in ARROWS.items():
-        layout["annotations"].append({
-            "name": f"arrow:{arrow}", "xref": "x", "yref": "y", "axref": "x", "ayref": "y",
-            "x": head[0], "y": head[1], "ax": tail[0], "ay": tail[1], "showarrow": True,
-            "arrowhead": 2, "arrowsize": 0.6, "standoff": 2, "startstandoff": 4,
-            "arrowside": "start" if arrow == "readout" else "end",
-            "xanchor": "center", "yanchor": "middle",
-            "bgcolor": "rgba(255,255,255,0.8)", **patch["annotations"][f"arrow:{arrow}"],
-            "font": {**common._font(view, 11), **patch["annotations"][f"arrow:{arrow}"]["font"]}})
-    layout["annotations"] += [
-        {"name": "values", "xref": "x", "yref": "y", "x": 10.0, "y": 0.1, "xanchor": "right",
-         "yanchor": "bottom", "showarrow": False, "font": common._font(view, 11),
-         **patch["annotations"]["values"]},
-        {"name": "phase", "xref": "x", "yref": "paper", "x": 0.0, "y": 1.0, "xanchor": "left",
-         "yanchor": "bottom", "showarrow": False, "font": {**common._font(view, 11),
-                                                             "color": common.MUTED},
-         **patch["annotations"]["phase"]},
+    data += _neuron(view, neuron_patch(view, run, last, state)["traces"])
+    layout["annotations"].append(
         {"name": "circuit-run", "xref": "paper", "yref": "paper", "x": HEAT_X[0], "y": 1.0,
          "xanchor": "left", "yanchor": "bottom", "showarrow": False,
          "text": f"<b>all units of {common._esc(run['label'])}</b>",
-         "font": {**common._font(view, 12), "color": run["color"]}}]
+         "font": {**common._font(view, 12), "color": run["color"]}})
     n = int((got[-1][1].get("n") if got else None) or run.get("n") or 0)
     if n > SNAPSHOT_UNITS:
         layout["annotations"].append({
@@ -331,7 +422,8 @@ def circuit_ops(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[
                 carry: dict[str, Any]) -> dict[str, common.Ops]:
     """The new frames as the panel's live update (nothing when it is hidden or has nothing
     new): {"heat": [{"i", "x", "z" (per row, the new columns), "max", "zmin", "zmax"}],
-    "patch": neuron_patch(...)}; ``carry`` moves on in place."""
+    "axes": the step axes' ticks (step_ticks), "patch": neuron_patch(...)}; ``carry`` moves
+    on in place."""
     if view.get("panels") is not None and "circuit" not in view["panels"]:
         return {}
     run = focus_run(view)
@@ -346,14 +438,18 @@ def circuit_ops(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[
     got = got[-HISTORY:]
     _grow_ranges(state, [s for _f, s in got])
     state["t"] = int(got[-1][1].get("step", 0))
+    new_steps = [int(s.get("step", 0)) for _f, s in got]
+    state["steps"] = (list(state.get("steps") or []) + new_steps)[-HISTORY:]
+    ticks = step_ticks(state["steps"])
     rows = len(got[-1][1]["V"])
     heat = []
     for i, comp in enumerate(("V", "U")):
         cols = [list(s.get(comp) or []) for _f, s in got]
         z = [[c[u] if u < len(c) else None for c in cols] for u in range(rows)]
-        heat.append({"i": i, "x": [int(s.get("step", 0)) for _f, s in got], "z": z,
+        heat.append({"i": i, "x": new_steps, "z": z,
                      "max": HISTORY, "zmin": -state[comp], "zmax": state[comp]})
-    return {GRAPH: {"heat": heat, "patch": neuron_patch(view, run, got[-1][0], state)}}
+    return {GRAPH: {"heat": heat, "axes": {"xaxis2": ticks, "xaxis3": ticks},
+                    "patch": neuron_patch(view, run, got[-1][0], state)}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -379,7 +475,8 @@ def tools() -> list[Any]:
 
 
 def slots(view: common.View) -> list[str]:
-    return ["V", "U"]  # the two heatmaps (they grow by the "heat" op, not by extend)
+    # the two heatmaps (they grow by the "heat" op, not by extend), then the drawing (patched)
+    return ["V", "U", *NEURON_TRACES]
 
 
 def figure(view: common.View, histories: Mapping[str, Mapping[str, Any]] | None,
@@ -393,5 +490,6 @@ def tick(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[str, An
     return dict(circuit_ops(view, frames_by_run, carry).get(GRAPH) or {})
 
 
-__all__ = ["ARROWS", "GRAPH", "HISTORY", "arrow_widths", "circuit_figure", "circuit_ops",
-           "diverging_color", "neuron_patch", "nice_range", "update_sizes"]
+__all__ = ["ARROWS", "GRAPH", "HISTORY", "NEURON_TRACES", "arrow_widths", "circuit_figure",
+           "circuit_ops", "diverging_color", "head_size", "neuron_patch", "nice_range",
+           "step_ticks", "update_sizes"]
