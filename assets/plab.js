@@ -384,6 +384,13 @@
         return layout;
     };
 
+    // a graph in view and displayed (the observer's view of it; a layout read otherwise)
+    function shown(gd) {
+        const host = gd.closest(".dash-graph");
+        if (host && host.dataset.plabWatched) return plab.onScreen[host.id] !== false && !plab.hidden[host.id];
+        return !!gd.offsetWidth;
+    }
+
     function drawLegend(gd) {
         const meta = (gd.layout || {}).meta || {};
         let box = gd.querySelector(":scope > .plab-legend");
@@ -392,13 +399,14 @@
             if (box) box.remove();
             return;
         }
-        const host = gd.closest(".dash-graph");
-        // hidden (display: none) or out of view: drawn when it comes into view (the observer)
-        if (!gd.offsetWidth || (host && plab.onScreen[host.id] === false)) return;
         const entries = legendEntries(gd);
         const leg = gd.layout.legend || {};
         const sig = JSON.stringify([entries, size.l, size.t, size.w, size.h, leg]);
+        // unchanged: nothing to do and nothing read from the page (a layout read after
+        // Plotly's redraw would force the browser's layout, at every redraw)
         if (box && box.dataset.sig === sig) return;
+        // hidden (display: none) or out of view: drawn when it comes into view (the observer)
+        if (!shown(gd)) return;
         if (!box) {
             box = document.createElement("div");
             box.className = "plab-legend";
@@ -503,14 +511,18 @@
             if (t.type === "heatmap" && (t.meta || {}).scale && t.visible !== false &&
                     (t.z || []).length) marked.push([t, k]);
         });
-        const old = gd.querySelectorAll(":scope > .plab-scale");
-        if (!marked.length || !size) { old.forEach((b) => b.remove()); return; }
-        const host = gd.closest(".dash-graph");
-        if (!gd.offsetWidth || (host && plab.onScreen[host.id] === false)) return;
+        if (!marked.length || !size) {
+            if (gd.dataset.plabScales) {
+                gd.querySelectorAll(":scope > .plab-scale").forEach((b) => b.remove());
+                delete gd.dataset.plabScales;
+            }
+            return;
+        }
         const sig = JSON.stringify([marked.map(([t]) => [t.zmin, t.zmax, t.colorscale, t.colorbar]),
                                     size.l, size.t, size.w, size.h]);
-        if (gd.dataset.plabScales === sig) return;
+        if (gd.dataset.plabScales === sig || !shown(gd)) return;  // as in drawLegend
         gd.dataset.plabScales = sig;
+        const old = gd.querySelectorAll(":scope > .plab-scale");
         old.forEach((b) => b.remove());
         marked.forEach(([t, k]) => gd.appendChild(scaleBox(t, size, k)));
     }
@@ -680,13 +692,18 @@
     plab.rtts = [];
     let pumping = false;
 
+    let livePrefix = null;  // Dash's path prefix, read once (the config never changes)
+
     function liveUrl(key) {
-        let prefix = "/";
-        try {
-            const cfg = JSON.parse(document.getElementById("_dash-config").textContent);
-            prefix = cfg.requests_pathname_prefix || cfg.url_base_pathname || "/";
-        } catch (err) { /* default prefix */ }
-        return prefix.replace(/\/?$/, "/") + "_plab/live/" + encodeURIComponent(key);
+        if (livePrefix === null) {
+            let prefix = "/";
+            try {
+                const cfg = JSON.parse(document.getElementById("_dash-config").textContent);
+                prefix = cfg.requests_pathname_prefix || cfg.url_base_pathname || "/";
+            } catch (err) { /* default prefix */ }
+            livePrefix = prefix.replace(/\/?$/, "/") + "_plab/live/";
+        }
+        return livePrefix + encodeURIComponent(key);
     }
 
     // One poll of the view's shared channel (app/live.py): 304 when nothing is new; else the
