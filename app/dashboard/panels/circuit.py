@@ -66,11 +66,11 @@ ARROWS: dict[str, tuple[str, str, tuple[float, float], tuple[float, float]]] = {
     "recurrent": ("basal", "recurrent W<sub>rec</sub>", (4.3, 3.9), (1.9, 6.3)),
     "apical": ("apical", "apical A", (3.9, 9.9), (1.9, 11.4)),
     "jacobian": ("jacobian", "J̃ (credit from t+1)", (6.1, 9.9), (8.1, 11.4)),
-    "readout": ("readout", "readout W<sub>out</sub>", (5.7, 3.9), (8.3, 2.4)),
+    "readout": ("readout", "readout W<sub>out</sub>", (5.6, 4.1), (8.4, 5.0)),
 }
 #: where each arrow's label sits around its label end (Plotly textposition), off its line
 LABEL_POSITION = {"input": "bottom center", "recurrent": "top center", "apical": "top center",
-                  "jacobian": "top center", "readout": "bottom center"}
+                  "jacobian": "top center", "readout": "top center"}
 Point = tuple[float, float]
 #: the neuron: the soma (a triangle) and each compartment's dendrites (polylines), with the
 #: voltage that colours them
