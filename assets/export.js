@@ -43,20 +43,16 @@
         return String(s).replace(/&/g, "&amp;").replace(/</g, "&lt;").replace(/>/g, "&gt;");
     }
 
-    /* A shallow copy of the graph's layout for Plotly.toImage, with no axis line on an
-     * axis no trace with points uses (plab.emptyAxesOff) and Plotly's legend on. */
-    function layoutCopy(gd, extra) {
+    /* The graph's figure for Plotly.toImage (shallow copies, ``extra`` merged into the
+     * layout): what is HTML on screen (plab.js) is Plotly's in the image, the legend
+     * (meta.legend) and the colour bars of heatmaps marked meta.scale; no axis line on an
+     * axis no trace with points uses (plab.emptyAxesOff). */
+    function imageFigure(gd, extra) {
         const layout = Object.assign({}, gd.layout || {}, extra || {});
-        // on screen the legend is HTML (plab.js); in the image it is Plotly's
         if (((gd.layout || {}).meta || {}).legend) layout.showlegend = true;
         plab.emptyAxesOff(layout, gd.data);
-        return layout;
-    }
-
-    /* The graph's traces for Plotly.toImage: heatmaps whose colour bar is HTML on screen
-     * (meta.scale, plab.js) get Plotly's in the image. */
-    function dataCopy(gd) {
-        return (gd.data || []).map((t) => ((t.meta || {}).scale ? {...t, showscale: true} : t));
+        const data = (gd.data || []).map((t) => ((t.meta || {}).scale ? {...t, showscale: true} : t));
+        return {data: data, layout: layout};
     }
 
     /* Lines of at most about ``width`` pixels, broken at " · ". */
@@ -82,7 +78,7 @@
     /* A copy of the graph's figure with the setup as title lines in a band added above it
      * (one annotation per line, placed in pixels from the plot area Plotly laid out). */
     function titled(gd, lines, width, height) {
-        const layout = layoutCopy(gd);
+        const fig = imageFigure(gd), layout = fig.layout;
         const size = gd._fullLayout._size;
         const wrapped = wrap(lines, width);
         const lineH = TITLE_PX + 6;
@@ -98,7 +94,7 @@
             y: 1 + (top - 6 - i * lineH) / size.h, yanchor: "top", align: "left",
             font: {size: TITLE_PX, family: FONT, color: "#1f2937"},
         })));
-        return {data: dataCopy(gd), layout: layout, extra: extra};
+        return {data: fig.data, layout: layout, extra: extra};
     }
 
     function panelImage(panel, format, scale, meta) {
@@ -160,7 +156,7 @@
         const rows = Math.ceil(shown.length / cols);
         const cw = Math.floor(W / cols), ch = Math.floor((H - footer) / rows);
         return Promise.all(shown.map((gd) => window.Plotly.toImage(
-            {data: dataCopy(gd), layout: layoutCopy(gd, {width: cw, height: ch - HEAD})},
+            imageFigure(gd, {width: cw, height: ch - HEAD}),
             {format: "png", width: cw, height: ch - HEAD, scale: S}).then(loadImage)))
             .then((images) => {
                 const canvas = document.createElement("canvas");
@@ -212,7 +208,7 @@
         if (plab.flush && host) plab.flush(host.id);
         const opts = (gd._context || {}).toImageButtonOptions || {};
         const format = opts.format || "png";
-        saveImage({data: dataCopy(gd), layout: layoutCopy(gd)}, format, opts.scale || 1,
+        saveImage(imageFigure(gd), format, opts.scale || 1,
                   Math.round(gd._fullLayout.width), Math.round(gd._fullLayout.height),
                   (opts.filename || "plasticity-plot") + "." + format)
             .catch((err) => say("export failed: " + err.message));

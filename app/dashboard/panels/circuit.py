@@ -264,9 +264,13 @@ def _frames_of(view: common.View, run: common.RunView | None,
 def _state(carry: dict[str, Any] | None) -> dict[str, Any]:
     """The panel's carry (colour ranges, last column's step, the columns' steps) inside the
     figures' carry."""
-    if carry is None:
-        return {"V": 1e-3, "U": 1e-3, "t": None, "steps": []}
-    return carry.setdefault("circuit", {"V": 1e-3, "U": 1e-3, "t": None, "steps": []})
+    fresh = {"V": 1e-3, "U": 1e-3, "t": None, "steps": []}
+    return fresh if carry is None else carry.setdefault("circuit", fresh)
+
+
+def _column_step(frame: Mapping[str, Any], snap: Mapping[str, Any]) -> int:
+    """The step of a strip's column: its snapshot's (the frame's end for older frames)."""
+    return int(snap.get("step", frame.get("t1", 0)))
 
 
 def _grow_ranges(state: dict[str, Any], snaps: Sequence[Mapping[str, Any]]) -> bool:
@@ -291,7 +295,7 @@ def _strips(view: common.View, got: Sequence[tuple[Mapping[str, Any], dict[str, 
             state: Mapping[str, Any], layout: dict[str, Any]) -> list[dict[str, Any]]:
     """The two heatmaps (V on top, U below: every unit by recent frame) and their axes."""
     rows = len(got[-1][1]["V"]) if got else 0
-    steps = [int(s.get("step", f.get("t1", 0))) for f, s in got]
+    steps = state["steps"]
     data: list[dict[str, Any]] = []
     for k, comp in enumerate(("V", "U")):
         ax = str(k + 2)
@@ -381,9 +385,9 @@ def circuit_figure(view: common.View, recent: Mapping[str, Sequence[Mapping[str,
     got = _frames_of(view, run, recent or {})[-HISTORY:]
     state = _state(carry if run is not None else None)  # no run: nothing to carry
     _grow_ranges(state, [s for _f, s in got])
+    state["steps"] = [_column_step(f, s) for f, s in got]
     if got:
-        state["t"] = int(got[-1][1].get("step", got[-1][0].get("t1", 0)))
-    state["steps"] = [int(s.get("step", f.get("t1", 0))) for f, s in got]
+        state["t"] = state["steps"][-1]
     layout = common._base_layout(view, height=420, legend=False)
     layout["hovermode"] = "closest"
     data = _strips(view, got, state, layout)
@@ -432,13 +436,13 @@ def circuit_ops(view: common.View, frames_by_run: Mapping[str, Sequence[Mapping[
         return {}
     state = _state(carry)
     last_t = state.get("t")
-    got = [(f, s) for f, s in got if last_t is None or int(s.get("step", -1)) > int(last_t)]
+    got = [(f, s) for f, s in got if last_t is None or _column_step(f, s) > int(last_t)]
     if not got:
         return {}
     got = got[-HISTORY:]
     _grow_ranges(state, [s for _f, s in got])
-    state["t"] = int(got[-1][1].get("step", 0))
-    new_steps = [int(s.get("step", 0)) for _f, s in got]
+    new_steps = [_column_step(f, s) for f, s in got]
+    state["t"] = new_steps[-1]
     state["steps"] = (list(state.get("steps") or []) + new_steps)[-HISTORY:]
     ticks = step_ticks(state["steps"])
     rows = len(got[-1][1]["V"])
