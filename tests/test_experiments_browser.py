@@ -139,8 +139,10 @@ def test_experiments_page_renders_every_view_and_exports(lab: Lab) -> None:
         new_id = page.url.split("?id=")[1]
         info = lab.admin("GET", f"/api/experiments/{new_id}")
         assert info["seeds"] == [0, 1] and info["spec"]["axes"] == {"lr": [0.001, 0.003]}
+        # the new experiment's own status: until its first refresh the page still shows the
+        # previous one's ("...: finished, ..."), with its curves
         page.wait_for_function("() => document.querySelector('#xp-status').textContent"
-                               ".includes('finished')", timeout=180_000)
+                               ".startsWith('typed: finished')", timeout=180_000)
         page.wait_for_function("() => document.querySelectorAll('#xp-curves .scatterlayer "
                                ".trace').length === 4")
         assert page.get_attribute("#xp-bar-fill", "style").replace(" ", "") == "width:100%;"
