@@ -10,11 +10,14 @@
  *   says when the run's next frame is expected (X-Plab-Next, ms, counted from the answer):
  *   the loop polls just after it (at most every 20 ms on the dashboard, 100 ms on a viewer
  *   link; 1 s when nothing new arrived for 3 s), so most polls bring a frame and few are
- *   empty. It merges the items' per-graph ops into pending updates and draws them, the first
- *   graph at the next animation frame and each further one in a task of its own (so the next
- *   poll goes out between two redraws): one Plotly.react per graph with only the new points
- *   appended, heatmap contents swapped and phase shading extended. Graphs out of view keep
- *   merging and are drawn when they come into view (or are exported).
+ *   empty; a small worker keeps that clock and fetches, so a redraw in progress does not make
+ *   a poll late. It merges the items' per-graph ops into pending updates (the items of a poll
+ *   that came back before the graphs on screen drew the last ones wait for them) and draws
+ *   them, the first graph at the next animation frame and each further one in a task of its
+ *   own (so the next poll goes out between two redraws): one Plotly.react per graph with only
+ *   the new points appended, heatmap contents swapped and phase shading extended (or, for the
+ *   loss plot, when points were only appended to lines, their paths set alone). Graphs out of
+ *   view keep merging and are drawn when they come into view (or are exported).
  *   Items also carry each run's newest step (the status chips' counters, set here) and, on a
  *   change, the runs' status: then status-tick makes Dash refresh the chips, the play button
  *   and the run table once; no clock polls them.
@@ -29,6 +32,8 @@
     plab.paintLog = [];            // {t, gid, lag} for every graph redraw with new data
     plab.applied = 0;
     plab.dropped = 0;
+    plab.quick = 0;                // redraws of lines alone (quickLines), and Plotly's full ones
+    plab.full = 0;
 
     function graphDiv(gid) {  // the Plotly div inside a dcc.Graph
         const host = document.getElementById(gid);
@@ -165,14 +170,18 @@
     // traces whose last drawn point is provisional (a loss block still filling)
     const tails = new WeakMap();
 
+    // append op's points to gd.data; returns the indices of the traces that changed
     function extend(gd, op) {
+        const changed = [];
         for (let j = 0; j < op.idx.length; j++) {
             const trace = gd.data[op.idx[j]];
             if (!trace) continue;
-            if (op.restart && op.restart[j]) { trace.x = []; trace.y = []; }
+            const restart = !!(op.restart && op.restart[j]);
+            if (restart) { trace.x = []; trace.y = []; }
             const xs = trace.x || (trace.x = []);
             const ys = trace.y || (trace.y = []);
-            if (tails.get(trace) && xs.length) { xs.pop(); ys.pop(); }
+            const popped = !!tails.get(trace) && xs.length > 0;
+            if (popped) { xs.pop(); ys.pop(); }
             tails.set(trace, !!(op.tail && op.tail[j]));
             const nx = op.x[j], ny = op.y[j];
             for (let k = 0; k < nx.length; k++) { xs.push(nx[k]); ys.push(ny[k]); }
@@ -181,7 +190,9 @@
                 xs.splice(0, xs.length - max);
                 ys.splice(0, ys.length - max);
             }
+            if (restart || popped || nx.length) changed.push(op.idx[j]);
         }
+        return changed;
     }
 
     function firstX(gd) {
@@ -239,6 +250,166 @@
         return true;
     }
 
+    // ---- lines alone: a frame that only appends points to lines -------------------------------
+    // Plotly redraws a whole figure for any change to its data: the loss plot's defaults, its
+    // three axes and every trace, 11-16 ms ten times a second. A graph marked meta.quick (the
+    // loss plot) whose frame only appends points to lines (and uniform markers), on axes that
+    // keep their ranges, has only those paths and markers to change: they are set here from
+    // the axes Plotly laid out (c2p). Its step axis grows in round steps (quickRange) so that
+    // it keeps its range between them; any other change (the y-range's next grid step, phase
+    // shading, a mark, a new figure) is Plotly's full redraw. Hover reads Plotly's calcdata,
+    // which lags meanwhile: a pointer over the graph redraws it in full, at once and at every
+    // frame while it stays.
+    const ROUND = [1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10];
+
+    function roundUp(v) {  // the smallest of 1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8 x 10^k >= v
+        const mag = Math.pow(10, Math.floor(Math.log10(v)));
+        return ROUND.map((m) => m * mag).find((r) => r >= v * (1 - 1e-12));
+    }
+
+    // A range the user set (zoom, pan) stays until the next figure (uirevision) or until the
+    // user autoscales: plotly_relayout comes from the user's edits only (plab never relayouts)
+    function watchUserRange(gd) {
+        if (gd._plabRangeWatch || typeof gd.on !== "function") return;
+        gd._plabRangeWatch = true;
+        gd.on("plotly_relayout", (edit) => {
+            const keys = Object.keys(edit || {})
+                .filter((k) => /^[xy]axis\d*\.(range|autorange)/.test(k));
+            if (!keys.length) return;
+            const reset = keys.every((k) => !/range\[|\.range$/.test(k) && edit[k] === true);
+            gd._plabUserRange = reset ? undefined : (gd.layout || {}).uirevision;
+        });
+    }
+
+    function userRanged(gd, layout) {
+        watchUserRange(gd);
+        return gd._plabUserRange !== undefined && gd._plabUserRange === layout.uirevision;
+    }
+
+    // The step axis of a meta.quick figure: [0, the round number at or above its last step],
+    // or the runs' length (meta.quick.xmax) when that is nearer. True when it changed.
+    function quickRange(gd, data, layout) {
+        const quick = (layout.meta || {}).quick;
+        if (!quick || userRanged(gd, layout)) return false;
+        let last = 0;
+        for (const t of data) {
+            const xs = t.x || [];
+            const v = xs[xs.length - 1];
+            if ((t.xaxis || "x") === "x" && typeof v === "number" && v > last) last = v;
+        }
+        if (!(last > 0)) return false;
+        const top = quick.xmax >= last ? Math.min(roundUp(last), quick.xmax) : roundUp(last);
+        const ax = layout.xaxis || {};
+        const r = ax.range;
+        if (ax.autorange === false && r && r[0] === 0 && r[1] === top) return false;
+        layout.xaxis = Object.assign({}, ax, {range: [0, top], autorange: false});
+        return true;
+    }
+
+    // the trace's points in the subplot's pixels; a missing or unplottable point (null, or <= 0
+    // on a log axis) ends a segment, as in Plotly's lines (connectgaps false)
+    function pixels(xa, ya, xs, ys) {
+        const pts = [];
+        let segments = 0, pen = false;
+        for (let k = 0; k < xs.length; k++) {
+            const x = xs[k], y = ys[k];
+            const px = x === null || x === undefined ? NaN : xa.c2p(x);
+            const py = y === null || y === undefined ? NaN : ya.c2p(y);
+            if (!isFinite(px) || !isFinite(py)) { pen = false; continue; }
+            if (!pen) segments += 1;
+            pen = true;
+            // far outside the plot (a diverged raw loss on a linear axis): clamped, as Plotly does
+            pts.push([px, Math.max(-1e5, Math.min(1e5, py))]);
+        }
+        return {pts: pts, segments: segments};
+    }
+
+    function linePath(pts) {
+        return "M" + pts.map((p) => p[0].toFixed(2) + "," + p[1].toFixed(2)).join("L");
+    }
+
+    function axisOf(fl, id, letter) {  // "x2" -> fullLayout.xaxis2
+        return fl[letter + "axis" + String(id || letter).slice(1)];
+    }
+
+    // The new drawing of one changed trace (index i), or null when Plotly must redraw it: a
+    // scatter of lines and/or uniform markers, on axes with a fixed range, drawn by Plotly
+    // as one line path (and one marker per point)
+    function quickTrace(gd, groups, i) {
+        const t = gd.data[i], ft = gd._fullData[i], fl = gd._fullLayout;
+        if (!t || !ft || ft.index !== i || ft.type !== "scatter") return null;
+        if (ft.visible === "legendonly") return {skip: true};
+        const lines = ft.mode === "lines" || ft.mode === "lines+markers";
+        const markers = ft.mode === "markers" || ft.mode === "lines+markers";
+        if (ft.visible !== true || !(lines || markers) || ft.fill !== "none") return null;
+        if (lines && ft.line.shape !== "linear") return null;
+        const mk = ft.marker || {};
+        if (markers && [mk.color, mk.size, mk.symbol, mk.opacity].some(Array.isArray)) return null;
+        const xa = axisOf(fl, ft.xaxis, "x"), ya = axisOf(fl, ft.yaxis, "y");
+        if (!xa || !ya) return null;
+        // an autoranged axis would take a new range with the new points: Plotly's redraw
+        if ([xa, ya].some((ax) => (gd.layout[ax._name] || {}).autorange !== false)) return null;
+        const g = groups.get(i);
+        if (!g) return null;
+        const paths = g.querySelectorAll("path.js-line");
+        const dots = markers ? g.querySelectorAll(".points > path.point") : [];
+        const {pts, segments} = pixels(xa, ya, t.x || [], t.y || []);
+        if (lines && (paths.length !== 1 || segments !== 1)) return null;
+        if (markers && !dots.length) return null;  // a first marker: Plotly draws it
+        return {path: lines ? paths[0] : null, dots: dots, pts: markers ? pts : null,
+                d: lines ? linePath(pts) : null};
+    }
+
+    // Draw the traces whose points changed (trace indices) without Plotly; false, with nothing
+    // drawn, when any of them needs Plotly's redraw
+    function quickLines(gd, changed) {
+        if (!gd._fullLayout || !gd._fullData || gd._plabPointer) return false;
+        const groups = new Map();
+        gd.querySelectorAll(".scatterlayer > .trace").forEach((g) => {
+            const cd = g.__data__;
+            const tr = cd && cd[0] && cd[0].trace;
+            if (tr) groups.set(tr.index, g);
+        });
+        const todo = [];
+        for (const i of changed) {
+            const plan = quickTrace(gd, groups, i);
+            if (!plan) return false;
+            if (!plan.skip) todo.push(plan);
+        }
+        for (const plan of todo) {
+            if (plan.path) plan.path.setAttribute("d", plan.d);
+            if (plan.pts) placeDots(plan.dots, plan.pts);
+        }
+        gd._plabStale = true;
+        watchPointer(gd);
+        return true;
+    }
+
+    function placeDots(dots, pts) {  // one marker per point: copies of the last, or fewer
+        const nodes = Array.from(dots);
+        const last = nodes[nodes.length - 1];
+        while (nodes.length < pts.length) {
+            nodes.push(last.parentNode.appendChild(last.cloneNode(true)));
+        }
+        while (nodes.length > pts.length) nodes.pop().remove();
+        nodes.forEach((node, k) => node.setAttribute("transform",
+            "translate(" + pts[k][0].toFixed(2) + "," + pts[k][1].toFixed(2) + ")"));
+    }
+
+    function watchPointer(gd) {
+        if (gd._plabPointerWatch) return;
+        gd._plabPointerWatch = true;
+        gd.addEventListener("pointerenter", () => {
+            gd._plabPointer = true;
+            if (gd._plabStale && gd.data && gd.layout) {  // hover's points brought up to date
+                gd._plabStale = false;
+                gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
+                react(gd, gd.data, gd.layout);
+            }
+        });
+        gd.addEventListener("pointerleave", () => { gd._plabPointer = false; });
+    }
+
     // ---- new figures for graphs out of view: drawn when they come into view ------------------
     // Dash draws every new figure at once (a play, a rebuild): the three panels below the fold
     // of a 1920x1080 screen took ~130 ms of the first frames of those in view. A graph out of
@@ -292,6 +463,10 @@
                 return Promise.resolve(gd);
             }
             if (gd) delete gd._plabDeferred;  // this figure supersedes the one set aside
+            if (gd && fig.layout && Array.isArray(fig.data)) {
+                quickRange(gd, fig.data, fig.layout);  // a meta.quick figure's step axis
+                gd._plabStale = false;
+            }
             // its legend once drawn (plab's own redraws draw theirs in draw())
             return Promise.resolve(plotlyReact.apply(this, arguments)).then((drawn) => {
                 if (gid) drawOverlays(gd);
@@ -558,7 +733,10 @@
         const meta = gd.layout.meta || {};
         if (meta.epoch !== p.epoch) return;  // the figure was replaced meanwhile
         const t0 = performance.now();
-        if (p.extend) extend(gd, p.extend);
+        // only points appended (a line-only redraw may do), nothing else
+        const appendOnly = !!p.extend && !config && !p.titles && !p.spans.length && !p.axes &&
+            !p.heat && !p.patch && !Object.keys(p.set).length;
+        const changed = p.extend ? extend(gd, p.extend) : [];
         for (const key of Object.keys(p.set)) {
             const s = p.set[key];
             const tr = gd.data[s.i];
@@ -575,7 +753,15 @@
         for (const ax of Object.keys(p.axes || {})) gd.layout[ax] = Object.assign({}, gd.layout[ax], p.axes[ax]);
         if (p.heat) applyHeat(gd, p.heat);
         if (p.patch) applyPatch(gd, p.patch);
-        fitPhone(gd);
+        const refit = fitPhone(gd);
+        const grown = quickRange(gd, gd.data, gd.layout);
+        if (meta.quick && appendOnly && !refit && !grown && quickLines(gd, changed)) {
+            plab.quick += 1;
+            recordPaint(gid, p.wall, performance.now() - t0, p.recv);
+            return;
+        }
+        plab.full += 1;
+        gd._plabStale = false;
         gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
         let done;
         try {
@@ -626,8 +812,8 @@
             if (performance.now() - t0 > FRAME_BUDGET_MS) break;
             draw(gid);
         }
-        if (Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false &&
-                                                    !plab.hidden[gid])) schedule(true);
+        if (drawing()) schedule(true);
+        else if (held.length) release();  // the next poll's items, now that these are drawn
     }
 
     function recordPaint(gid, wall, dur, recv) {
@@ -691,6 +877,8 @@
     plab.updates = 0;
     plab.rtts = [];
     let pumping = false;
+    let woken = false;     // the last wait ended by plab.wake (a new view): poll at once
+    let sentAt = null;     // when the last poll went out
 
     let livePrefix = null;  // Dash's path prefix, read once (the config never changes)
 
@@ -706,26 +894,125 @@
         return livePrefix + encodeURIComponent(key);
     }
 
-    // One poll of the view's shared channel (app/live.py): 304 when nothing is new; else the
-    // items after the last one applied, merged and drawn once (a late client skips ahead).
-    async function tickOnce() {
-        const view = plab.view, state = plab.state;
-        if (!view || !state || !view.runs || !view.runs.length || !view.live) return false;
-        if (state.epoch !== view.epoch) return false;
+    // ---- the polls' clock: a worker, so that a poll goes out on time while the page draws ----
+    // On the page's own timer a poll went out a median 30 ms late at max speed (a timer waits
+    // for the redraw running then), late enough that the next frame had come too: the two
+    // came as one item, one update for two frames (7-12 of 120 frames over 12 s). A tiny
+    // worker (a Blob: CSP worker-src 'self' blob:) waits and fetches instead, and reads the
+    // JSON off the page's thread; the page still decides what to fetch and when, and falls
+    // back to its own timer and fetch where a worker cannot start.
+    const FETCH_WORKER = `"use strict";
+const timers = new Map();
+self.onmessage = (e) => {
+    const m = e.data;
+    if (m.cancel) {
+        if (!timers.has(m.cancel)) return;  // already sent: its answer comes as usual
+        clearTimeout(timers.get(m.cancel));
+        timers.delete(m.cancel);
+        self.postMessage({id: m.cancel, cancelled: true});
+        return;
+    }
+    timers.set(m.id, setTimeout(async () => {
+        timers.delete(m.id);
         const sent = Date.now();
+        try {
+            const res = await fetch(m.url, {cache: "no-store", credentials: "same-origin"});
+            const hint = res.headers.get("X-Plab-Next");
+            const out = {id: m.id, status: res.status, ok: res.ok, sent: sent,
+                         nextAt: hint === null ? null : Date.now() + (+hint)};
+            if (res.ok && res.status !== 304) out.body = await res.json();
+            self.postMessage(out);
+        } catch (err) {
+            self.postMessage({id: m.id, error: String(err)});
+        }
+    }, Math.max(0, m.at - Date.now())));
+};`;
+    let fetcher;  // the worker; null: none (the page's own timer)
+    let fetchSeq = 0;
+    const fetches = new Map();  // id -> resolve
+
+    function fetchWorker() {
+        if (fetcher !== undefined) return fetcher;
+        fetcher = null;
+        if (!("Worker" in window) || !window.Blob || !window.URL) return fetcher;
+        try {
+            const src = URL.createObjectURL(new Blob([FETCH_WORKER], {type: "text/javascript"}));
+            fetcher = new Worker(src);
+            fetcher.onmessage = (e) => {
+                const done = fetches.get(e.data.id);
+                fetches.delete(e.data.id);
+                if (done) done(e.data);
+            };
+            fetcher.onerror = () => {  // it could not start: the page's timer from now on
+                fetcher = null;
+                for (const done of fetches.values()) done({error: "poll worker failed"});
+                fetches.clear();
+            };
+        } catch (err) {
+            fetcher = null;
+        }
+        return fetcher;
+    }
+
+    // where the polls' clock runs: "worker", or "page" (no worker could start)
+    plab.pollClock = () => (fetchWorker() ? "worker" : "page");
+
+    // wait until ``at`` (plab.wake ends the wait early: true)
+    function sleepUntil(at) {
+        return new Promise((resolve) => {
+            const timer = setTimeout(() => resolve(false), Math.max(0, at - Date.now()));
+            plab.wake = () => { clearTimeout(timer); resolve(true); };
+        }).finally(() => { plab.wake = null; });
+    }
+
+    // GET url at ``at``: {status, ok, body, nextAt, sent}, or null when plab.wake came first
+    async function liveFetch(url, at) {
+        const worker = fetchWorker();
+        if (!worker) {
+            if (await sleepUntil(at)) return null;
+            const sent = Date.now();
+            const res = await fetch(url, {cache: "no-store"});
+            const hint = res.headers.get("X-Plab-Next");
+            const out = {status: res.status, ok: res.ok, sent: sent,
+                         nextAt: hint === null ? null : Date.now() + (+hint)};
+            if (res.ok && res.status !== 304) out.body = await res.json();
+            return out;
+        }
+        const id = ++fetchSeq;
+        const answer = await new Promise((resolve) => {
+            fetches.set(id, resolve);
+            plab.wake = () => worker.postMessage({cancel: id});
+            worker.postMessage({id: id, url: new URL(url, window.location.href).href, at: at});
+        }).finally(() => { plab.wake = null; });
+        if (answer.error) throw new Error(answer.error);
+        return answer.cancelled ? null : answer;
+    }
+
+    // One poll of the view's shared channel (app/live.py), at ``at``: 304 when nothing is new;
+    // else the items after the last one applied, merged and drawn once (a late client skips
+    // ahead).
+    async function tickOnce(at) {
+        const view = plab.view, state = plab.state;
+        if (document.hidden || !view || !state || !view.runs || !view.runs.length || !view.live ||
+                state.epoch !== view.epoch) {
+            woken = await sleepUntil(at);
+            return false;
+        }
         let url = liveUrl(view.live) + "?since=" + state.seq;
         if (state.seq < 0) url += "&c=" + encodeURIComponent(JSON.stringify(state.cursors));
         // no If-None-Match: "nothing new" comes as {seq, items: []} on a kept-alive
         // connection (waitress closes it after a 304; app/live.py LiveHub.respond)
-        const res = await fetch(url, {cache: "no-store"});
+        const res = await liveFetch(url, at);
+        woken = !res;
+        if (!res) return false;  // woken (a new view) before it went out
+        sentAt = res.sent;
         plab.polls += 1;
-        const hint = res.headers.get("X-Plab-Next");
         // the hint counts from the answer; the loop waits from when it has drawn, later
-        plab.nextAt = hint === null ? null : Date.now() + (+hint);
+        plab.nextAt = res.nextAt;
         if (res.status === 304) { plab.notModified += 1; return false; }
         if (!res.ok) throw new Error("live " + res.status);
-        const body = await res.json();
-        plab.rtts.push({rtt: Date.now() - sent});
+        const body = res.body;
+        plab.rtts.push({rtt: Date.now() - res.sent});
         if (plab.rtts.length > 200) plab.rtts.shift();
         if (plab.state !== state || state.epoch !== view.epoch) { plab.dropped += 1; return false; }
         if (body.resync) { rebuild(Date.now(), 1000); return false; }
@@ -751,6 +1038,19 @@
         }
     }
 
+    // The items of a poll that came back while graphs on screen still had the last ones to
+    // draw wait for them (the draw loop releases them): merged at once, the graph drawn last
+    // (the weight-change plot) showed two frames as one update whenever a poll came back
+    // before its turn. A page that falls behind still catches up: whatever waited is merged
+    // and drawn once (and nothing waits more than HOLD_MAX_MS).
+    const HOLD_MAX_MS = 1000;
+    let held = [];  // [{epoch, items, recv}], oldest first
+
+    function drawing() {  // graphs on screen with an update still to draw
+        return Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false &&
+                                                       !plab.hidden[gid]);
+    }
+
     function accept(body) {
         const state = plab.state;
         const items = body.items || [];
@@ -764,43 +1064,59 @@
             }
         }
         const recv = Date.now();
-        let fresh = false, cursors = state.cursors, status = false;
+        let fresh = false, cursors = state.cursors;
         for (const item of items) {
-            if (item.steps) showSteps(item.steps);
-            if (item.status) status = true;
-            for (const gid of Object.keys(item.graphs || {})) {
-                watch(gid);
-                mergeInto(gid, state.epoch, item.graphs[gid], item.wall, recv);
-            }
             cursors = Object.assign({}, cursors, item.to);
             if (item.has_frames) fresh = true;
-            if (item.rebuild) rebuild(recv, 5000);  // at most one history back-fill per 5 s
-            if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
         }
         plab.state = {epoch: state.epoch, cursors: cursors, seq: body.seq};
+        if (fresh) { plab.lastData = recv; plab.updates += 1; }
+        held.push({epoch: state.epoch, items: items, recv: recv});
+        if (!drawing() || recv - held[0].recv > HOLD_MAX_MS) release();
+        return fresh;
+    }
+
+    function release() {  // merge what waited into the graphs' pending updates; draw them
+        const batches = held;
+        held = [];
+        let status = 0;
+        for (const b of batches) {
+            if (!plab.state || b.epoch !== plab.state.epoch) continue;  // a new view since
+            for (const item of b.items) {
+                if (item.steps) showSteps(item.steps);
+                if (item.status) status = b.recv;
+                for (const gid of Object.keys(item.graphs || {})) {
+                    watch(gid);
+                    mergeInto(gid, b.epoch, item.graphs[gid], item.wall, b.recv);
+                }
+                if (item.rebuild) rebuild(b.recv, 5000);  // at most one history back-fill per 5 s
+                if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
+            }
+            plab.applied += b.items.length;
+        }
         if (status && window.dash_clientside && window.dash_clientside.set_props) {
             // a run's status changed: the chips, the play button and the run table refresh
             // (app/dashboard/view_callbacks.py), once per change, not on a clock
-            window.dash_clientside.set_props("status-tick", {data: recv});
+            window.dash_clientside.set_props("status-tick", {data: status});
         }
-        plab.applied += items.length;
-        if (fresh) { plab.lastData = recv; plab.updates += 1; }
         schedule();
-        return fresh;
     }
 
     async function pump() {
         if (pumping) return;
         pumping = true;
+        let at = Date.now();  // when the next poll goes out
         while (true) {
-            const t0 = Date.now();
             const root = document.getElementById("root");
             const viewer = !!root && root.classList.contains("viewer");
             let wait = plab.pollMs = viewer ? VIEWER_POLL_MS : POLL_MS;
             let after = 0;  // from the answer: the server's hint of the next frame
             plab.nextAt = null;
+            woken = false;
+            sentAt = null;
             try {
-                if (!document.hidden) await tickOnce();
+                // a new view wakes the loop (plab.wake) rather than waiting out an idle pause
+                await tickOnce(at);
             } catch (err) {
                 console.warn("plab tick", err);
                 wait = 1000;
@@ -808,17 +1124,15 @@
             if (plab.nextAt !== null && wait < 1000) after = plab.nextAt + SLACK_MS - Date.now();
             if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
             if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
-            // a new view wakes the loop (plab.wake) rather than waiting out an idle pause
-            await new Promise((r) => {
-                plab.wake = r;
-                setTimeout(r, Math.max(after, wait - (Date.now() - t0)));
-            });
-            plab.wake = null;
+            // polls at least ``wait`` apart (from when the last one went out); at once when woken
+            const t0 = sentAt === null ? Date.now() : sentAt;
+            at = woken ? Date.now() : Date.now() + Math.max(after, wait - (Date.now() - t0));
         }
     }
 
     function startFollowing(epoch, cursors) {
         plab.state = {epoch: epoch, cursors: cursors || {}, seq: -1};
+        held = [];
         for (const gid of Object.keys(plab.pending)) {
             if (plab.pending[gid].epoch !== epoch) delete plab.pending[gid];
         }

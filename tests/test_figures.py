@@ -724,8 +724,10 @@ def test_the_loss_range_follows_the_smoothed_curve_not_raw_spikes() -> None:
     bottom = min(min(smooth), 0.45, 0.3)  # ...the lowest one, and the test loss below both
     assert max(fig["data"][0]["y"]) > 5  # the raw trace has its spike...
     span = math.log10(top) - math.log10(bottom)
-    assert hi == pytest.approx(math.log10(top) + figures.Y_PAD * span, rel=1e-12)
-    assert lo == pytest.approx(math.log10(bottom) - figures.Y_PAD * span, rel=1e-12)
+    padded = [math.log10(bottom) - figures.Y_PAD * span, math.log10(top) + figures.Y_PAD * span]
+    assert [lo, hi] == figures.range_grid(*padded, span)
+    step = span / 8  # the grid's step is at most this: the range is the padded one, widened
+    assert padded[0] - step <= lo <= padded[0] and padded[1] <= hi <= padded[1] + step
     assert 10 ** hi < max(fig["data"][0]["y"]) / 4  # ...which does not set the range
     # live: a tick whose smoothed curve leaves the range sends the new range, a spike alone
     # (smoothed within the range) sends none
@@ -734,6 +736,32 @@ def test_the_loss_range_follows_the_smoothed_curve_not_raw_spikes() -> None:
     ops, carry = figures.tick_ops(v, {RID: [frame(310, 600, loss=0.1)]}, carry)
     new_lo = ops["loss-graph"]["axes"]["yaxis"]["range"][0]
     assert new_lo < lo and 10 ** new_lo < carry[RID]["loss"]["lo"]
+
+
+def test_the_loss_range_moves_in_grid_steps_so_a_creeping_curve_rarely_moves_it() -> None:
+    """The range widens outward to multiples of a 1-2-5 step of about span / 8, and a live
+    tick sends it only when it moved to another step: a curve that creeps down by a little
+    at every frame moves the axis now and then, not at every frame (a frame that keeps the
+    ranges redraws the lines alone in the browser)."""
+    # span 0.19 decades: step 0.02 (the largest of 0.01, 0.02, 0.05 <= 0.02375)
+    assert figures.range_grid(-0.3668, -0.1349, 0.19) == [-0.38, -0.12]
+    assert figures.range_grid(-0.38, -0.12, 0.19) == [-0.38, -0.12]  # on the grid: kept
+    assert figures.range_grid(0.5, 9.5, 8.0) == [0.0, 10.0]  # span 8: step 1
+    assert figures.range_grid(-1.23e-4, 3.1e-3, 3.2e-3) == [-0.0002, 0.0032]  # step 2e-4
+    v = view(run_view(steps=100_000))
+    carry: dict = {}
+    sent, ticks = [], 200
+    for i in range(ticks):  # a smoothed loss that falls by 0.2% per frame, from 0.6
+        ops, carry = figures.tick_ops(v, {RID: [frame(10 * i, 10, loss=0.6 * 0.998 ** i)]},
+                                      carry)
+        axes = ops["loss-graph"].get("axes")
+        if axes:
+            rng = axes["yaxis"]["range"]
+            assert rng == figures.y_range(v, carry)  # the range the whole figure would have
+            assert not sent or rng != sent[-1]  # only when it moved
+            sent.append(rng)
+    assert 1 <= len(sent) <= ticks // 10  # the loss fell to 0.40: a few steps, not 200
+    assert sent[-1][0] <= math.log10(carry[RID]["loss"]["lo"])
 
 
 def test_a_setting_change_is_a_labelled_vertical_line_on_the_loss_plot() -> None:

@@ -6,12 +6,22 @@ Reuses the server/browser/page fixtures of tests/test_dashboard_browser.py.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from typing import Any
 
 import pytest
-from test_dashboard_browser import POINTS_JS, _api, _open, _wait_until, browser, page, server
+from test_dashboard_browser import (
+    LAST_STEP_JS,
+    POINTS_JS,
+    _api,
+    _open,
+    _wait_until,
+    browser,
+    page,
+    server,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -286,5 +296,146 @@ def test_a_new_figure_out_of_view_is_drawn_when_scrolled_to(page: Any, server: s
     _wait_until(lambda: page.evaluate(CIRCUIT_DRAWN_JS)["want"] in
                 page.evaluate(CIRCUIT_DRAWN_JS)["drawn"], 10, "the circuit drawn in view",
                 page=page)
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+#: the loss plot's drawing now (``ours``), then Plotly's own full redraw of the same data
+#: (``theirs``), in one task so that no frame comes between: each line's vertices and each
+#: marker's position, per trace index
+QUICK_VS_PLOTLY_JS = """() => {
+  const gd = document.querySelector('#loss-graph .js-plotly-plot');
+  const drawing = () => {
+    const out = {};
+    gd.querySelectorAll('.scatterlayer > .trace').forEach((g) => {
+      const i = g.__data__[0].trace.index;
+      const line = g.querySelector('path.js-line');
+      out[i] = {line: line ? (line.getAttribute('d').slice(1).split('L')
+                               .map((p) => p.split(',').map(Number))) : null,
+                dots: [...g.querySelectorAll('.points > path.point')].map((p) =>
+                  p.getAttribute('transform').match(/translate\\(([^,]+),([^)]+)\\)/).slice(1, 3)
+                   .map(Number))};
+    });
+    return out;
+  };
+  const stale = !!gd._plabStale;
+  const ours = drawing();
+  gd.layout.datarevision = (gd.layout.datarevision || 0) + 1;
+  window.Plotly.react(gd, gd.data, gd.layout);
+  return {stale: stale, ours: ours, theirs: drawing(), range: gd.layout.xaxis.range,
+          autorange: gd.layout.xaxis.autorange, quick: window.plab.quick || 0,
+          last: Math.max(...gd.data.map((t) => (t.x || []).length ? t.x[t.x.length - 1] : 0))};
+}"""
+
+
+def _near(a: list[float], b: list[float], tol: float = 0.05) -> bool:
+    return abs(a[0] - b[0]) <= tol and abs(a[1] - b[1]) <= tol
+
+
+def test_a_frame_that_only_appends_points_redraws_the_loss_lines_alone(page: Any,
+                                                                         server: str) -> None:
+    """Plotly redraws a whole figure for any new point (the loss plot: 11-16 ms a frame). A
+    frame that only appends points now sets the loss plot's line paths (and test markers)
+    from the axes Plotly laid out; what it draws is what Plotly's own redraw of the same data
+    draws (Plotly's vertices, which it thins on straight runs, are among ours; the ends and
+    the markers are the same). The step axis grows in round steps, so it keeps its range
+    between them."""
+    _open(page, server, "?steps=1000000&n=8&speed=max")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate("(window.plab.quick || 0) > 5"), 40,
+                "frames drawn as lines alone", page=page)
+    got = None
+    for _ in range(50):  # a moment when the last frame was drawn as lines alone
+        got = page.evaluate(QUICK_VS_PLOTLY_JS)
+        if got["stale"]:
+            break
+        page.wait_for_timeout(30)
+    assert got and got["stale"], "no frame drawn as lines alone"
+    top = got["range"][1]
+    mantissa = top / 10 ** math.floor(math.log10(top))
+    assert got["range"][0] == 0 and got["autorange"] is False
+    assert any(abs(mantissa - m) < 1e-9 for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8)), top
+    assert got["last"] <= top <= got["last"] * 1.34, got  # 3 -> 4 is the largest jump
+    lines = 0
+    for i, theirs in got["theirs"].items():
+        ours = got["ours"][i]
+        if theirs["line"]:
+            lines += 1
+            assert _near(ours["line"][0], theirs["line"][0]), (i, ours["line"][:2], theirs["line"][:2])
+            assert _near(ours["line"][-1], theirs["line"][-1]), (i, ours["line"][-1], theirs["line"][-1])
+            for vertex in theirs["line"]:
+                assert any(_near(vertex, v) for v in ours["line"]), (i, vertex)
+        assert len(ours["dots"]) == len(theirs["dots"]), i
+        assert all(_near(a, b) for a, b in zip(ours["dots"], theirs["dots"], strict=True)), i
+    assert lines >= 2  # the raw and the smoothed loss (and the test loss once it has two)
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+STALE_JS = """() => { const gd = document.querySelector('#loss-graph .js-plotly-plot');
+  const k = gd.data.findIndex((t) => t.mode === 'lines' && t.showlegend);  // the smoothed loss
+  const cd = k >= 0 && gd.calcdata ? gd.calcdata[k] : null;  // none before the first points
+  const xs = k >= 0 ? gd.data[k].x : [];
+  return {stale: !!gd._plabStale, calc: cd ? cd.length : -1, data: k >= 0 ? xs.length : -2,
+          last: xs.length ? xs[xs.length - 1] : 0,
+          range: gd.layout.xaxis.range, quick: window.plab.quick || 0}; }"""
+
+
+def test_a_pointer_over_the_loss_plot_brings_hover_up_to_date_and_a_zoom_holds(
+        page: Any, server: str) -> None:
+    """Hover reads Plotly's calcdata, which lags while frames draw the lines alone: a pointer
+    over the plot redraws it in full at once and at every frame while it stays. A range the
+    user zooms to holds while frames come (the round-step growth leaves it alone), until the
+    user autoscales. (Plotly autoranges the loss axis after a zoom of the step axis alone:
+    frames are then Plotly's redraws, as the y-range follows the data.)"""
+    _open(page, server, "?steps=1000000&n=8&speed=max")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(STALE_JS)["stale"], 40, "a frame drawn as lines alone",
+                page=page)
+    box = page.locator("#loss-graph .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    _wait_until(lambda: not page.evaluate(STALE_JS)["stale"], 5, "a full redraw", page=page)
+    quick = page.evaluate(STALE_JS)["quick"]
+    for _ in range(5):  # hovered: every frame is Plotly's, its points those of the data
+        page.wait_for_timeout(150)
+        got = page.evaluate(STALE_JS)
+        assert not got["stale"] and got["calc"] == got["data"], got
+    assert page.evaluate(STALE_JS)["quick"] == quick
+    page.mouse.move(2, 2)  # away: lines alone again
+    _wait_until(lambda: page.evaluate(STALE_JS)["quick"] > quick, 10, "lines alone again",
+                page=page)
+    page.evaluate("""() => window.Plotly.relayout(
+        document.querySelector('#loss-graph .js-plotly-plot'), {'xaxis.range': [0, 1234]})""")
+    last = page.evaluate(STALE_JS)["last"]
+    _wait_until(lambda: page.evaluate(STALE_JS)["last"] > last + 1000, 10,
+                "frames after the zoom", page=page)
+    assert page.evaluate(STALE_JS)["range"] == [0, 1234]
+    page.evaluate("""() => window.Plotly.relayout(
+        document.querySelector('#loss-graph .js-plotly-plot'), {'xaxis.autorange': true})""")
+    _wait_until(lambda: page.evaluate(STALE_JS)["range"][1] != 1234 and
+                page.evaluate(STALE_JS)["range"][1] >= 10_000, 10, "round steps again",
+                page=page)
+    page.click("#btn-stop")
+    assert not page.errors, page.errors
+
+
+POLLS_JS = "() => ({clock: window.plab.pollClock(), polls: window.plab.polls, applied: window.plab.applied})"
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "no-worker"])
+def test_polls_go_out_on_a_workers_clock_or_the_pages_where_there_is_none(
+        page: Any, server: str, worker: bool) -> None:
+    """The live polls wait and fetch in a worker, so that a redraw in progress does not make
+    them late (two frames in one update); a browser without workers polls on the page's own
+    timer, and the panels follow the run all the same."""
+    if not worker:
+        page.add_init_script("window.Worker = undefined;")
+    _open(page, server, "?steps=1000000&n=8&speed=100")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(POLLS_JS)["applied"] > 20, 40, "frames applied", page=page)
+    assert page.evaluate(POLLS_JS)["clock"] == ("worker" if worker else "page")
+    before = page.evaluate(LAST_STEP_JS, "voltage-graph")
+    _wait_until(lambda: page.evaluate(LAST_STEP_JS, "voltage-graph") > before + 50, 10,
+                "the voltage plot to move on", page=page)
     page.click("#btn-stop")
     assert not page.errors, page.errors

@@ -52,6 +52,7 @@ from app.dashboard.panels.loss import (
     loss_figure,
     loss_gap,
     loss_slots,
+    range_grid,
     show_raw,
     y_range,
 )
@@ -83,7 +84,7 @@ __all__ = [
     "alignment_slots", "bin_points", "build_figures", "combine_matrices", "ema_update",
     "event_marks", "focus_run", "fold", "fold_history", "log_ticks", "loss_figure", "loss_gap",
     "loss_slots", "merge_spans", "needs_rebuild", "new_series_carry", "norm_pops",
-    "populations_changed", "show_raw", "task_channels", "task_figure", "task_slots",
+    "populations_changed", "range_grid", "show_raw", "task_channels", "task_figure", "task_slots",
     "tick_ops", "voltage_cap_note", "voltage_figure", "voltage_pairs", "voltage_slots",
     "weight_figure", "weight_slots", "y_range",
 ]

@@ -135,7 +135,20 @@ def y_range(view: View, carry: Mapping[str, Any]) -> list[float] | None:
     if view.get("log_y", True):
         lo, hi = math.log10(lo), math.log10(hi)
     span = max(hi - lo, 0.05 if view.get("log_y", True) else 1e-3 * max(abs(hi), 1e-9))
-    return [lo - Y_PAD * span, hi + Y_PAD * span]
+    return range_grid(lo - Y_PAD * span, hi + Y_PAD * span, span)
+
+
+def range_grid(lo: float, hi: float, span: float) -> list[float]:
+    """``[lo, hi]`` widened outward to multiples of a 1-2-5 step of about span / 8: a curve
+    that creeps past its extent moves the axis once per step, not at every frame (a range
+    that holds lets a live frame redraw the lines alone, assets/plab.js quickLines)."""
+    raw = span / 8
+    mag = 10.0 ** math.floor(math.log10(raw))
+    step = max(m * mag for m in (1, 2, 5) if m * mag <= raw * (1 + 1e-9))
+    # rounded to the step's decimals, so that equal ranges compare equal
+    digits = max(0, -math.floor(math.log10(step)) + 1)
+    return [round(math.floor(lo / step + 1e-9) * step, digits),
+            round(math.ceil(hi / step - 1e-9) * step, digits)]
 
 
 # ---- setting changes: vertical lines with a label --------------------------------------------
@@ -254,6 +267,9 @@ def loss_figure(view: View, histories: Mapping[str, Mapping[str, Any]] | None = 
     # reference labels in the right margin, beside their dashed line, never over the curve
     layout["margin"]["r"] = round((REF_MARGIN if view.get("refs") else 16) * view.get("scale", 1.0))
     layout["meta"]["shade"] = _shade(view, "x", 0.0, 1.0)
+    # live frames that only append points redraw the lines alone (assets/plab.js quickLines);
+    # the step axis grows in round steps up to the runs' length
+    layout["meta"]["quick"] = {"xmax": max((run["target"] for run in view["runs"]), default=0)}
     _references(view, layout)
     source = histories.get(view.get("phase_run") or "") or {}
     spans = merge_spans(source.get("phases") or []) if shaded(view) else []
@@ -278,6 +294,7 @@ def tick(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
     """New loss points of every run (the stride's blocks, a provisional tail), and the
     y-range when the smoothed curves left it."""
     runs = _runs_by_id(view)
+    before = y_range(view, carry)
     widened = False
     for rid, frames in frames_by_run.items():
         run = runs.get(rid)
@@ -295,7 +312,8 @@ def tick(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
         widened |= track_range(state, [v for _, v in tests])
         ext.add(f"test:{rid}", [t for t, _ in tests], [v for _, v in tests], MAX_POINTS)
     rng = y_range(view, carry) if widened else None
-    return {"axes": {"yaxis": {"range": rng, "autorange": False}}} if rng else {}
+    # sent only when it moved to another step of its grid
+    return {"axes": {"yaxis": {"range": rng, "autorange": False}}} if rng and rng != before else {}
 
 
 def loss_gap(view: View, frames_by_run: Mapping[str, Sequence[Mapping[str, Any]]],
