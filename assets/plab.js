@@ -905,11 +905,9 @@
 const timers = new Map();
 self.onmessage = (e) => {
     const m = e.data;
-    if (m.cancel) {
-        if (!timers.has(m.cancel)) return;  // already sent: its answer comes as usual
+    if (m.cancel) {  // not sent yet: never sent (sent: the page drops its answer)
         clearTimeout(timers.get(m.cancel));
         timers.delete(m.cancel);
-        self.postMessage({id: m.cancel, cancelled: true});
         return;
     }
     timers.set(m.id, setTimeout(async () => {
@@ -981,7 +979,13 @@ self.onmessage = (e) => {
         const id = ++fetchSeq;
         const answer = await new Promise((resolve) => {
             fetches.set(id, resolve);
-            plab.wake = () => worker.postMessage({cancel: id});
+            // a new view: poll for it at once, not after the worker's reply (a task, which
+            // would wait for Dash drawing the new figures); a late answer to this one is dropped
+            plab.wake = () => {
+                fetches.delete(id);
+                worker.postMessage({cancel: id});
+                resolve({cancelled: true});
+            };
             worker.postMessage({id: id, url: new URL(url, window.location.href).href, at: at});
         }).finally(() => { plab.wake = null; });
         if (answer.error) throw new Error(answer.error);
