@@ -901,7 +901,20 @@
     // worker (a Blob: CSP worker-src 'self' blob:) waits and fetches instead, and reads the
     // JSON off the page's thread; the page still decides what to fetch and when, and falls
     // back to its own timer and fetch where a worker cannot start.
+    // One poll's GET: {status, ok, sent, nextAt, body}. The page's fallback calls it; the
+    // worker runs the same function (its source is part of the worker's).
+    async function fetchAnswer(url) {
+        const sent = Date.now();
+        const res = await fetch(url, {cache: "no-store", credentials: "same-origin"});
+        const hint = res.headers.get("X-Plab-Next");
+        const out = {status: res.status, ok: res.ok, sent: sent,
+                     nextAt: hint === null ? null : Date.now() + (+hint)};
+        if (res.ok && res.status !== 304) out.body = await res.json();
+        return out;
+    }
+
     const FETCH_WORKER = `"use strict";
+${fetchAnswer.toString()}
 const timers = new Map();
 self.onmessage = (e) => {
     const m = e.data;
@@ -912,14 +925,8 @@ self.onmessage = (e) => {
     }
     timers.set(m.id, setTimeout(async () => {
         timers.delete(m.id);
-        const sent = Date.now();
         try {
-            const res = await fetch(m.url, {cache: "no-store", credentials: "same-origin"});
-            const hint = res.headers.get("X-Plab-Next");
-            const out = {id: m.id, status: res.status, ok: res.ok, sent: sent,
-                         nextAt: hint === null ? null : Date.now() + (+hint)};
-            if (res.ok && res.status !== 304) out.body = await res.json();
-            self.postMessage(out);
+            self.postMessage({id: m.id, ...(await fetchAnswer(m.url))});
         } catch (err) {
             self.postMessage({id: m.id, error: String(err)});
         }
@@ -968,13 +975,7 @@ self.onmessage = (e) => {
         const worker = fetchWorker();
         if (!worker) {
             if (await sleepUntil(at)) return null;
-            const sent = Date.now();
-            const res = await fetch(url, {cache: "no-store"});
-            const hint = res.headers.get("X-Plab-Next");
-            const out = {status: res.status, ok: res.ok, sent: sent,
-                         nextAt: hint === null ? null : Date.now() + (+hint)};
-            if (res.ok && res.status !== 304) out.body = await res.json();
-            return out;
+            return fetchAnswer(url);
         }
         const id = ++fetchSeq;
         const answer = await new Promise((resolve) => {
