@@ -95,6 +95,8 @@ from app.encoding import dumps
 
 #: items kept per channel (about 6 s of frames at 10 frames/s)
 KEEP = 64
+#: the frames of one read become at most this many items (frame_groups)
+SPLIT_MAX = 3
 #: frames are read from the backend at most this often per channel (s)
 MIN_INTERVAL = 0.03
 #: a channel nobody polled for this long is dropped (s)
@@ -118,9 +120,54 @@ BASE_HEADERS = [("Content-Type", "application/json"), ("Cache-Control", "no-cach
                 ("Referrer-Policy", "no-referrer")]
 
 
+#: each run's new frames and its cursor after them, as backend.frames gives them
+Read = Mapping[str, tuple[list[dict[str, Any]], int]]
+
+
+def read_frames(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, int]
+                ) -> dict[str, tuple[list[dict[str, Any]], int]]:
+    """Each reachable run's frames after its cursor, and its new cursor (backend.frames)."""
+    ids = [run["id"] for run in view.get("runs") or []]
+    return per_run(ids, lambda rid: backend.frames(rid, after=int(cursors.get(rid, -1))))
+
+
+def frame_groups(read: Read, cursors: Mapping[str, int], most: int = SPLIT_MAX) -> list[Read]:
+    """The frames of one read as the items they become, each ``{run: (frames, cursor after
+    them)}``: in creation order (``wall``), a new item whenever a run already has a frame in
+    the current one, so that two frames of a run read together (a worker that fell behind
+    and caught up) are drawn one after the other rather than as one update. Frames of
+    different runs that came together share an item (one redraw). At most ``most`` items:
+    the oldest frames of a longer read (a poll after a pause) go together in the first."""
+    order = sorted((f.get("wall") or 0.0, rid, k) for rid, (frames, _) in read.items()
+                   for k, f in enumerate(frames))
+    groups: list[dict[str, list[dict[str, Any]]]] = [{}]
+    for _, rid, k in order:
+        if rid in groups[-1]:
+            groups.append({})
+        groups[-1].setdefault(rid, []).append(read[rid][0][k])
+    while len(groups) > max(1, most):  # the oldest two become one
+        first, second = groups.pop(0), groups.pop(0)
+        groups.insert(0, {rid: first.get(rid, []) + second.get(rid, [])
+                          for rid in {**first, **second}})
+    out, at = [], {rid: int(cursors.get(rid, -1)) for rid in read}
+    for k, group in enumerate(groups):
+        for rid, frames in group.items():
+            at[rid] = int(frames[-1]["seq"])
+        if k == len(groups) - 1:  # the backend's cursors (never lower than the frames')
+            at = {rid: new for rid, (_, new) in read.items()}
+        out.append({rid: (group.get(rid, []), at[rid]) for rid in read})
+    return out
+
+
 def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, int],
                  carry: dict[str, Any]) -> dict[str, Any]:
-    """One tick: the frames after each run's cursor -> per-graph ops (figures.tick_ops)."""
+    """One tick: every frame after each run's cursor -> per-graph ops (figures.tick_ops)."""
+    return payload_of(view, cursors, read_frames(backend, view, cursors), carry)
+
+
+def payload_of(view: Mapping[str, Any], cursors: Mapping[str, int], read: Read,
+               carry: dict[str, Any]) -> dict[str, Any]:
+    """The item for frames ``read`` ({run: (frames, new cursor)}) after ``cursors``."""
     built = time.time()
     before = {str(k): int(v) for k, v in (cursors or {}).items()}
     after = dict(before)
@@ -128,8 +175,6 @@ def tick_payload(backend: Any, view: Mapping[str, Any], cursors: Mapping[str, in
     walls = []
     run_walls: dict[str, list[float]] = {}
     steps: dict[str, int] = {}  # each run's newest step (the status chips' counters)
-    ids = [run["id"] for run in view.get("runs") or []]
-    read = per_run(ids, lambda rid: backend.frames(rid, after=int(before.get(rid, -1))))
     for rid, (frames, new) in read.items():
         frames_by_run[rid] = frames
         after[rid] = new
@@ -340,12 +385,25 @@ class LiveHub:
         return to_json({"seq": seq, "items": out})
 
     # ---- the shared work ----------------------------------------------------------------------
-    def _advance(self, chan: Channel) -> bool:
-        """Read the frames after the channel's cursors; one new item when there are any."""
+    def _advance(self, chan: Channel) -> int:
+        """Read the frames after the channel's cursors: the number of new items (frame_groups:
+        a run's frames read together are items of their own, up to SPLIT_MAX)."""
         chan.read_at = time.monotonic()
         self.counts["reads"] += 1
-        payload = tick_payload(self.backend, chan.view, chan.cursors, chan.carry)
+        read = read_frames(self.backend, chan.view, chan.cursors)
         status = self._status(chan)
+        groups = frame_groups(read, chan.cursors)
+        made = 0
+        for k, group in enumerate(groups):
+            last = k == len(groups) - 1
+            # the heatmap's contents only from the newest (items of one read go out together)
+            made += self._add_item(chan, payload_of(chan.view, chan.cursors, group, chan.carry),
+                                   status if last else None, sets=last)
+        return made
+
+    def _add_item(self, chan: Channel, payload: dict[str, Any],
+                  status: dict[str, str] | None, sets: bool = True) -> bool:
+        """``payload`` as the channel's next item, when it has anything to say."""
         if not payload["has_frames"] and not payload["rebuild"] and status is None:
             return False
         chan.carry = payload["carry"]
@@ -358,7 +416,7 @@ class LiveHub:
             item["status"] = status
         graphs = _rounded(payload["graphs"])
         now = time.time()
-        if now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: at most once a second
+        if not sets or now - chan.set_at < SET_EVERY_S:  # a heatmap's contents: once a second
             graphs = {gid: {op: v for op, v in ops.items() if op not in ("set", "titles")}
                       for gid, ops in graphs.items()}
             graphs = {gid: ops for gid, ops in graphs.items() if ops}
@@ -436,9 +494,11 @@ class LiveHub:
             state = self.shared.get(f"{chan.key}:state")
             if state is not None and state["seq"] > chan.seq:
                 self._pull(chan, state)
-            if self._advance(chan):
-                seq, item, to = chan.items[-1]
-                self.shared.set(f"{chan.key}:item:{seq}", (item, to), timeout=int(IDLE_S))
+            made = self._advance(chan)
+            if made:
+                self.shared.set_many({f"{chan.key}:item:{seq}": (item, to)
+                                      for seq, item, to in list(chan.items)[-made:]},
+                                     timeout=int(IDLE_S))
             self._seat(chan)
         finally:
             self.shared.delete(f"{chan.key}:lock")
@@ -633,5 +693,5 @@ class LiveFront:
         return [body]
 
 
-__all__ = ["LiveFront", "LiveHub", "credentials", "parse_since", "per_run", "tick_payload", "to_json",
-           "view_key"]
+__all__ = ["LiveFront", "LiveHub", "credentials", "frame_groups", "parse_since", "payload_of",
+           "per_run", "read_frames", "tick_payload", "to_json", "view_key"]

@@ -1046,10 +1046,14 @@ self.onmessage = (e) => {
     // The items of a poll that came back while graphs on screen still had the last ones to
     // draw wait for them (the draw loop releases them): merged at once, the graph drawn last
     // (the weight-change plot) showed two frames as one update whenever a poll came back
-    // before its turn. A page that falls behind still catches up: whatever waited is merged
-    // and drawn once (and nothing waits more than HOLD_MAX_MS).
-    const HOLD_MAX_MS = 1000;
-    let held = [];  // [{epoch, items, recv}], oldest first
+    // before its turn. A release takes the waiting items up to the first that has a frame
+    // of a run already taken (items of other runs share the redraw): two frames of one run
+    // (a worker that fell behind and caught up; app/live.py frame_groups makes them items
+    // of their own) are drawn one after the other, each its own update. A page that falls
+    // behind (an item waiting CATCH_UP_MS) still catches up: whatever waited is merged and
+    // drawn once; nothing waits on a redraw more than HOLD_MAX_MS.
+    const HOLD_MAX_MS = 1000, CATCH_UP_MS = 300;
+    let held = [];  // [{epoch, item, recv}], oldest first
 
     function drawing() {  // graphs on screen with an update still to draw
         return Object.keys(plab.pending).some((gid) => plab.onScreen[gid] !== false &&
@@ -1073,31 +1077,41 @@ self.onmessage = (e) => {
         for (const item of items) {
             cursors = Object.assign({}, cursors, item.to);
             if (item.has_frames) fresh = true;
+            held.push({epoch: state.epoch, item: item, recv: recv});
         }
         plab.state = {epoch: state.epoch, cursors: cursors, seq: body.seq};
         if (fresh) { plab.lastData = recv; plab.updates += 1; }
-        held.push({epoch: state.epoch, items: items, recv: recv});
-        if (!drawing() || recv - held[0].recv > HOLD_MAX_MS) release();
+        if (held.length && (!drawing() || recv - held[0].recv > HOLD_MAX_MS)) release();
         return fresh;
     }
 
-    function release() {  // merge what waited into the graphs' pending updates; draw them
-        const batches = held;
-        held = [];
+    function nextBatch() {  // the held items one redraw shows (see above)
+        if (Date.now() - held[0].recv > CATCH_UP_MS) return held.length;
+        const runs = new Set();
+        let k = 0;
+        for (; k < held.length; k++) {
+            const mine = Object.keys(held[k].item.steps || {});
+            if (k && mine.some((rid) => runs.has(rid))) break;
+            mine.forEach((rid) => runs.add(rid));
+        }
+        return k;
+    }
+
+    function release() {  // merge the next batch into the graphs' pending updates; draw them
+        const batch = held.splice(0, nextBatch());
         let status = 0;
-        for (const b of batches) {
+        for (const b of batch) {
             if (!plab.state || b.epoch !== plab.state.epoch) continue;  // a new view since
-            for (const item of b.items) {
-                if (item.steps) showSteps(item.steps);
-                if (item.status) status = b.recv;
-                for (const gid of Object.keys(item.graphs || {})) {
-                    watch(gid);
-                    mergeInto(gid, b.epoch, item.graphs[gid], item.wall, b.recv);
-                }
-                if (item.rebuild) rebuild(b.recv, 5000);  // at most one history back-fill per 5 s
-                if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
+            const item = b.item;
+            if (item.steps) showSteps(item.steps);
+            if (item.status) status = b.recv;
+            for (const gid of Object.keys(item.graphs || {})) {
+                watch(gid);
+                mergeInto(gid, b.epoch, item.graphs[gid], item.wall, b.recv);
             }
-            plab.applied += b.items.length;
+            if (item.rebuild) rebuild(b.recv, 5000);  // at most one history back-fill per 5 s
+            if (item.wall) plab.lastWall = Math.max(plab.lastWall || 0, item.wall);
+            plab.applied += 1;
         }
         if (status && window.dash_clientside && window.dash_clientside.set_props) {
             // a run's status changed: the chips, the play button and the run table refresh

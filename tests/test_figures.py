@@ -650,6 +650,71 @@ def test_tick_payload_with_a_fake_backend() -> None:
     json.dumps(payload, allow_nan=False)
 
 
+def test_frames_read_together_become_items_of_their_own() -> None:
+    """A worker that fell behind sends two frames close together and one read finds both:
+    each becomes an item of its own (the page draws them one after the other, not as one
+    update); frames of different runs that came together share an item; a long read (a poll
+    after a pause) is at most SPLIT_MAX items, its oldest frames together in the first."""
+    mine = [frame(10 * i) for i in range(6)]  # seq 0..5, made at 1000, 1010, ... 1050
+    other = [{**frame(10 * i), "wall": 1001.0 + 10 * i} for i in range(6)]  # 1 ms later
+
+    def shape(groups: list) -> list:
+        return [{rid: ([f["t0"] for f in frames], cursor)
+                 for rid, (frames, cursor) in group.items()} for group in groups]
+
+    read = {RID: (mine[1:3], 2), RID2: (other[1:2], 1)}
+    assert shape(live.frame_groups(read, {RID: 0, RID2: 0})) == [
+        {RID: ([10], 1), RID2: ([10], 1)}, {RID: ([20], 2), RID2: ([], 1)}]
+    assert shape(live.frame_groups({RID: (mine, 5)}, {RID: -1})) == [
+        {RID: ([0, 10, 20, 30], 3)}, {RID: ([40], 4)}, {RID: ([50], 5)}]
+    assert live.SPLIT_MAX == 3
+    assert shape(live.frame_groups({RID: ([], 7)}, {RID: 7})) == [{RID: ([], 7)}]
+
+
+def test_the_channel_sends_a_frame_per_item_and_they_add_up_to_the_whole_read() -> None:
+    """Through the hub: two frames read at one poll are two items with chained cursors, and
+    the points they append, applied in turn as the page does, are those of one item made
+    from both frames (the smoothing carried across)."""
+    frames = [frame(10 * i, loss=0.6 - 0.01 * i) for i in range(8)]
+
+    class Backend:
+        made = 1  # frames the run has sent so far
+
+        def frames(self, rid: str, after: int = -1) -> tuple[list, int]:
+            got = [f for f in frames[:self.made] if f["seq"] > after]
+            return got, got[-1]["seq"] if got else after
+
+        def get(self, rid: str) -> dict:
+            return {"id": rid, "status": "running"}
+
+    v = view(run_view(), panels=["loss"])
+    _, carry = figures.build_figures(v, recent={RID: frames[:1]})
+    backend = Backend()
+    backend.made = 3
+    whole = live.tick_payload(backend, v, {RID: 0}, json.loads(json.dumps(carry)))
+    backend.made = 1
+    hub = live.LiveHub(backend, min_interval=0.0)
+    key = hub.join(v, {RID: 0}, carry)
+    backend.made = 3  # two new frames, read by one poll
+    items = json.loads(hub.poll(key, -1, {RID: 0})[1])["items"]
+    assert [(it["from"][RID], it["to"][RID]) for it in items] == [(0, 1), (1, 2)]
+    assert [it["steps"][RID] for it in items] == [20, 30]
+    assert [it["wall"] for it in items] == [1010.0, 1020.0]
+    assert hub.counts["computed"] == 2 and hub.counts["reads"] == 1
+    one, split = {}, {}
+    op = whole["graphs"]["loss-graph"]["extend"]
+    for j, i in enumerate(op["idx"]):
+        _apply(one.setdefault(i, {"x": [], "y": []}), op, j)
+    for it in items:
+        op = it["graphs"]["loss-graph"]["extend"]
+        for j, i in enumerate(op["idx"]):
+            _apply(split.setdefault(i, {"x": [], "y": []}), op, j)
+    assert split.keys() == one.keys() and one
+    for i in one:
+        assert split[i]["x"] == one[i]["x"], i
+        assert split[i]["y"] == pytest.approx(one[i]["y"], rel=1e-4), i  # items: 5 digits
+
+
 # ---------------------------------------------------------------------------------------------
 # the loss plot on a projector: one binning, y-range from the smoothed curve, marks
 # ---------------------------------------------------------------------------------------------

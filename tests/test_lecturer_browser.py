@@ -439,3 +439,37 @@ def test_polls_go_out_on_a_workers_clock_or_the_pages_where_there_is_none(
                 "the voltage plot to move on", page=page)
     page.click("#btn-stop")
     assert not page.errors, page.errors
+
+
+#: the loss plot's paints after ``t0`` (ms): when, and the creation time of the newest frame
+#: each one showed (ms; the run's worker and the browser share this machine's clock)
+PAINTS_JS = """(t0) => window.plab.paintLog.filter((p) => p.gid === 'loss-graph' && p.t > t0)
+    .map((p) => ({t: p.t, wall: p.t - p.lag}))"""
+#: the page's thread busy for ``ms`` (a long redraw): [start, end] (ms)
+BUSY_FOR_JS = "(ms) => { const t0 = Date.now(); while (Date.now() - t0 < ms) {} return [t0, Date.now()]; }"
+
+
+@pytest.mark.parametrize("worker", [True, False], ids=["worker", "no-worker"])
+def test_frames_that_reach_the_page_together_are_drawn_one_after_the_other(
+        page: Any, server: str, worker: bool) -> None:
+    """Frames of a run that reach the page together are each drawn, one per redraw, not
+    merged into one update: here the page's thread is busy for 0.45 s while the run makes
+    about 4 frames (the loss and circuit panels, which keep up with every frame here). On the worker's clock their polls' answers wait for the page; on the
+    page's own clock one late poll finds them all, and the server makes them items of their
+    own (app/live.py frame_groups: at most 3 per read)."""
+    if not worker:
+        page.add_init_script("window.Worker = undefined;")
+    _open(page, server, "?steps=1000000&n=8&speed=100&panels=loss,circuit")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(POLLS_JS)["applied"] > 10, 40, "frames applied",
+                page=page)
+    shown = []
+    for _ in range(3):
+        start, end = page.evaluate(BUSY_FOR_JS, 450)
+        _wait_until(lambda end=end: any(p["wall"] > end for p in page.evaluate(PAINTS_JS, end)),
+                    10, "a frame made after the busy time drawn", page=page)
+        shown.append(len({round(p["wall"]) for p in page.evaluate(PAINTS_JS, end)
+                          if start < p["wall"] <= end}))
+    page.click("#btn-stop")
+    assert sorted(shown)[1] >= 3, shown  # updates for the frames made while busy (about 4)
+    assert not page.errors, page.errors
