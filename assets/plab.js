@@ -28,7 +28,7 @@
     "use strict";
     const plab = (window.plab = window.plab || {});
     const STATS_WINDOW_MS = 5000;
-    plab.lastData = 0;
+    plab.activeAt = 0;             // frames came, or were asked for: polls are fast for 3 s
     plab.paintLog = [];            // {t, gid, lag} for every graph redraw with new data
     plab.applied = 0;
     plab.dropped = 0;
@@ -1017,7 +1017,7 @@ self.onmessage = (e) => {
         if (res.status === 304) { plab.notModified += 1; return false; }
         if (!res.ok) throw new Error("live " + res.status);
         const body = res.body;
-        plab.rtts.push({rtt: Date.now() - res.sent});
+        plab.rtts.push({rtt: Date.now() - res.sent, sent: res.sent});
         if (plab.rtts.length > 200) plab.rtts.shift();
         if (plab.state !== state || state.epoch !== view.epoch) { plab.dropped += 1; return false; }
         if (body.resync) { rebuild(Date.now(), 1000); return false; }
@@ -1050,9 +1050,10 @@ self.onmessage = (e) => {
     // of a run already taken (items of other runs share the redraw): two frames of one run
     // (a worker that fell behind and caught up; app/live.py frame_groups makes them items
     // of their own) are drawn one after the other, each its own update. A page that falls
-    // behind (an item waiting CATCH_UP_MS) still catches up: whatever waited is merged and
-    // drawn once; nothing waits on a redraw more than HOLD_MAX_MS.
-    const HOLD_MAX_MS = 1000, CATCH_UP_MS = 300;
+    // behind still catches up: once an item has waited CATCH_UP_MS (a little more than the
+    // 100 ms between a run's frames at 10 frames/s, so the next frame is here too), whatever
+    // waited is merged and drawn once; nothing waits on a redraw more than HOLD_MAX_MS.
+    const HOLD_MAX_MS = 1000, CATCH_UP_MS = 120;
     let held = [];  // [{epoch, item, recv}], oldest first
 
     function drawing() {  // graphs on screen with an update still to draw
@@ -1080,7 +1081,7 @@ self.onmessage = (e) => {
             held.push({epoch: state.epoch, item: item, recv: recv});
         }
         plab.state = {epoch: state.epoch, cursors: cursors, seq: body.seq};
-        if (fresh) { plab.lastData = recv; plab.updates += 1; }
+        if (fresh) { plab.activeAt = recv; plab.updates += 1; }
         if (held.length && (!drawing() || recv - held[0].recv > HOLD_MAX_MS)) release();
         return fresh;
     }
@@ -1141,7 +1142,7 @@ self.onmessage = (e) => {
                 wait = 1000;
             }
             if (plab.nextAt !== null && wait < 1000) after = plab.nextAt + SLACK_MS - Date.now();
-            if (Date.now() - plab.lastData > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
+            if (Date.now() - plab.activeAt > 3000) { wait = Math.max(wait, IDLE_MS); after = 0; }
             if (!plab.view || !plab.view.runs || !plab.view.runs.length) { wait = 250; after = 0; }
             // polls at least ``wait`` apart (from when the last one went out); at once when woken
             const t0 = sentAt === null ? Date.now() : sentAt;
@@ -1155,10 +1156,23 @@ self.onmessage = (e) => {
         for (const gid of Object.keys(plab.pending)) {
             if (plab.pending[gid].epoch !== epoch) delete plab.pending[gid];
         }
-        plab.lastData = Date.now();  // poll fast for a while after a change
-        if (plab.wake) plab.wake();
+        pollSoon();  // and fast for a while after a change
         pump();
     }
+
+    function pollSoon() {  // poll at once, and fast for the next 3 s
+        plab.activeAt = Date.now();
+        if (plab.wake) plab.wake();
+    }
+
+    // A click that sets the runs going (play, step, fast-forward) polls at once and fast: an
+    // idle page (no frames for 3 s: the runs were ready or paused) polls once a second, and
+    // the first frames after play waited up to that second more.
+    document.addEventListener("click", function (ev) {
+        if (ev.target && ev.target.closest && ev.target.closest("#btn-play, #btn-step, #btn-ff")) {
+            pollSoon();
+        }
+    }, true);
 
     const ns = (window.dash_clientside = window.dash_clientside || {});
     ns.plab = {

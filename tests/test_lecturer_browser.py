@@ -454,9 +454,10 @@ def test_frames_that_reach_the_page_together_are_drawn_one_after_the_other(
         page: Any, server: str, worker: bool) -> None:
     """Frames of a run that reach the page together are each drawn, one per redraw, not
     merged into one update: here the page's thread is busy for 0.45 s while the run makes
-    about 4 frames (the loss and circuit panels, which keep up with every frame here). On the worker's clock their polls' answers wait for the page; on the
-    page's own clock one late poll finds them all, and the server makes them items of their
-    own (app/live.py frame_groups: at most 3 per read)."""
+    about 4 frames (the loss and circuit panels, which keep up with every frame here). On
+    the worker's clock their polls' answers wait for the page; on the page's own clock one
+    late poll finds them all, and the server makes them items of their own (app/live.py
+    frame_groups: at most 3 per read)."""
     if not worker:
         page.add_init_script("window.Worker = undefined;")
     _open(page, server, "?steps=1000000&n=8&speed=100&panels=loss,circuit")
@@ -472,4 +473,35 @@ def test_frames_that_reach_the_page_together_are_drawn_one_after_the_other(
                           if start < p["wall"] <= end}))
     page.click("#btn-stop")
     assert sorted(shown)[1] >= 3, shown  # updates for the frames made while busy (about 4)
+    assert not page.errors, page.errors
+
+
+#: when the polls answered since ``t0`` (ms) went out
+SENT_JS = "(t0) => window.plab.rtts.map((r) => r.sent).filter((t) => t >= t0)"
+
+
+def test_play_on_an_idle_page_polls_at_once(page: Any, server: str) -> None:
+    """A page whose runs are paused polls once a second after 3 s without frames; play
+    makes it poll at once and fast, so the frames after a pause (a lecturer explaining
+    something) do not come up to a second late. The click comes just after an idle poll,
+    when the next was a second away."""
+    _open(page, server, "?steps=1000000&n=8&speed=100")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(LAST_STEP_JS, "voltage-graph") > 0, 40,
+                "the first frames drawn", page=page)
+    page.click("#btn-play")  # pause
+    _wait_until(lambda: "paused" in page.evaluate(CHIPS_JS).values(), 20, "paused", page=page)
+    _wait_until(lambda: page.evaluate("Date.now() - window.plab.activeAt") > 3500, 20,
+                "the page to be idle", page=page)
+    polls = page.evaluate(POLLS_JS)["polls"]
+    _wait_until(lambda: page.evaluate(POLLS_JS)["polls"] > polls, 5, "an idle poll", page=page)
+    step = page.evaluate(LAST_STEP_JS, "voltage-graph")
+    clicked = page.evaluate("Date.now()")
+    page.click("#btn-play")
+    _wait_until(lambda: page.evaluate(SENT_JS, clicked), 5, "a poll after the click", page=page)
+    first = min(page.evaluate(SENT_JS, clicked))
+    assert first - clicked < 400, (first - clicked)  # idle: the next poll was 1 s away
+    _wait_until(lambda: page.evaluate(LAST_STEP_JS, "voltage-graph") > step, 20,
+                "frames after the pause drawn", page=page)
+    page.click("#btn-stop")
     assert not page.errors, page.errors
