@@ -48,7 +48,7 @@ def test_random_transport_presses_never_jam(page: Any, server: str) -> None:
     _open(page, server, "?steps=100000&n=16")
     rng = random.Random(12)
     messages: set[str] = set()
-    deadline = time.time() + 30
+    deadline = time.time() + 60  # the issue asks for 60 s of presses
     presses = 0
     while time.time() < deadline:
         page.evaluate(CLICK_JS, rng.choice(BUTTONS))
