@@ -8,12 +8,14 @@ of viewer links alike).
 
 A **channel** is one view (figures.View without its per-client ``epoch``): its runs' cursors,
 its smoothing state (``carry``) and a ring of the last ``keep`` *items*, each the per-graph
-operations (figures.tick_ops) for the frames that arrived since the item before it. Polls
-drive it: the first poll at least ``min_interval`` after the last read asks the backend for new
-frames (under the channel's lock; concurrent polls wait for that one read and then share its
-result) and, when there are any, computes one item (``computed`` counts them): numbers rounded
-to DIGITS significant digits, the weight heatmap's contents at most every SET_EVERY_S. Every
-poll then answers from the ring:
+operations (figures.tick_ops) for new frames, one per run but after a long gap. Polls drive it:
+the first poll at least ``min_interval`` after the last read asks the backend for new frames
+(under the channel's lock; concurrent polls wait for that one read and then share its result)
+and, when there are any, computes their items (``computed`` counts them; frame_groups: a run's
+frames read together become items of their own, at most SPLIT_MAX per read, so that a worker
+that fell behind and caught up still gets an update per frame): numbers rounded to DIGITS
+significant digits, the weight heatmap's contents at most every SET_EVERY_S. Every poll then
+answers from the ring:
 
 - ``since`` equal to the newest item's number: nothing new, ``{"seq": N, "items": []}``
   (20 bytes of body), or **304 Not Modified** with no body to a client that sends
@@ -23,9 +25,10 @@ poll then answers from the ring:
   poll against 0.25 ms for the kept-alive 200 (1,000 polls, 2-core shared machine);
 - an older ``since`` still in the ring: 200 with every item after it, encoded once per
   (since, newest) pair and shared (gzip-compressed once, too, for clients that accept it); a
-  heatmap's contents only from the newest item that has them; the client merges them and
-  draws once, so a viewer who fell behind jumps to the newest frame instead of replaying a
-  queue;
+  heatmap's contents only from the newest item that has them; the client draws them one
+  redraw each while it keeps up and merges the rest once they have waited 120 ms
+  (assets/plab.js), so a viewer who fell behind jumps to the newest frame instead of
+  replaying a queue;
 - ``since`` = -1 (a client that just built its figures) with its cursors ``c``: the items after
   those cursors;
 - anything older than the ring (a tab in the background for a while): ``{"resync": true}``:
