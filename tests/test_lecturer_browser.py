@@ -505,3 +505,29 @@ def test_play_on_an_idle_page_polls_at_once(page: Any, server: str) -> None:
                 "frames after the pause drawn", page=page)
     page.click("#btn-stop")
     assert not page.errors, page.errors
+
+
+def test_a_whole_preset_runs_to_its_end_without_a_console_error(page: Any, server: str) -> None:
+    """The paper's preset from its click to its last step (20,000 steps at max speed): no
+    console error and no page error on the way, and the screen says it finished."""
+    console: list[str] = []
+    page.on("console", lambda m: console.append(m.text) if m.type == "error" else None)
+    before = {r["id"] for r in _api(server, "/api/runs")["runs"]}
+    _open(page, server)
+    page.click("button.preset:has-text(\"The paper's rule\")")  # paced: 100 steps/s
+
+    def ours() -> list[dict[str, Any]]:
+        return [r for r in _api(server, "/api/runs")["runs"] if r["id"] not in before]
+
+    _wait_until(lambda: any(r["status"] == "running" for r in ours()), 60, "the preset's run",
+                page=page)
+    page.click("#speed label:has-text('max')")  # the rest as fast as it goes
+
+    _wait_until(lambda: ours() and all(r["status"] == "finished" for r in ours()), 180,
+                "the preset's run to finish", page=page)
+    assert [r["config"]["steps"] for r in ours()] == [20_000]
+    _wait_until(lambda: set(page.evaluate(CHIPS_JS).values()) == {"finished"}, 20,
+                "the chip to say finished", page=page)
+    assert page.evaluate(LAST_STEP_JS, "loss-graph") >= 19_000
+    assert not console, console
+    assert not page.errors, page.errors
