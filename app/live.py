@@ -148,10 +148,13 @@ def frame_groups(read: Read, cursors: Mapping[str, int], most: int = SPLIT_MAX) 
         if rid in groups[-1]:
             groups.append({})
         groups[-1].setdefault(rid, []).append(read[rid][0][k])
-    while len(groups) > max(1, most):  # the oldest two become one
-        first, second = groups.pop(0), groups.pop(0)
-        groups.insert(0, {rid: first.get(rid, []) + second.get(rid, [])
-                          for rid in {**first, **second}})
+    if len(groups) > most:  # the oldest become one (in one pass: a long read is hundreds)
+        cut = len(groups) - max(1, most) + 1
+        oldest: dict[str, list[dict[str, Any]]] = {}
+        for group in groups[:cut]:
+            for rid, frames in group.items():
+                oldest.setdefault(rid, []).extend(frames)
+        groups = [oldest, *groups[cut:]]
     out, at = [], {rid: int(cursors.get(rid, -1)) for rid in read}
     for k, group in enumerate(groups):
         for rid, frames in group.items():

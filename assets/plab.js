@@ -998,8 +998,8 @@ self.onmessage = (e) => {
     }
 
     // One poll of the view's shared channel (app/live.py), at ``at``: 304 when nothing is new;
-    // else the items after the last one applied, merged and drawn once (a late client skips
-    // ahead).
+    // else the items after the last one applied, handed to accept() (drawn a frame of a run
+    // per redraw; a late client merges what waited and skips ahead).
     async function tickOnce(at) {
         const view = plab.view, state = plab.state;
         if (document.hidden || !view || !state || !view.runs || !view.runs.length || !view.live ||
